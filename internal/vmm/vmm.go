@@ -1,0 +1,137 @@
+// Package vmm defines the contract between bangerd and a virtual machine
+// monitor. Firecracker and QEMU implement it in sub-packages.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"net"
+)
+
+// Sentinel errors shared by drivers. Wrap them with %w so callers can use
+// errors.Is.
+var (
+	// ErrNotRunning reports that the VMM process is gone.
+	ErrNotRunning = errors.New("vmm not running")
+	// ErrUnsupported reports that the driver cannot do what was asked.
+	ErrUnsupported = errors.New("not supported by this vmm")
+	// ErrUnavailable reports that the VMM cannot run on this host (missing
+	// binary, no /dev/kvm, ...). The wrapped message says how to fix it.
+	ErrUnavailable = errors.New("vmm unavailable")
+)
+
+// Accel is the kind of CPU virtualization a driver uses.
+type Accel string
+
+const (
+	AccelKVM Accel = "kvm" // hardware virtualization through /dev/kvm
+	AccelTCG Accel = "tcg" // QEMU software emulation
+)
+
+// AgentTransport names how the host reaches the guest agent.
+type AgentTransport string
+
+const (
+	TransportVirtioSerial AgentTransport = "virtio-serial" // QEMU chardev socket
+	TransportVsock        AgentTransport = "vsock"         // AF_VSOCK (vhost-vsock)
+	TransportHybridVsock  AgentTransport = "hybrid-vsock"  // Firecracker's uds + CONNECT
+)
+
+// AgentPort is the vsock port the guest agent listens on.
+const AgentPort = 1024
+
+// Features describes what a driver can do. Capabilities are data.
+type Features struct {
+	Snapshots bool           `json:"snapshots"`
+	Pause     bool           `json:"pause"`
+	Accel     Accel          `json:"accel"`
+	Transport AgentTransport `json:"agent_transport"`
+}
+
+// Drive is a block device given to the guest. Drives appear in the guest
+// in Spec order: the first is /dev/vda, the second /dev/vdb, and so on.
+type Drive struct {
+	ID       string `json:"id"`
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"read_only"`
+	Root     bool   `json:"root"`
+}
+
+// NIC is a network interface backed by a host tap device.
+type NIC struct {
+	ID  string `json:"id"`
+	Tap string `json:"tap"`
+	MAC string `json:"mac"`
+}
+
+// Spec is everything a driver needs to boot one VM.
+type Spec struct {
+	ID        string `json:"id"`   // stable VM id
+	Name      string `json:"name"` // human name, for logs
+	Dir       string `json:"dir"`  // per-VM directory: sockets, pid files, logs
+	VCPUs     int    `json:"vcpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	Kernel    string `json:"kernel"`
+	Initrd    string `json:"initrd,omitempty"`
+	// Cmdline is the kernel command line banger needs (root, agent and
+	// network glue). Drivers append what they need themselves (console,
+	// clock fixes, virtio_mmio.device=...).
+	Cmdline    string  `json:"cmdline"`
+	Drives     []Drive `json:"drives"`
+	NICs       []NIC   `json:"nics,omitempty"`
+	ConsoleLog string  `json:"console_log"` // serial console output goes here
+	VsockCID   uint32  `json:"vsock_cid,omitempty"`
+}
+
+// Handle is what the daemon persists about a running VMM so that a new
+// daemon can re-adopt it. Drivers own the meaning of Data.
+type Handle struct {
+	Driver string            `json:"driver"`
+	PID    int               `json:"pid"`
+	Data   map[string]string `json:"data,omitempty"`
+}
+
+// Machine is one running VMM process. Implementations must be safe for
+// concurrent use.
+type Machine interface {
+	// Handle returns what must be persisted to Adopt this machine later.
+	Handle() Handle
+	// DialAgent opens a byte stream to the guest agent channel. It MUST
+	// retry until ctx is done while the guest side is not there yet, and
+	// return ErrNotRunning once the VMM process has exited.
+	DialAgent(ctx context.Context) (net.Conn, error)
+	// Shutdown asks the guest to power off (ACPI power button or
+	// Ctrl-Alt-Del) and waits for the VMM to exit. When ctx is done first
+	// it kills the VMM. It MUST return nil when the VMM has exited.
+	Shutdown(ctx context.Context) error
+	// Kill ends the VMM process at once. It MUST return nil when the
+	// process is already gone.
+	Kill() error
+	// Done is closed when the VMM process has exited.
+	Done() <-chan struct{}
+}
+
+// Driver boots and manages microVMs. Implementations must be safe for
+// concurrent use.
+type Driver interface {
+	Name() string
+	Features() Features
+	// Start boots spec and returns once the VMM runs the guest. On error
+	// it MUST leave no process or socket behind.
+	Start(ctx context.Context, spec Spec) (Machine, error)
+	// Adopt re-attaches to a VMM started by an earlier daemon. It MUST
+	// return an error wrapping ErrNotRunning when the process is gone or
+	// is not the one h describes.
+	Adopt(ctx context.Context, spec Spec, h Handle) (Machine, error)
+}
+
+// Pauser is implemented by machines that can pause and resume vCPUs.
+type Pauser interface {
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+}
+
+// Snapshotter is implemented by machines that can snapshot a paused VM.
+type Snapshotter interface {
+	Snapshot(ctx context.Context, dir string) error
+}
