@@ -1,15 +1,170 @@
 // Package agent is the guest side of banger: it serves the daemon's
-// requests (exec, files, shutdown) over vsock or virtio-serial.
+// requests (exec, files, shutdown) over vsock or virtio-serial. The
+// protocol lives in package guest.
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+
+	"github.com/hashicorp/yamux"
+	"golang.org/x/sys/unix"
+
+	"banger/internal/guest"
+	buildversion "banger/internal/version"
 )
 
-// Run serves the agent protocol until ctx is done.
-func Run(ctx context.Context) error { return errors.New("agent: not implemented") }
+// Server answers agent requests. It is safe for concurrent use: every
+// session and stream is served on its own goroutines.
+type Server struct {
+	logger   *slog.Logger
+	powerOff func() error
+	procs    procTable
+	version  int // protocol version spoken; guest.ProtocolVersion but in tests
+}
 
-// RunAsInit runs the agent as PID 1 in an image without an init system:
-// it reaps zombies and serves the agent protocol.
-func RunAsInit() error { return errors.New("agent: not implemented") }
+// NewServer returns a Server. powerOff is called after a Shutdown request
+// has been answered; it should not return when it succeeds.
+func NewServer(logger *slog.Logger, powerOff func() error) *Server {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Server{logger: logger, powerOff: powerOff, procs: procTable{pids: map[int]bool{}}, version: guest.ProtocolVersion}
+}
+
+// procTable records the processes exec started, so that an init-mode
+// reaper leaves them to their own Wait.
+type procTable struct {
+	mu   sync.Mutex // guards pids; held across start+record
+	pids map[int]bool
+}
+
+// start runs startFn with the table locked and records the started pid.
+func (t *procTable) start(startFn func() (int, error)) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	pid, err := startFn()
+	if err == nil {
+		t.pids[pid] = true
+	}
+	return pid, err
+}
+
+func (t *procTable) forget(pid int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.pids, pid)
+}
+
+// ServeConn runs one yamux session over conn until the host goes away
+// (conn reaches EOF) or ctx is done. It closes conn. It returns nil when
+// the host closed the connection.
+func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) error {
+	sess, err := yamux.Server(conn, guest.YamuxConfig(s.logger))
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("starting session: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
+	defer sess.Close()
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("accepting stream: %w", err)
+		}
+		go s.serveStream(ctx, st)
+	}
+}
+
+// serveStream reads a stream's request and runs it.
+func (s *Server) serveStream(ctx context.Context, conn net.Conn) {
+	defer conn.Close()
+	fw := guest.NewFrameWriter(conn)
+	f, err := guest.ReadFrame(conn)
+	if err != nil {
+		s.logger.Debug("reading request", "err", err)
+		return
+	}
+	var req guest.Request
+	if err := guest.DecodeJSON(f, guest.FrameRequest, &req); err != nil {
+		_ = fw.WriteError(invalid("%v", err))
+		return
+	}
+	if req.Op != guest.OpHello && req.Version != s.version {
+		_ = fw.WriteError(invalid("bangerd speaks protocol v%d, this agent v%d", req.Version, s.version))
+		return
+	}
+	s.logger.Debug("request", "op", req.Op)
+	switch {
+	case req.Op == guest.OpHello:
+		err = fw.WriteJSON(guest.FrameResponse, guest.Response{Hello: hello(s.version)})
+	case req.Op == guest.OpExec && req.Exec != nil:
+		err = s.exec(ctx, conn, fw, req.Exec)
+	case req.Op == guest.OpPut && req.Put != nil:
+		err = s.put(conn, fw, req.Put)
+	case req.Op == guest.OpGet && req.Get != nil:
+		err = s.get(fw, req.Get)
+	case req.Op == guest.OpPutTar && req.PutTar != nil:
+		err = s.putTar(conn, fw, req.PutTar)
+	case req.Op == guest.OpShutdown:
+		err = s.shutdown(fw)
+	default:
+		err = fw.WriteError(invalid("unknown or incomplete request %q", req.Op))
+	}
+	if err != nil {
+		s.logger.Warn("request ended", "op", req.Op, "err", err)
+	}
+}
+
+func invalid(format string, args ...any) *guest.RemoteError {
+	return &guest.RemoteError{Kind: guest.KindInvalid, Message: fmt.Sprintf(format, args...)}
+}
+
+// hello describes this guest.
+func hello(version int) *guest.Info {
+	info := &guest.Info{ProtocolVersion: version, AgentVersion: buildversion.String()}
+	var uts unix.Utsname
+	if unix.Uname(&uts) == nil {
+		info.KernelRelease = string(bytes.TrimRight(uts.Release[:], "\x00"))
+	}
+	info.Hostname, _ = os.Hostname()
+	for _, p := range []string{"/usr/sbin/sshd", "/usr/bin/sshd", "/sbin/sshd"} {
+		if _, err := os.Stat(p); err == nil {
+			info.SSHD = true
+			break
+		}
+	}
+	return info
+}
+
+// shutdown answers, then powers off in the background so that the answer
+// leaves first.
+func (s *Server) shutdown(fw *guest.FrameWriter) error {
+	if s.powerOff == nil {
+		return fw.WriteError(invalid("this agent cannot power off"))
+	}
+	if err := fw.WriteJSON(guest.FrameResponse, guest.Response{}); err != nil {
+		return err
+	}
+	s.logger.Info("powering off on request")
+	go func() {
+		if err := s.powerOff(); err != nil {
+			s.logger.Error("powering off", "err", err)
+		}
+	}()
+	return nil
+}

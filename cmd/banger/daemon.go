@@ -1,0 +1,101 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"banger/internal/client"
+)
+
+func newDaemonCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "daemon", Short: "Start, stop or check bangerd"}
+	var asJSON bool
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Say whether bangerd runs, and its version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, err := client.New(dirs().Socket()).Version(cmd.Context())
+			if err != nil {
+				return fmt.Errorf("bangerd is not running on %s", dirs().Socket())
+			}
+			if asJSON {
+				return printJSON(v)
+			}
+			cmd.Printf("bangerd %s running (pid %d) since %s, state in %s\n", v.Version, v.PID, v.StartedAt.Format(time.RFC3339), v.StateDir)
+			return nil
+		},
+	}
+	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	start := &cobra.Command{
+		Use:   "start",
+		Short: "Start bangerd if it is not running",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			v, err := c.Version(cmd.Context())
+			if err != nil {
+				return err
+			}
+			cmd.Printf("bangerd %s running (pid %d)\n", v.Version, v.PID)
+			return nil
+		},
+	}
+	stop := &cobra.Command{
+		Use:   "stop",
+		Short: "Stop bangerd; running VMs keep running and are re-adopted",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return stopDaemon(cmd)
+		},
+	}
+	restart := &cobra.Command{
+		Use:   "restart",
+		Short: "Restart bangerd (e.g. after an upgrade); VMs keep running",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := stopDaemon(cmd); err != nil {
+				return err
+			}
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			v, err := c.Version(cmd.Context())
+			if err == nil {
+				cmd.Printf("bangerd %s running (pid %d)\n", v.Version, v.PID)
+			}
+			return err
+		},
+	}
+	cmd.AddCommand(status, start, stop, restart)
+	return cmd
+}
+
+func stopDaemon(cmd *cobra.Command) error {
+	c := client.New(dirs().Socket())
+	v, err := c.Version(cmd.Context())
+	if err != nil {
+		cmd.Println("bangerd is not running")
+		return nil
+	}
+	if err := c.Shutdown(cmd.Context()); err != nil {
+		return err
+	}
+	// Wait for the process to be gone, so that its lock is free.
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", v.PID)); err != nil {
+			cmd.Println("bangerd stopped")
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("bangerd did not stop within 15s")
+}

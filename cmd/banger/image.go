@@ -1,0 +1,118 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"banger/internal/api"
+)
+
+func newImageCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "image", Short: "Manage images (root filesystems)"}
+	cmd.AddCommand(newImageRegisterCmd(), newImageListCmd(), newImageInspectCmd(), newImageDeleteCmd())
+	return cmd
+}
+
+func newImageRegisterCmd() *cobra.Command {
+	var req api.RegisterImageRequest
+	cmd := &cobra.Command{
+		Use:   "register --name N --rootfs /abs/rootfs.ext4 --kernel-ref K",
+		Short: "Adopt an existing ext4 root filesystem as an image",
+		Long: `Adopt an existing ext4 root filesystem. The file is copied into banger's
+image store (your file is never changed), and banger's pieces are
+injected into the copy: the guest agent at /usr/lib/banger/banger-agent
+and, when the rootfs has systemd, a banger-agent.service that starts it.
+A rootfs without an init system boots with the agent as PID 1.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if req.Name == "" {
+				return fmt.Errorf("--name is required")
+			}
+			if req.Rootfs, err = absExisting("--rootfs", req.Rootfs); err != nil {
+				return err
+			}
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			p := newProgress()
+			im, err := c.RegisterImage(cmd.Context(), req, p.event)
+			p.done()
+			if err != nil {
+				return err
+			}
+			cmd.Printf("%s registered (%s, sshd: %t)\n", im.Name, dash(im.Distro), im.HasSSHD)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&req.Name, "name", "", "image name")
+	cmd.Flags().StringVar(&req.Rootfs, "rootfs", "", "absolute path of an ext4 root filesystem")
+	cmd.Flags().StringVar(&req.KernelRef, "kernel-ref", "", "kernel bundle the image boots (see banger kernel list)")
+	return cmd
+}
+
+func newImageListCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use: "list", Aliases: []string{"ls"}, Short: "List images", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			ims, err := c.ListImages(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(ims)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tDISTRO\tKERNEL\tSIZE\tSSHD\tAGE")
+			for _, im := range ims {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\t%s\n", im.Name, dash(im.Distro), im.KernelRef, size(im.SizeBytes), im.HasSSHD, age(im.CreatedAt))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newImageInspectCmd() *cobra.Command {
+	return &cobra.Command{
+		Use: "inspect NAME", Short: "Show an image as JSON", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			im, err := c.Image(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return printJSON(im)
+		},
+	}
+}
+
+func newImageDeleteCmd() *cobra.Command {
+	return &cobra.Command{
+		Use: "delete NAME", Short: "Delete an image no VM uses", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := c.DeleteImage(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			cmd.Printf("%s deleted\n", args[0])
+			return nil
+		},
+	}
+}

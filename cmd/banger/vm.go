@@ -1,0 +1,267 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"banger/internal/api"
+)
+
+func newVMCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "vm", Short: "Create, run and manage VMs"}
+	cmd.AddCommand(newVMCreateCmd(), newVMStartCmd(), newVMStopCmd(), newVMDeleteCmd(),
+		newVMListCmd(), newVMInspectCmd(), newVMLogsCmd(), newVMExecCmd())
+	return cmd
+}
+
+func newVMCreateCmd() *cobra.Command {
+	var req api.CreateVMRequest
+	var memory, disk string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "create",
+		Short: "Create a VM from an image and start it",
+		Long: `Create a VM from an image: it gets its own writable copy of the image's
+root filesystem, and boots unless --no-start is given. The command returns
+once the guest agent answers (bounded by --ready-timeout).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if req.MemoryMiB, err = parseMiB(memory); err != nil {
+				return fmt.Errorf("--memory: %w", err)
+			}
+			if disk != "" {
+				mib, err := parseMiB(disk)
+				if err != nil {
+					return fmt.Errorf("--disk: %w", err)
+				}
+				req.DiskBytes = int64(mib) << 20
+			}
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			p := newProgress()
+			vm, err := c.CreateVM(cmd.Context(), req, p.event)
+			p.done()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(vm)
+			}
+			cmd.Printf("%s %s\n", vm.Name, vm.State)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Image, "image", "", "image to boot (see banger image list)")
+	f.StringVar(&req.Name, "name", "", "VM name (default: a generated one)")
+	f.StringVar(&req.Kernel, "kernel", "", "kernel bundle, overriding the image's")
+	f.IntVar(&req.VCPUs, "cpus", 2, "vCPUs")
+	f.StringVar(&memory, "memory", "1G", "memory, e.g. 512M or 2G")
+	f.StringVar(&disk, "disk", "", "grow the root disk to this size, e.g. 10G")
+	f.BoolVar(&req.NoStart, "no-start", false, "create the VM but do not boot it")
+	f.IntVar(&req.ReadyTimeoutSeconds, "ready-timeout", 90, "seconds to wait for the guest agent")
+	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
+	return cmd
+}
+
+// parseMiB parses sizes like 512, 512M, 2G, 1.5G into MiB.
+func parseMiB(s string) (int, error) {
+	s = strings.TrimSpace(strings.ToUpper(s))
+	s = strings.TrimSuffix(strings.TrimSuffix(s, "B"), "I")
+	mult := 1.0
+	switch {
+	case strings.HasSuffix(s, "G"):
+		mult, s = 1024, strings.TrimSuffix(s, "G")
+	case strings.HasSuffix(s, "M"):
+		s = strings.TrimSuffix(s, "M")
+	case strings.HasSuffix(s, "T"):
+		mult, s = 1024*1024, strings.TrimSuffix(s, "T")
+	}
+	var v float64
+	if _, err := fmt.Sscanf(s, "%g", &v); err != nil || v <= 0 {
+		return 0, fmt.Errorf("%q is not a size like 512M or 2G", s)
+	}
+	return int(v * mult), nil
+}
+
+func newVMStartCmd() *cobra.Command {
+	var timeout int
+	cmd := &cobra.Command{
+		Use:   "start VM",
+		Short: "Boot a stopped VM and wait for its agent",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			p := newProgress()
+			vm, err := c.StartVM(cmd.Context(), args[0], api.StartVMRequest{ReadyTimeoutSeconds: timeout}, p.event)
+			p.done()
+			if err != nil {
+				return err
+			}
+			cmd.Printf("%s %s\n", vm.Name, vm.State)
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&timeout, "ready-timeout", 90, "seconds to wait for the guest agent")
+	return cmd
+}
+
+func newVMStopCmd() *cobra.Command {
+	var req api.StopVMRequest
+	cmd := &cobra.Command{
+		Use:   "stop VM",
+		Short: "Stop a VM: power off gracefully, then kill after the timeout",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			vm, err := c.StopVM(cmd.Context(), args[0], req)
+			if err != nil {
+				return err
+			}
+			cmd.Printf("%s %s\n", vm.Name, vm.State)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&req.Force, "force", false, "kill the VMM at once")
+	cmd.Flags().IntVar(&req.TimeoutSeconds, "timeout", 20, "seconds to wait for a graceful power-off")
+	return cmd
+}
+
+func newVMDeleteCmd() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "delete VM...",
+		Short: "Delete VMs, stopping them first if they run",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			for _, name := range args {
+				if err := c.DeleteVM(cmd.Context(), name, force); err != nil {
+					return err
+				}
+				cmd.Printf("%s deleted\n", name)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "skip the graceful stop")
+	return cmd
+}
+
+func newVMListCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List VMs",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			vms, err := c.ListVMs(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(vms)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tIP\tIMAGE\tVMM\tVCPUS\tMEMORY\tAGE")
+			for _, v := range vms {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\n", v.Name, v.State, dash(v.IP), v.Image,
+					v.VMM, v.VCPUs, v.MemoryMiB, age(v.CreatedAt))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func age(t time.Time) string {
+	d := time.Since(t).Round(time.Second)
+	switch {
+	case d < time.Minute:
+		return d.String()
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+func newVMInspectCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "inspect VM",
+		Short: "Show everything about a VM as JSON",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			vm, err := c.VM(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return printJSON(vm)
+		},
+	}
+	cmd.Flags().Bool("json", true, "print JSON (the only format)")
+	return cmd
+}
+
+func newVMLogsCmd() *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs VM",
+		Short: "Print a VM's serial console log",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			rc, err := c.Logs(cmd.Context(), args[0], follow)
+			if err != nil {
+				return err
+			}
+			defer rc.Close()
+			_, err = io.Copy(os.Stdout, rc)
+			if cmd.Context().Err() != nil {
+				return nil
+			}
+			return err
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	return cmd
+}

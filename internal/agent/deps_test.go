@@ -1,0 +1,40 @@
+package agent
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestAgentDeps keeps banger-agent small: it must not pull in the
+// daemon's packages.
+func TestAgentDeps(t *testing.T) {
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("go tool not in PATH:", err)
+	}
+	cmd := exec.Command(gobin, "list", "-deps", "banger/cmd/banger-agent")
+	cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	forbidden := []string{
+		"banger/internal/image", "banger/internal/store", "banger/internal/web",
+		"banger/internal/daemon", "banger/internal/config",
+	}
+	deps := strings.Fields(string(out))
+	for _, d := range deps {
+		for _, f := range forbidden {
+			if d == f || strings.HasPrefix(d, f+"/") {
+				t.Errorf("banger-agent depends on %s", d)
+			}
+		}
+		if strings.HasPrefix(d, "modernc.org/") {
+			t.Errorf("banger-agent depends on %s", d)
+		}
+	}
+	if len(deps) == 0 {
+		t.Error("go list printed no dependencies")
+	}
+}

@@ -1,0 +1,101 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"banger/internal/guest"
+)
+
+// testAgent is an agent served in-process over a unix socketpair.
+type testAgent struct {
+	srv      *Server
+	client   *guest.Client
+	hostConn net.Conn // the host's end of the transport
+	powered  chan struct{}
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	t.Helper()
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// socketPair returns the two ends of a connected unix stream socketpair.
+func socketPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	return conns[0], conns[1]
+}
+
+// startAgent serves a fresh agent with the given protocol version (0: the
+// current one) and connects a client to it.
+func startAgent(t *testing.T, version int) *testAgent {
+	t.Helper()
+	hostConn, guestConn := socketPair(t)
+	ta := &testAgent{hostConn: hostConn, powered: make(chan struct{})}
+	ta.srv = NewServer(testLogger(t), func() error { close(ta.powered); return nil })
+	if version != 0 {
+		ta.srv.version = version
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	served := make(chan error, 1)
+	go func() { served <- ta.srv.ServeConn(ctx, guestConn) }()
+	c, err := guest.NewClient(hostConn, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta.client = c
+	t.Cleanup(func() {
+		c.Close()
+		cancel()
+		select {
+		case <-served:
+		case <-time.After(10 * time.Second):
+			t.Error("agent session did not end")
+		}
+	})
+	return ta
+}
+
+// callCtx is a context that fails a test which would otherwise hang.
+func callCtx(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// processGone waits until pid no longer exists.
+func processGone(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := unix.Kill(pid, 0); err == unix.ESRCH {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Errorf("process %d still exists", pid)
+}

@@ -1,0 +1,206 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"banger/internal/guest"
+	buildversion "banger/internal/version"
+	"banger/internal/vmm"
+)
+
+const (
+	// portPollInterval is how often an idle virtio-serial port is read
+	// again: a read returns EOF while no host is connected.
+	portPollInterval = 75 * time.Millisecond
+	// portRetryInterval is how often a missing port is looked for again.
+	portRetryInterval = 2 * time.Second
+	// portNameWait bounds the wait for a port's sysfs name to be filled in.
+	portNameWait = 2 * time.Second
+)
+
+// Run serves the agent protocol until ctx is done, as a service under the
+// guest's init system.
+func Run(ctx context.Context) error {
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	logger.Info("banger-agent starting", "version", buildversion.String(), "protocol", guest.ProtocolVersion)
+	s := NewServer(logger, func() error { return servicePowerOff(logger) })
+	s.ServeTransports(ctx)
+	return nil
+}
+
+// ServeTransports serves every transport the guest offers until ctx is
+// done: AF_VSOCK port vmm.AgentPort when the kernel has vsock, and the
+// virtio-serial port named guest.SerialPortName.
+func (s *Server) ServeTransports(ctx context.Context) {
+	var wg sync.WaitGroup
+	if ln, err := listenVsock(vmm.AgentPort); err != nil {
+		s.logger.Info("vsock unavailable", "err", err)
+	} else {
+		s.logger.Info("listening on vsock", "port", vmm.AgentPort)
+		wg.Go(func() { s.serveVsock(ctx, ln) })
+	}
+	wg.Go(func() {
+		err := s.ServePort(ctx, func(ctx context.Context) (io.ReadWriteCloser, error) {
+			return openSerialPort(ctx)
+		})
+		if err != nil && ctx.Err() == nil {
+			s.logger.Error("virtio-serial", "err", err)
+		}
+	})
+	wg.Wait()
+}
+
+// ServePort serves a virtio-serial-like port until ctx is done: open
+// returns the port, whose reads report EOF while no host is connected.
+// Each time a host connects a new session starts, so a host may
+// disconnect and come back (a daemon restart) without a guest reboot.
+func (s *Server) ServePort(ctx context.Context, open func(context.Context) (io.ReadWriteCloser, error)) error {
+	var lastErr string
+	for ctx.Err() == nil {
+		port, err := open(ctx)
+		if err != nil {
+			if err.Error() != lastErr {
+				s.logger.Info("agent port not available; will retry", "err", err)
+				lastErr = err.Error()
+			}
+			sleepCtx(ctx, portRetryInterval)
+			continue
+		}
+		lastErr = ""
+		if err := s.servePortOnce(ctx, port); err != nil && ctx.Err() == nil {
+			s.logger.Warn("agent port session ended", "err", err)
+			sleepCtx(ctx, portPollInterval)
+		}
+	}
+	return nil
+}
+
+// servePortOnce waits on an open port for a host, then serves one session.
+func (s *Server) servePortOnce(ctx context.Context, port io.ReadWriteCloser) error {
+	stop := context.AfterFunc(ctx, func() { port.Close() })
+	defer stop()
+	first := make([]byte, 1)
+	for {
+		n, err := port.Read(first)
+		if n == 1 {
+			break
+		}
+		switch {
+		case ctx.Err() != nil:
+			port.Close()
+			return ctx.Err()
+		case errors.Is(err, io.EOF), err == nil:
+			sleepCtx(ctx, portPollInterval) // no host yet
+		default:
+			port.Close()
+			return fmt.Errorf("reading port: %w", err)
+		}
+	}
+	s.logger.Info("host connected")
+	err := s.ServeConn(ctx, &prefixedConn{ReadWriteCloser: port, prefix: first})
+	s.logger.Info("host disconnected")
+	return err
+}
+
+// prefixedConn gives back bytes already read before reading on.
+type prefixedConn struct {
+	io.ReadWriteCloser
+	prefix []byte
+}
+
+func (c *prefixedConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.ReadWriteCloser.Read(p)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// openSerialPort opens the agent's virtio-serial port.
+func openSerialPort(ctx context.Context) (*os.File, error) {
+	dev, err := findSerialPort(ctx, "/sys/class/virtio-ports", "/dev")
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(dev, os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", dev, err)
+	}
+	return f, nil
+}
+
+// findSerialPort finds the device of the port named guest.SerialPortName
+// under sysDir. A port's name can read empty for a moment after the
+// driver loaded, so unnamed ports are re-read for a while; then the first
+// unnamed port's ...p1 device is the fallback.
+func findSerialPort(ctx context.Context, sysDir, devDir string) (string, error) {
+	deadline := time.Now().Add(portNameWait)
+	for {
+		ports, _ := filepath.Glob(filepath.Join(sysDir, "vport*"))
+		sort.Strings(ports)
+		var unnamed []string
+		for _, p := range ports {
+			b, err := os.ReadFile(filepath.Join(p, "name"))
+			name := strings.TrimSpace(string(b))
+			switch {
+			case err == nil && name == guest.SerialPortName:
+				return filepath.Join(devDir, filepath.Base(p)), nil
+			case name == "":
+				unnamed = append(unnamed, filepath.Base(p))
+			}
+		}
+		if len(unnamed) == 0 {
+			return "", fmt.Errorf("no virtio-serial port named %s", guest.SerialPortName)
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			for _, p := range unnamed {
+				if strings.HasSuffix(p, "p1") {
+					return filepath.Join(devDir, p), nil
+				}
+			}
+			return filepath.Join(devDir, unnamed[0]), nil
+		}
+		sleepCtx(ctx, 100*time.Millisecond)
+	}
+}
+
+// servicePowerOff powers the guest off through systemd when it is the
+// init system, else directly.
+func servicePowerOff(logger *slog.Logger) error {
+	time.Sleep(100 * time.Millisecond) // let the answer leave
+	if _, err := os.Stat("/run/systemd/system"); err == nil {
+		out, err := exec.Command("systemctl", "poweroff").CombinedOutput()
+		if err == nil {
+			return nil
+		}
+		logger.Warn("systemctl poweroff", "err", err, "output", strings.TrimSpace(string(out)))
+	}
+	unix.Sync()
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+		return fmt.Errorf("power off: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,192 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"banger/internal/guest"
+)
+
+// servePort runs s.ServePort with open until the test ends.
+func servePort(t *testing.T, open func(context.Context) (io.ReadWriteCloser, error)) {
+	t.Helper()
+	s := NewServer(testLogger(t), nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = s.ServePort(ctx, open)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("ServePort did not return after cancel")
+		}
+	})
+}
+
+// useAgent runs a hello and an exec over conn, then closes the client.
+func useAgent(t *testing.T, conn net.Conn, round int) {
+	t.Helper()
+	c, err := guest.NewClient(conn, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Hello(callCtx(t, 10*time.Second)); err != nil {
+		t.Fatalf("round %d: hello: %v", round, err)
+	}
+	var out bytes.Buffer
+	code, err := c.Exec(callCtx(t, 10*time.Second), guest.ExecRequest{Argv: []string{"echo", "again"}}, nil, &out, nil)
+	if err != nil || code != 0 || out.String() != "again\n" {
+		t.Fatalf("round %d: exec = %d %q %v", round, code, out.String(), err)
+	}
+}
+
+// A unix socket re-accepted by the agent stands for a port the host
+// connects to again and again (daemon restarts).
+func TestReconnectUnixSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	servePort(t, func(ctx context.Context) (io.ReadWriteCloser, error) {
+		stop := context.AfterFunc(ctx, func() { ln.Close() })
+		defer stop()
+		return ln.Accept()
+	})
+	for round := range 3 {
+		conn, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		useAgent(t, conn, round)
+	}
+}
+
+// fakePort behaves like a guest's virtio-serial port: reads return EOF
+// while no host is connected.
+type fakePort struct {
+	mu    sync.Mutex
+	host  net.Conn // guest end of the current host connection, nil when none
+	opens int
+}
+
+// connect plugs a host in and returns the host's end.
+func (p *fakePort) connect(t *testing.T) net.Conn {
+	hostEnd, guestEnd := socketPair(t)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.host = guestEnd
+	return hostEnd
+}
+
+func (p *fakePort) open(context.Context) (io.ReadWriteCloser, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.opens++
+	return &fakePortFile{p: p}, nil
+}
+
+type fakePortFile struct{ p *fakePort }
+
+func (f *fakePortFile) current() net.Conn {
+	f.p.mu.Lock()
+	defer f.p.mu.Unlock()
+	return f.p.host
+}
+
+func (f *fakePortFile) Read(b []byte) (int, error) {
+	c := f.current()
+	if c == nil {
+		return 0, io.EOF
+	}
+	n, err := c.Read(b)
+	if err != nil {
+		f.p.mu.Lock()
+		if f.p.host == c {
+			f.p.host = nil // the host hung up
+		}
+		f.p.mu.Unlock()
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (f *fakePortFile) Write(b []byte) (int, error) {
+	c := f.current()
+	if c == nil {
+		return 0, io.ErrClosedPipe
+	}
+	return c.Write(b)
+}
+
+func (f *fakePortFile) Close() error { return nil }
+
+func TestReconnectVirtioSerialEOF(t *testing.T) {
+	port := &fakePort{}
+	servePort(t, port.open)
+	time.Sleep(300 * time.Millisecond) // the agent polls an idle port
+	for round := range 3 {
+		useAgent(t, port.connect(t), round)
+		time.Sleep(100 * time.Millisecond)
+	}
+	port.mu.Lock()
+	defer port.mu.Unlock()
+	if port.opens < 3 {
+		t.Errorf("port opened %d times, want one per session", port.opens)
+	}
+}
+
+func TestFindSerialPort(t *testing.T) {
+	tests := []struct {
+		name  string
+		ports map[string]string // sysfs dir -> name file content ("-" for none)
+		want  string
+		err   bool
+	}{
+		{"named", map[string]string{"vport0p1": "other\n", "vport0p2": guest.SerialPortName + "\n"}, "vport0p2", false},
+		{"empty name falls back to p1", map[string]string{"vport0p0": "", "vport0p1": ""}, "vport0p1", false},
+		{"name file missing", map[string]string{"vport1p1": "-"}, "vport1p1", false},
+		{"only other ports", map[string]string{"vport0p1": "org.qemu.guest_agent.0\n"}, "", true},
+		{"no ports", map[string]string{}, "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sys := t.TempDir()
+			for dir, name := range tt.ports {
+				if err := os.MkdirAll(filepath.Join(sys, dir), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if name != "-" {
+					if err := os.WriteFile(filepath.Join(sys, dir, "name"), []byte(name), 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+			defer cancel()
+			got, err := findSerialPort(ctx, sys, "/dev")
+			if tt.err {
+				if err == nil {
+					t.Errorf("found %s, want an error", got)
+				}
+				return
+			}
+			if err != nil || got != "/dev/"+tt.want {
+				t.Errorf("findSerialPort = %q, %v; want /dev/%s", got, err, tt.want)
+			}
+		})
+	}
+}

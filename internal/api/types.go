@@ -1,0 +1,132 @@
+package api
+
+import "time"
+
+// VersionInfo describes the running daemon.
+type VersionInfo struct {
+	Version    string    `json:"version"`
+	APIVersion string    `json:"api_version"`
+	PID        int       `json:"pid"`
+	StateDir   string    `json:"state_dir"`
+	StartedAt  time.Time `json:"started_at"`
+}
+
+// VM states.
+const (
+	StateCreated  = "created"  // disk made, never started
+	StateStarting = "starting" // VMM started, waiting for the agent
+	StateRunning  = "running"  // agent answered
+	StateStopped  = "stopped"  // VMM exited cleanly or was stopped
+	StateFailed   = "failed"   // start or run failed; see LastError and logs
+)
+
+// VM is a VM as the API shows it.
+type VM struct {
+	ID         string    `json:"id"`
+	Name       string    `json:"name"`
+	State      string    `json:"state"`
+	Image      string    `json:"image"`
+	Kernel     string    `json:"kernel"`
+	VMM        string    `json:"vmm"`
+	Accel      string    `json:"accel,omitempty"`
+	VCPUs      int       `json:"vcpus"`
+	MemoryMiB  int       `json:"memory_mib"`
+	DiskBytes  int64     `json:"disk_bytes"`
+	DiskMethod string    `json:"disk_method,omitempty"`
+	PID        int       `json:"pid,omitempty"`
+	IP         string    `json:"ip,omitempty"`
+	MAC        string    `json:"mac,omitempty"`
+	Tap        string    `json:"tap,omitempty"`
+	Dir        string    `json:"dir"`
+	ConsoleLog string    `json:"console_log"`
+	LastError  string    `json:"last_error,omitempty"`
+	Agent      string    `json:"agent,omitempty"` // agent version once it answered
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// CreateVMRequest is the body of POST /v1/vms.
+type CreateVMRequest struct {
+	Name      string `json:"name,omitempty"`
+	Image     string `json:"image"`
+	Kernel    string `json:"kernel,omitempty"` // overrides the image's kernel
+	VCPUs     int    `json:"vcpus,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+	DiskBytes int64  `json:"disk_bytes,omitempty"`
+	NoStart   bool   `json:"no_start,omitempty"`
+	// ReadyTimeoutSeconds bounds the wait for the guest agent (default 90).
+	ReadyTimeoutSeconds int `json:"ready_timeout_seconds,omitempty"`
+}
+
+// StartVMRequest is the body of POST /v1/vms/{name}/start.
+type StartVMRequest struct {
+	ReadyTimeoutSeconds int `json:"ready_timeout_seconds,omitempty"`
+}
+
+// StopVMRequest is the body of POST /v1/vms/{name}/stop.
+type StopVMRequest struct {
+	Force          bool `json:"force,omitempty"`
+	TimeoutSeconds int  `json:"timeout_seconds,omitempty"`
+}
+
+// Kernel is a kernel bundle.
+type Kernel struct {
+	Name      string    `json:"name"`
+	Release   string    `json:"release"`
+	Kernel    string    `json:"kernel"`
+	Initrd    string    `json:"initrd,omitempty"`
+	Modules   string    `json:"modules,omitempty"`
+	Source    string    `json:"source"`
+	SHA256    string    `json:"sha256,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// PullKernelRequest is the body of POST /v1/kernels/pull.
+type PullKernelRequest struct {
+	Name   string `json:"name"`
+	Mirror string `json:"mirror,omitempty"`
+}
+
+// ImportKernelRequest is the body of POST /v1/kernels/import.
+type ImportKernelRequest struct {
+	Name string `json:"name,omitempty"`
+	Deb  string `json:"deb"` // absolute path on the daemon's host
+}
+
+// RegisterKernelRequest is the body of POST /v1/kernels/register.
+type RegisterKernelRequest struct {
+	Name   string `json:"name"`
+	Kernel string `json:"kernel"`
+	Initrd string `json:"initrd,omitempty"`
+}
+
+// Image is a root filesystem plus its manifest.
+type Image struct {
+	Name      string    `json:"name"`
+	Source    string    `json:"source"`
+	Digest    string    `json:"digest,omitempty"`
+	Rootfs    string    `json:"rootfs"`
+	SizeBytes int64     `json:"size_bytes"`
+	KernelRef string    `json:"kernel_ref"`
+	Distro    string    `json:"distro,omitempty"`
+	HasSSHD   bool      `json:"has_sshd"`
+	Injected  bool      `json:"injected"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// RegisterImageRequest is the body of POST /v1/images/register.
+type RegisterImageRequest struct {
+	Name      string `json:"name"`
+	Rootfs    string `json:"rootfs"` // absolute path on the daemon's host
+	KernelRef string `json:"kernel_ref"`
+}
+
+// ExecRequest starts a command in a VM over the guest agent. It is the
+// first message on an upgraded /v1/vms/{name}/exec connection.
+type ExecRequest struct {
+	Argv []string `json:"argv"`
+	Env  []string `json:"env,omitempty"`
+	Cwd  string   `json:"cwd,omitempty"`
+	TTY  bool     `json:"tty,omitempty"`
+	Rows int      `json:"rows,omitempty"`
+	Cols int      `json:"cols,omitempty"`
+}

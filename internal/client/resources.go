@@ -1,0 +1,119 @@
+package client
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+
+	"banger/internal/api"
+)
+
+// Progress receives progress and log events of long operations.
+type Progress func(api.Event)
+
+// ListVMs returns all VMs.
+func (c *Client) ListVMs(ctx context.Context) ([]api.VM, error) {
+	var out []api.VM
+	return out, c.Do(ctx, http.MethodGet, "/v1/vms", nil, &out)
+}
+
+// VM returns one VM by name or id.
+func (c *Client) VM(ctx context.Context, name string) (api.VM, error) {
+	var out api.VM
+	return out, c.Do(ctx, http.MethodGet, path("vms", name), nil, &out)
+}
+
+// CreateVM creates (and, unless NoStart, starts) a VM.
+func (c *Client) CreateVM(ctx context.Context, req api.CreateVMRequest, p Progress) (api.VM, error) {
+	var out api.VM
+	return out, c.Stream(ctx, http.MethodPost, "/v1/vms", req, &out, p)
+}
+
+// StartVM boots a stopped VM and waits for its agent.
+func (c *Client) StartVM(ctx context.Context, name string, req api.StartVMRequest, p Progress) (api.VM, error) {
+	var out api.VM
+	return out, c.Stream(ctx, http.MethodPost, path("vms", name, "start"), req, &out, p)
+}
+
+// StopVM stops a VM: gracefully, then by force after the timeout.
+func (c *Client) StopVM(ctx context.Context, name string, req api.StopVMRequest) (api.VM, error) {
+	var out api.VM
+	return out, c.Do(ctx, http.MethodPost, path("vms", name, "stop"), req, &out)
+}
+
+// DeleteVM stops (force skips the graceful part) and deletes a VM.
+func (c *Client) DeleteVM(ctx context.Context, name string, force bool) error {
+	p := path("vms", name)
+	if force {
+		p += "?force=1"
+	}
+	return c.Do(ctx, http.MethodDelete, p, nil, nil)
+}
+
+// Logs returns the VM's serial console log; with follow, the stream stays
+// open and carries new output until ctx is done.
+func (c *Client) Logs(ctx context.Context, name string, follow bool) (io.ReadCloser, error) {
+	q := url.Values{}
+	q.Set("follow", strconv.FormatBool(follow))
+	return c.Raw(ctx, http.MethodGet, path("vms", name, "logs")+"?"+q.Encode())
+}
+
+// ListKernels returns the kernel bundles.
+func (c *Client) ListKernels(ctx context.Context) ([]api.Kernel, error) {
+	var out []api.Kernel
+	return out, c.Do(ctx, http.MethodGet, "/v1/kernels", nil, &out)
+}
+
+// Kernel returns one kernel bundle.
+func (c *Client) Kernel(ctx context.Context, name string) (api.Kernel, error) {
+	var out api.Kernel
+	return out, c.Do(ctx, http.MethodGet, path("kernels", name), nil, &out)
+}
+
+// PullKernel builds a catalog kernel from the Debian archive.
+func (c *Client) PullKernel(ctx context.Context, req api.PullKernelRequest, p Progress) (api.Kernel, error) {
+	var out api.Kernel
+	return out, c.Stream(ctx, http.MethodPost, "/v1/kernels/pull", req, &out, p)
+}
+
+// ImportKernel builds a kernel bundle from a local Debian .deb.
+func (c *Client) ImportKernel(ctx context.Context, req api.ImportKernelRequest, p Progress) (api.Kernel, error) {
+	var out api.Kernel
+	return out, c.Stream(ctx, http.MethodPost, "/v1/kernels/import", req, &out, p)
+}
+
+// RegisterKernel adopts a plain kernel image and optional initrd.
+func (c *Client) RegisterKernel(ctx context.Context, req api.RegisterKernelRequest) (api.Kernel, error) {
+	var out api.Kernel
+	return out, c.Do(ctx, http.MethodPost, "/v1/kernels/register", req, &out)
+}
+
+// DeleteKernel removes a kernel bundle no VM uses.
+func (c *Client) DeleteKernel(ctx context.Context, name string) error {
+	return c.Do(ctx, http.MethodDelete, path("kernels", name), nil, nil)
+}
+
+// ListImages returns the images.
+func (c *Client) ListImages(ctx context.Context) ([]api.Image, error) {
+	var out []api.Image
+	return out, c.Do(ctx, http.MethodGet, "/v1/images", nil, &out)
+}
+
+// Image returns one image.
+func (c *Client) Image(ctx context.Context, name string) (api.Image, error) {
+	var out api.Image
+	return out, c.Do(ctx, http.MethodGet, path("images", name), nil, &out)
+}
+
+// RegisterImage adopts an existing ext4 rootfs.
+func (c *Client) RegisterImage(ctx context.Context, req api.RegisterImageRequest, p Progress) (api.Image, error) {
+	var out api.Image
+	return out, c.Stream(ctx, http.MethodPost, "/v1/images/register", req, &out, p)
+}
+
+// DeleteImage removes an image no VM uses.
+func (c *Client) DeleteImage(ctx context.Context, name string) error {
+	return c.Do(ctx, http.MethodDelete, path("images", name), nil, nil)
+}

@@ -1,0 +1,179 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2"
+	"github.com/pelletier/go-toml/v2/unstable"
+)
+
+// SourceDefault is the source of a value config.toml does not set.
+const SourceDefault = "default"
+
+// Sources maps a key to where its effective value came from: SourceDefault
+// or "<file>:<line>". Keys absent from the map are defaults.
+type Sources map[string]string
+
+// Of returns where key's value came from.
+func (s Sources) Of(key string) string {
+	if src, ok := s[key]; ok {
+		return src
+	}
+	return SourceDefault
+}
+
+// Error is one problem in a config file. Load returns them joined with
+// errors.Join; use errors.As to get at the first.
+type Error struct {
+	File   string
+	Line   int    // 1-based; 0 when the problem has no single line
+	Column int    // 1-based; 0 when unknown
+	Key    string // the key at fault; empty for syntax errors
+	Msg    string // names the key and the valid values
+}
+
+func (e *Error) Error() string {
+	switch {
+	case e.Line == 0:
+		return fmt.Sprintf("%s: %s", e.File, e.Msg)
+	case e.Column == 0:
+		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
+	default:
+		return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Line, e.Column, e.Msg)
+	}
+}
+
+// Load reads the config file at path over the defaults. A missing file is
+// not an error: it yields Default() with every source SourceDefault. Every
+// problem found is reported (errors.Join of *Error), each naming the file,
+// the line and the key.
+func Load(path string) (Config, Sources, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Default(), Sources{}, nil
+	}
+	if err != nil {
+		return Config{}, nil, fmt.Errorf("reading config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse is Load for a file already read; name is used in messages.
+func Parse(name string, data []byte) (Config, Sources, error) {
+	var doc map[string]any
+	if err := toml.Unmarshal(data, &doc); err != nil {
+		return Config{}, nil, syntaxError(name, err)
+	}
+	positions, err := keyPositions(data)
+	if err != nil {
+		return Config{}, nil, syntaxError(name, err)
+	}
+
+	cfg, src := Default(), Sources{}
+	var errs []error
+	for _, kname := range sortedByLine(doc, positions) {
+		pos := positions[kname]
+		fail := func(msg string) {
+			errs = append(errs, &Error{File: name, Line: pos.Line, Key: kname, Msg: msg})
+		}
+		k, ok := lookupKey(kname)
+		if !ok {
+			fail(fmt.Sprintf("unknown key %q (valid keys: %s)", kname, strings.Join(Keys(), ", ")))
+			continue
+		}
+		if err := k.apply(&cfg, doc[kname]); err != nil {
+			fail(err.Error())
+			continue
+		}
+		src[kname] = name + ":" + strconv.Itoa(pos.Line)
+	}
+	if len(errs) > 0 {
+		return Config{}, nil, errors.Join(errs...)
+	}
+
+	// Without its own bridge_ip, a custom cidr gets its first host address.
+	if _, ok := src["bridge_ip"]; !ok {
+		if _, ok := src["cidr"]; ok {
+			cfg.BridgeIP = cfg.CIDR.Addr().Next()
+		}
+	}
+	if err := checkNetwork(cfg); err != nil {
+		at := "bridge_ip"
+		if _, ok := src[at]; !ok {
+			at = "cidr"
+		}
+		return Config{}, nil, &Error{File: name, Line: positions[at].Line, Key: at, Msg: err.Error()}
+	}
+	return cfg, src, nil
+}
+
+// keyPositions returns where each top-level key (or table) is first named.
+// Keys inside a [table] are not top-level and are not recorded.
+func keyPositions(data []byte) (map[string]unstable.Position, error) {
+	pos := make(map[string]unstable.Position)
+	var p unstable.Parser
+	p.Reset(data)
+	inTable := false
+	for p.NextExpression() {
+		e := p.Expression()
+		switch e.Kind {
+		case unstable.Table, unstable.ArrayTable:
+			inTable = true
+		case unstable.KeyValue:
+			if inTable {
+				continue
+			}
+		default:
+			continue
+		}
+		it := e.Key()
+		if !it.Next() {
+			continue
+		}
+		k := it.Node()
+		if _, seen := pos[string(k.Data)]; !seen {
+			pos[string(k.Data)] = p.Shape(k.Raw).Start
+		}
+	}
+	return pos, p.Error()
+}
+
+// sortedByLine returns the document's keys in file order.
+func sortedByLine(doc map[string]any, pos map[string]unstable.Position) []string {
+	names := make([]string, 0, len(doc))
+	for k := range doc {
+		names = append(names, k)
+	}
+	slices.SortFunc(names, func(a, b string) int {
+		if d := pos[a].Offset - pos[b].Offset; d != 0 {
+			return d
+		}
+		return strings.Compare(a, b)
+	})
+	return names
+}
+
+// syntaxError turns a go-toml error into an *Error with its position.
+func syntaxError(name string, err error) error {
+	e := &Error{File: name, Msg: "invalid TOML: " + strings.TrimPrefix(err.Error(), "toml: ")}
+	var de *toml.DecodeError
+	var pe *unstable.ParserError
+	switch {
+	case errors.As(err, &de):
+		e.Line, e.Column = de.Position()
+		if k := de.Key(); len(k) > 0 {
+			e.Key = k[0]
+		}
+	case errors.As(err, &pe):
+		// Only keyPositions' parser returns these, and go-toml's Unmarshal
+		// parses first, so this is a fallback.
+		e.Msg = "invalid TOML: " + pe.Message
+	}
+	return e
+}

@@ -1,0 +1,179 @@
+// Package daemon is bangerd: it owns the state database, the VMM processes
+// and the image and kernel stores, and serves the HTTP/JSON API on a Unix
+// socket that only the invoking user (and root) can open.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"banger/internal/api"
+	"banger/internal/config"
+	"banger/internal/image"
+	"banger/internal/kernel"
+	"banger/internal/store"
+	"banger/internal/version"
+)
+
+// Options configure a Server.
+type Options struct {
+	Dirs   config.Dirs
+	Config config.Config
+	Logger *slog.Logger
+	// AgentBin is the static guest agent put into initrds and images.
+	AgentBin string
+}
+
+// Server is one running bangerd.
+type Server struct {
+	opts    Options
+	log     *slog.Logger
+	store   *store.Store
+	started time.Time
+
+	// shutdown is called to stop Run, e.g. by POST /v1/shutdown.
+	shutdown context.CancelFunc
+
+	vms     *vmManager
+	images  *image.Store
+	kernels *kernel.Store
+}
+
+// Run serves until ctx is done. It takes the state directory's lock
+// first: a second daemon on the same directory gets ErrAlreadyRunning.
+func Run(ctx context.Context, opts Options) error {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := prepareStateDir(opts.Dirs.State); err != nil {
+		return err
+	}
+	lock, err := waitLock(ctx, opts.Dirs)
+	if err != nil {
+		return err
+	}
+	defer lock.release()
+
+	st, err := store.Open(ctx, filepath.Join(opts.Dirs.State, "state.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s := &Server{opts: opts, log: opts.Logger, store: st, started: time.Now(), shutdown: cancel}
+	s.images = &image.Store{Dir: filepath.Join(opts.Dirs.State, "images"), AgentBin: opts.AgentBin}
+	s.kernels = &kernel.Store{
+		Dir:      filepath.Join(opts.Dirs.State, "kernels"),
+		CacheDir: filepath.Join(opts.Dirs.Cache, "downloads"),
+		AgentBin: opts.AgentBin,
+		Logger:   opts.Logger,
+	}
+	drivers, def := newDrivers(opts.Config, opts.Logger)
+	s.log.Info("vmm chosen", "vmm", def.VMM, "accel", def.Accel, "reason", def.Reason)
+	s.vms = newVMManager(s, drivers, def.VMM)
+	if err := s.vms.adoptAll(ctx); err != nil {
+		s.log.Error("re-adopting vms", "err", err)
+	}
+
+	ln, err := listen(opts.Dirs.Socket())
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: withVersion(s.routes()), BaseContext: func(net.Listener) context.Context { return ctx }}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, c := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
+		defer c()
+		srv.Shutdown(sctx)
+		os.Remove(opts.Dirs.Socket())
+		return nil
+	})
+	s.log.Info("bangerd serving", "socket", opts.Dirs.Socket(), "version", version.String(), "pid", os.Getpid())
+	err = g.Wait()
+	s.vms.close()
+	return err
+}
+
+func prepareStateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return fmt.Errorf("state directory %s: %w (run as root, or set %s to a directory you own)", dir, err, config.HomeEnv)
+	}
+	probe := filepath.Join(dir, ".write-test")
+	if err := os.WriteFile(probe, nil, 0o600); err != nil {
+		return fmt.Errorf("state directory %s is not writable: %w (run as root, or set %s to a directory you own)", dir, err, config.HomeEnv)
+	}
+	return os.Remove(probe)
+}
+
+// listen opens the API socket. We hold the lock, so any socket file left
+// is stale (from a killed daemon) and is replaced. The socket is 0600 and
+// owned by the user who ran sudo, so only they and root can open it.
+func listen(path string) (net.Listener, error) {
+	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("removing stale socket %s: %w", path, err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	uid, errU := strconv.Atoi(os.Getenv("SUDO_UID"))
+	gid, errG := strconv.Atoi(os.Getenv("SUDO_GID"))
+	if errU == nil && errG == nil && os.Geteuid() == 0 {
+		if err := os.Chown(path, uid, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("handing %s to uid %d: %w", path, uid, err)
+		}
+	}
+	return ln, nil
+}
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/version", s.handleVersion)
+	mux.HandleFunc("POST /v1/shutdown", s.handleShutdown)
+	s.vms.routes(mux)
+	s.kernelRoutes(mux)
+	s.imageRoutes(mux)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, api.Errorf(api.NotFound, "no API endpoint %s %s (is this banger older than bangerd?)", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func (s *Server) handleVersion(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, api.VersionInfo{
+		Version:    version.String(),
+		APIVersion: api.Version,
+		PID:        os.Getpid(),
+		StateDir:   s.opts.Dirs.State,
+		StartedAt:  s.started,
+	})
+}
+
+func (s *Server) handleShutdown(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "stopping"})
+	go s.shutdown()
+}

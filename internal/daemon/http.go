@@ -1,0 +1,119 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+
+	"banger/internal/api"
+	"banger/internal/store"
+	"banger/internal/version"
+	"banger/internal/vmm"
+)
+
+// toAPI maps an error to its API category, keeping an *api.Error as is.
+func toAPI(err error) *api.Error {
+	var e *api.Error
+	switch {
+	case errors.As(err, &e):
+		return e
+	case errors.Is(err, store.ErrNotExist):
+		return api.Errorf(api.NotFound, "%s", err)
+	case errors.Is(err, store.ErrExist):
+		return api.Errorf(api.Conflict, "%s", err)
+	case errors.Is(err, context.Canceled):
+		return api.Errorf(api.Canceled, "%s", err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return api.Errorf(api.Timeout, "%s", err)
+	case errors.Is(err, vmm.ErrUnavailable):
+		return api.Errorf(api.Unavailable, "%s", err)
+	}
+	return api.Errorf(api.Internal, "%s", err)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	e := toAPI(err)
+	writeJSON(w, e.Code.HTTPStatus(), api.ErrorBody{Error: e})
+}
+
+func decode(r *http.Request, v any) error {
+	if r.ContentLength == 0 {
+		return nil
+	}
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return api.Errorf(api.InvalidArgument, "bad request body: %v", err)
+	}
+	return nil
+}
+
+// withVersion stamps every response with the daemon's build version.
+func withVersion(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(api.VersionHeader, version.String())
+		h.ServeHTTP(w, r)
+	})
+}
+
+// stream is a progress stream: newline-delimited api.Events. It ends with
+// exactly one result or error event.
+type stream struct {
+	mu sync.Mutex
+	w  http.ResponseWriter
+	f  http.Flusher
+}
+
+func newStream(w http.ResponseWriter) *stream {
+	w.Header().Set("Content-Type", api.StreamContentType)
+	w.WriteHeader(http.StatusOK)
+	f, _ := w.(http.Flusher)
+	s := &stream{w: w, f: f}
+	s.flush()
+	return s
+}
+
+func (s *stream) flush() {
+	if s.f != nil {
+		s.f.Flush()
+	}
+}
+
+func (s *stream) send(ev api.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, _ := json.Marshal(ev)
+	s.w.Write(append(b, '\n'))
+	s.flush()
+}
+
+// Progress reports a phase, with done/total when known.
+func (s *stream) Progress(phase string, done, total int64) {
+	s.send(api.Event{Type: api.EventProgress, Phase: phase, Done: done, Total: total})
+}
+
+// Log sends a line for the user.
+func (s *stream) Log(msg string) { s.send(api.Event{Type: api.EventLog, Message: msg}) }
+
+// finish ends the stream with v or err.
+func (s *stream) finish(v any, err error) {
+	if err != nil {
+		s.send(api.Event{Type: api.EventError, Error: toAPI(err)})
+		return
+	}
+	b, _ := json.Marshal(v)
+	s.send(api.Event{Type: api.EventResult, Result: b})
+}
+
+// progressFunc adapts s to the callback shape the stores use.
+type progressFunc func(phase string, done, total int64)

@@ -1,0 +1,112 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"banger/internal/api"
+	"banger/internal/image"
+)
+
+func (s *Server) imageRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/images", s.handleImageList)
+	mux.HandleFunc("GET /v1/images/{name}", s.handleImageGet)
+	mux.HandleFunc("DELETE /v1/images/{name}", s.handleImageDelete)
+	mux.HandleFunc("POST /v1/images/register", s.handleImageRegister)
+}
+
+func imageView(im image.Image) api.Image {
+	return api.Image{Name: im.Name, Source: im.Source, Digest: im.Digest, Rootfs: im.Rootfs, SizeBytes: im.SizeBytes,
+		KernelRef: im.KernelRef, Distro: im.Distro, HasSSHD: im.HasSSHD, Injected: im.Injected, CreatedAt: im.CreatedAt}
+}
+
+func (s *Server) imageErr(err error, name string) error {
+	switch {
+	case errors.Is(err, image.ErrNotExist):
+		return unknownImage(name, s.images.Names())
+	case errors.Is(err, image.ErrExist):
+		return api.Errorf(api.Conflict, "%v", err)
+	case errors.Is(err, image.ErrInvalid):
+		return api.Errorf(api.InvalidArgument, "%v", err)
+	}
+	return err
+}
+
+func (s *Server) handleImageList(w http.ResponseWriter, r *http.Request) {
+	ims, err := s.images.List()
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	out := []api.Image{}
+	for _, im := range ims {
+		out = append(out, imageView(im))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleImageGet(w http.ResponseWriter, r *http.Request) {
+	im, err := s.images.Get(r.PathValue("name"))
+	if err != nil {
+		writeErr(w, s.imageErr(err, r.PathValue("name")))
+		return
+	}
+	writeJSON(w, http.StatusOK, imageView(im))
+}
+
+func (s *Server) handleImageDelete(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	users, err := s.store.VMsUsingImage(r.Context(), name)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if len(users) > 0 {
+		writeErr(w, api.Errorf(api.Conflict, "image %q is used by vms: %s", name, strings.Join(users, ", ")).
+			WithHint("delete those VMs first"))
+		return
+	}
+	if err := s.images.Delete(name); err != nil {
+		writeErr(w, s.imageErr(err, name))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"deleted": name})
+}
+
+func (s *Server) handleImageRegister(w http.ResponseWriter, r *http.Request) {
+	var req api.RegisterImageRequest
+	if err := decode(r, &req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if req.KernelRef == "" {
+		writeErr(w, api.Errorf(api.InvalidArgument, "--kernel-ref is required (kernels: %s)", s.kernelNames()))
+		return
+	}
+	if _, err := s.kernels.Get(req.KernelRef); err != nil {
+		writeErr(w, api.Errorf(api.NotFound, "kernel %q is not installed (kernels: %s)", req.KernelRef, s.kernelNames()).
+			WithHint("pull one with: banger kernel pull generic-6.1"))
+		return
+	}
+	st := newStream(w)
+	im, err := s.images.Register(r.Context(), req.Name, req.Rootfs, req.KernelRef, st.Progress)
+	if err != nil {
+		st.finish(nil, s.imageErr(fmt.Errorf("registering image %q: %w", req.Name, err), req.Name))
+		return
+	}
+	st.finish(imageView(im), nil)
+}
+
+func (s *Server) kernelNames() string {
+	bs, _ := s.kernels.List()
+	var names []string
+	for _, b := range bs {
+		names = append(names, b.Name)
+	}
+	if len(names) == 0 {
+		return "none yet"
+	}
+	return strings.Join(names, ", ")
+}

@@ -1,0 +1,130 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"banger/internal/api"
+	"banger/internal/kernel"
+)
+
+func (s *Server) kernelRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/kernels", s.handleKernelList)
+	mux.HandleFunc("GET /v1/kernels/{name}", s.handleKernelGet)
+	mux.HandleFunc("DELETE /v1/kernels/{name}", s.handleKernelDelete)
+	mux.HandleFunc("POST /v1/kernels/pull", s.handleKernelPull)
+	mux.HandleFunc("POST /v1/kernels/import", s.handleKernelImport)
+	mux.HandleFunc("POST /v1/kernels/register", s.handleKernelRegister)
+}
+
+func kernelView(b kernel.Bundle) api.Kernel {
+	return api.Kernel{Name: b.Name, Release: b.Release, Kernel: b.Kernel, Initrd: b.Initrd, Modules: b.Modules,
+		Source: b.Source, SHA256: b.SHA256, CreatedAt: b.CreatedAt}
+}
+
+// kernelErr maps the kernel store's errors to API categories.
+func kernelErr(err error) error {
+	switch {
+	case errors.Is(err, kernel.ErrNotFound):
+		return api.Errorf(api.NotFound, "%v", err).WithHint("see banger kernel list; catalog kernels: " + strings.Join(kernel.CatalogNames(), ", "))
+	case errors.Is(err, kernel.ErrExists):
+		return api.Errorf(api.Conflict, "%v", err)
+	case errors.Is(err, kernel.ErrInvalid):
+		return api.Errorf(api.InvalidArgument, "%v", err)
+	}
+	return err
+}
+
+func (s *Server) handleKernelList(w http.ResponseWriter, r *http.Request) {
+	bs, err := s.kernels.List()
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	out := []api.Kernel{}
+	for _, b := range bs {
+		out = append(out, kernelView(b))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleKernelGet(w http.ResponseWriter, r *http.Request) {
+	b, err := s.kernels.Get(r.PathValue("name"))
+	if err != nil {
+		writeErr(w, kernelErr(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, kernelView(b))
+}
+
+func (s *Server) handleKernelDelete(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	users, err := s.store.VMsUsingKernel(r.Context(), name)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if len(users) > 0 {
+		writeErr(w, api.Errorf(api.Conflict, "kernel %q is used by vms: %s", name, strings.Join(users, ", ")).
+			WithHint("delete those VMs first"))
+		return
+	}
+	if err := s.kernels.Delete(name); err != nil {
+		writeErr(w, kernelErr(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"deleted": name})
+}
+
+func (s *Server) kernelProgress(st *stream) func(kernel.Progress) {
+	return func(p kernel.Progress) { st.Progress(p.Phase, p.Done, p.Total) }
+}
+
+func (s *Server) handleKernelPull(w http.ResponseWriter, r *http.Request) {
+	var req api.PullKernelRequest
+	if err := decode(r, &req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if req.Mirror == "" {
+		req.Mirror = s.opts.Config.DebianMirror
+	}
+	st := newStream(w)
+	b, err := s.kernels.Pull(r.Context(), req.Name, req.Mirror, s.kernelProgress(st))
+	if err != nil {
+		st.finish(nil, kernelErr(fmt.Errorf("pulling kernel %q: %w", req.Name, err)))
+		return
+	}
+	st.finish(kernelView(b), nil)
+}
+
+func (s *Server) handleKernelImport(w http.ResponseWriter, r *http.Request) {
+	var req api.ImportKernelRequest
+	if err := decode(r, &req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	st := newStream(w)
+	b, err := s.kernels.ImportDeb(r.Context(), req.Deb, req.Name, s.kernelProgress(st))
+	if err != nil {
+		st.finish(nil, kernelErr(fmt.Errorf("importing %s: %w", req.Deb, err)))
+		return
+	}
+	st.finish(kernelView(b), nil)
+}
+
+func (s *Server) handleKernelRegister(w http.ResponseWriter, r *http.Request) {
+	var req api.RegisterKernelRequest
+	if err := decode(r, &req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	b, err := s.kernels.Register(r.Context(), req.Name, req.Kernel, req.Initrd)
+	if err != nil {
+		writeErr(w, kernelErr(fmt.Errorf("registering kernel %q: %w", req.Name, err)))
+		return
+	}
+	writeJSON(w, http.StatusOK, kernelView(b))
+}

@@ -1,0 +1,340 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/guest"
+	"banger/internal/store"
+	"banger/internal/vmm"
+)
+
+// start boots a VM that is not running and waits for its agent. A guest
+// that never answers is left running and marked failed, so it can be
+// inspected; the error says where to look.
+func (m *vmManager) start(ctx context.Context, name string, readyTimeout time.Duration, p progressFunc) (api.VM, error) {
+	v, err := m.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer m.lock(v.ID)()
+	if v, err = m.get(ctx, name); err != nil {
+		return api.VM{}, err
+	}
+	if mc := m.machine(v.ID); mc != nil {
+		return api.VM{}, api.Errorf(api.Conflict, "vm %q is already running", name)
+	}
+	driver, ok := m.drivers[v.VMM]
+	if !ok {
+		return api.VM{}, api.Errorf(api.Unavailable, "vm %q uses vmm %q, which is not available on this host", name, v.VMM).
+			WithHint("see banger doctor")
+	}
+	spec, err := m.specFor(v)
+	if err != nil {
+		return api.VM{}, err
+	}
+	os.Remove(spec.ConsoleLog) // each boot's log starts fresh
+	p("booting "+driver.Name(), 0, 0)
+	mc, err := driver.Start(ctx, spec)
+	if err != nil {
+		v.State, v.LastError = api.StateFailed, err.Error()
+		m.s.store.UpdateVM(context.WithoutCancel(ctx), v)
+		return api.VM{}, fmt.Errorf("starting vm %q: %w", name, err)
+	}
+	v.State, v.LastError, v.Spec, v.Handle = api.StateStarting, "", marshal(spec), marshal(mc.Handle())
+	if err := m.s.store.UpdateVM(ctx, v); err != nil {
+		mc.Kill()
+		return api.VM{}, err
+	}
+	m.track(v.ID, mc)
+
+	p("waiting for guest agent", 0, 0)
+	if readyTimeout <= 0 {
+		readyTimeout = defaultReadyTimeout
+	}
+	if err := m.waitReady(ctx, v, mc, readyTimeout); err != nil {
+		v.State, v.LastError = api.StateFailed, err.Error()
+		m.s.store.UpdateVM(context.WithoutCancel(ctx), v)
+		if ctx.Err() != nil {
+			// The caller went away: don't leave a half-started VM running.
+			mc.Kill()
+			<-mc.Done()
+			v.State = api.StateStopped
+			m.s.store.UpdateVM(context.WithoutCancel(ctx), v)
+			return api.VM{}, ctx.Err()
+		}
+		return api.VM{}, err
+	}
+	v.State = api.StateRunning
+	if err := m.s.store.UpdateVM(ctx, v); err != nil {
+		return api.VM{}, err
+	}
+	return m.view(v), nil
+}
+
+// track remembers a running machine and watches for its exit.
+func (m *vmManager) track(id string, mc vmm.Machine) {
+	m.mu.Lock()
+	m.machines[id] = mc
+	m.mu.Unlock()
+	go func() {
+		<-mc.Done()
+		m.mu.Lock()
+		if m.machines[id] == mc {
+			delete(m.machines, id)
+			if a := m.agents[id]; a != nil {
+				a.Close()
+				delete(m.agents, id)
+			}
+			delete(m.infos, id)
+		}
+		m.mu.Unlock()
+		// The VMM ended on its own (guest power-off, crash): record it.
+		ctx := context.Background()
+		if v, err := m.s.store.VMByName(ctx, id); err == nil && (v.State == api.StateRunning || v.State == api.StateStarting) {
+			v.State = api.StateStopped
+			v.Handle = "{}"
+			m.s.store.UpdateVM(ctx, v)
+		}
+	}()
+}
+
+// waitReady dials the agent until it answers hello, the VMM exits, or the
+// timeout passes.
+func (m *vmManager) waitReady(ctx context.Context, v store.VM, mc vmm.Machine, timeout time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-mc.Done():
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	_, err := m.agent(wctx, v.ID)
+	if err == nil {
+		return nil
+	}
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case isDone(mc.Done()):
+		return api.Errorf(api.Internal, "vm %q stopped while booting: %v", v.Name, err).
+			WithHint(fmt.Sprintf("see the console log: banger vm logs %s", v.Name))
+	case errors.Is(err, guest.ErrVersionMismatch):
+		return api.Errorf(api.Conflict, "vm %q: %v", v.Name, err)
+	}
+	return api.Errorf(api.Timeout, "vm %q did not become ready within %s: the guest agent never answered", v.Name, timeout).
+		WithHint(fmt.Sprintf("the guest may still be booting or its agent may not start; see banger vm logs %s. "+
+			"The VM is still running for inspection; remove it with banger vm delete %s", v.Name, v.Name))
+}
+
+func isDone(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// agent returns the VM's agent client, dialing (and retrying until ctx is
+// done) when there is none or the last one broke.
+func (m *vmManager) agent(ctx context.Context, id string) (*guest.Client, error) {
+	m.mu.Lock()
+	mc := m.machines[id]
+	if a := m.agents[id]; a != nil && !isDone(a.Done()) {
+		m.mu.Unlock()
+		return a, nil
+	}
+	m.mu.Unlock()
+	if mc == nil {
+		return nil, api.Errorf(api.Conflict, "vm is not running").WithHint("start it with banger vm start")
+	}
+	var last error
+	for {
+		a, info, err := m.dialAgent(ctx, mc)
+		if err == nil {
+			m.mu.Lock()
+			if old := m.agents[id]; old != nil {
+				old.Close()
+			}
+			m.agents[id], m.infos[id] = a, info
+			m.mu.Unlock()
+			return a, nil
+		}
+		if errors.Is(err, guest.ErrVersionMismatch) || errors.Is(err, vmm.ErrNotRunning) {
+			return nil, err
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (m *vmManager) dialAgent(ctx context.Context, mc vmm.Machine) (*guest.Client, guest.Info, error) {
+	conn, err := mc.DialAgent(ctx)
+	if err != nil {
+		return nil, guest.Info{}, err
+	}
+	a, err := guest.NewClient(conn, m.s.log)
+	if err != nil {
+		conn.Close()
+		return nil, guest.Info{}, err
+	}
+	info, err := a.Hello(ctx)
+	if err != nil {
+		a.Close()
+		return nil, guest.Info{}, err
+	}
+	return a, info, nil
+}
+
+// stop powers a VM off: the agent first, then the VMM's power button, then
+// a kill once timeout has passed. force skips straight to the kill.
+func (m *vmManager) stop(ctx context.Context, name string, force bool, timeout time.Duration) (api.VM, error) {
+	v, err := m.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer m.lock(v.ID)()
+	if err := m.stopLocked(ctx, v, force, timeout); err != nil {
+		return api.VM{}, err
+	}
+	v, err = m.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	return m.view(v), nil
+}
+
+func (m *vmManager) stopLocked(ctx context.Context, v store.VM, force bool, timeout time.Duration) error {
+	mc := m.machine(v.ID)
+	if mc != nil {
+		if timeout <= 0 {
+			timeout = 20 * time.Second
+		}
+		if force {
+			mc.Kill()
+		} else {
+			sctx, cancel := context.WithTimeout(ctx, timeout)
+			m.mu.Lock()
+			a := m.agents[v.ID]
+			m.mu.Unlock()
+			if a != nil {
+				actx, c := context.WithTimeout(sctx, 5*time.Second)
+				a.Shutdown(actx)
+				c()
+			}
+			err := mc.Shutdown(sctx)
+			cancel()
+			if err != nil {
+				mc.Kill()
+			}
+		}
+		select {
+		case <-mc.Done():
+		case <-time.After(10 * time.Second):
+			return fmt.Errorf("vmm of %q did not exit after kill", v.Name)
+		}
+	}
+	m.mu.Lock()
+	delete(m.machines, v.ID)
+	if a := m.agents[v.ID]; a != nil {
+		a.Close()
+		delete(m.agents, v.ID)
+	}
+	delete(m.infos, v.ID)
+	m.mu.Unlock()
+	if v.State != api.StateCreated {
+		v.State = api.StateStopped
+	}
+	v.Handle = "{}"
+	return m.s.store.UpdateVM(context.WithoutCancel(ctx), v)
+}
+
+// delete stops the VM if needed and removes its record and files.
+func (m *vmManager) delete(ctx context.Context, name string, force bool) error {
+	v, err := m.get(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer m.lock(v.ID)()
+	if err := m.stopLocked(ctx, v, force, 10*time.Second); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(v.Dir); err != nil {
+		return fmt.Errorf("removing %s: %w", v.Dir, err)
+	}
+	if err := m.s.store.DeleteVM(context.WithoutCancel(ctx), v.ID); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	delete(m.locks, v.ID)
+	m.mu.Unlock()
+	return nil
+}
+
+// adoptAll re-attaches to the VMMs an earlier daemon started. VMs whose
+// VMM is gone are marked stopped.
+func (m *vmManager) adoptAll(ctx context.Context) error {
+	vms, err := m.s.store.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, v := range vms {
+		if v.State != api.StateRunning && v.State != api.StateStarting && v.State != api.StateFailed {
+			continue
+		}
+		var spec vmm.Spec
+		var h vmm.Handle
+		json.Unmarshal([]byte(v.Spec), &spec)
+		json.Unmarshal([]byte(v.Handle), &h)
+		d, ok := m.drivers[v.VMM]
+		var mc vmm.Machine
+		if ok && h.PID != 0 {
+			mc, err = d.Adopt(ctx, spec, h)
+		}
+		if mc == nil {
+			m.s.log.Info("vm's vmm is gone; marking it stopped", "vm", v.Name, "err", err)
+			if v.State != api.StateFailed {
+				v.State = api.StateStopped
+			}
+			v.Handle = "{}"
+			m.s.store.UpdateVM(ctx, v)
+			continue
+		}
+		m.s.log.Info("re-adopted vm", "vm", v.Name, "pid", h.PID)
+		m.track(v.ID, mc)
+		if v.State == api.StateStarting {
+			// The old daemon died mid-boot: finish the wait in the background.
+			go func(v store.VM) {
+				if err := m.waitReady(ctx, v, mc, defaultReadyTimeout); err != nil {
+					v.State, v.LastError = api.StateFailed, err.Error()
+				} else {
+					v.State = api.StateRunning
+				}
+				m.s.store.UpdateVM(context.WithoutCancel(ctx), v)
+			}(v)
+		}
+	}
+	return nil
+}
+
+// close drops agent connections. VMMs keep running for the next daemon.
+func (m *vmManager) close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, a := range m.agents {
+		a.Close()
+		delete(m.agents, id)
+	}
+}

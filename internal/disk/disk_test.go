@@ -1,0 +1,118 @@
+package disk
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+func mkfs(t *testing.T, size string) string {
+	t.Helper()
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Skip("mkfs.ext4 not installed (apt-get install e2fsprogs)")
+	}
+	img := filepath.Join(t.TempDir(), "img.ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, size).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs: %v: %s", err, out)
+	}
+	return img
+}
+
+func TestCloneKeepsContentAndHoles(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	f, _ := os.Create(src)
+	f.Truncate(64 << 20)
+	f.WriteAt([]byte("head"), 0)
+	f.WriteAt([]byte("middle"), 32<<20)
+	f.WriteAt([]byte("tail"), 64<<20-4)
+	f.Close()
+
+	dst := filepath.Join(dir, "dst")
+	method, err := Clone(context.Background(), src, dst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(src)
+	b, _ := os.ReadFile(dst)
+	if !bytes.Equal(a, b) {
+		t.Fatalf("clone (%s) differs from source", method)
+	}
+	if method == MethodSparse {
+		var st, dt = statBlocks(t, src), statBlocks(t, dst)
+		if dt > st+64 {
+			t.Fatalf("sparse copy allocated %d blocks, source %d", dt, st)
+		}
+	}
+	if _, err := Clone(context.Background(), src, dst, nil); err == nil {
+		t.Fatal("clone over an existing file succeeded")
+	}
+}
+
+func statBlocks(t *testing.T, p string) int64 {
+	t.Helper()
+	out, err := exec.Command("stat", "-c", "%b", p).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, c := range bytes.TrimSpace(out) {
+		n = n*10 + int64(c-'0')
+	}
+	return n
+}
+
+func TestIsExt4(t *testing.T) {
+	img := mkfs(t, "8M")
+	if err := IsExt4(img); err != nil {
+		t.Fatal(err)
+	}
+	junk := filepath.Join(t.TempDir(), "junk")
+	os.WriteFile(junk, bytes.Repeat([]byte{1}, 4096), 0o644)
+	if err := IsExt4(junk); err == nil {
+		t.Fatal("junk accepted as ext4")
+	}
+}
+
+func TestCopyInAndGrow(t *testing.T) {
+	ctx := context.Background()
+	img := mkfs(t, "16M")
+	tree := t.TempDir()
+	os.MkdirAll(filepath.Join(tree, "usr/lib/banger"), 0o755)
+	os.WriteFile(filepath.Join(tree, "usr/lib/banger/agent"), []byte("#!/bin/sh\n"), 0o755)
+	os.Symlink("/usr/lib/banger/agent", filepath.Join(tree, "usr/lib/banger/link"))
+	if err := CopyIn(ctx, img, tree); err != nil {
+		t.Fatal(err)
+	}
+	// A second copy replaces files in place.
+	os.WriteFile(filepath.Join(tree, "usr/lib/banger/agent"), []byte("v2"), 0o755)
+	if err := CopyIn(ctx, img, tree); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadFile(ctx, img, "/usr/lib/banger/agent")
+	if err != nil || string(got) != "v2" {
+		t.Fatalf("read back %q, %v", got, err)
+	}
+	if !Exists(ctx, img, "/usr/lib/banger/link") {
+		t.Fatal("symlink missing")
+	}
+	if Exists(ctx, img, "/nope") {
+		t.Fatal("missing path reported present")
+	}
+	if err := Grow(ctx, img, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(img); st.Size() != 64<<20 {
+		t.Fatalf("size after grow = %d", st.Size())
+	}
+	out, err := exec.Command("dumpe2fs", "-h", img).Output()
+	if err != nil || !bytes.Contains(out, []byte("Block count:")) {
+		t.Fatalf("dumpe2fs: %v", err)
+	}
+	if got, _ := ReadFile(ctx, img, "/usr/lib/banger/agent"); string(got) != "v2" {
+		t.Fatal("content lost by grow")
+	}
+}

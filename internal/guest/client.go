@@ -1,0 +1,194 @@
+package guest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// ErrConnectionLost reports that the agent connection ended in the middle
+// of a call.
+var ErrConnectionLost = errors.New("guest agent connection lost")
+
+// YamuxConfig is the yamux configuration both sides use. Keepalives are
+// off (a guest under emulation can be slow to answer pings; a dead
+// transport shows as EOF), stream opens wait for as long as the caller's
+// context allows, and yamux's own logging goes to logger at debug level.
+func YamuxConfig(logger *slog.Logger) *yamux.Config {
+	cfg := yamux.DefaultConfig()
+	cfg.EnableKeepAlive = false
+	cfg.StreamOpenTimeout = 0
+	cfg.ConnectionWriteTimeout = 30 * time.Second
+	cfg.MaxStreamWindowSize = 1 << 20
+	cfg.LogOutput = nil
+	cfg.Logger = log.New(slogWriter{logger}, "", 0)
+	return cfg
+}
+
+type slogWriter struct{ l *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	if w.l != nil {
+		w.l.Debug(string(p))
+	}
+	return len(p), nil
+}
+
+// Client is the host side of the agent protocol over one connection. It
+// is safe for concurrent use; each call runs on its own yamux stream.
+type Client struct {
+	sess   *yamux.Session
+	logger *slog.Logger
+}
+
+// NewClient starts a yamux client session over conn. Closing the Client
+// closes conn. A nil logger discards logs.
+func NewClient(conn net.Conn, logger *slog.Logger) (*Client, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	sess, err := yamux.Client(conn, YamuxConfig(logger))
+	if err != nil {
+		return nil, fmt.Errorf("starting agent session: %w", err)
+	}
+	return &Client{sess: sess, logger: logger}, nil
+}
+
+// Close ends the session and the connection. Calls in flight fail.
+func (c *Client) Close() error { return c.sess.Close() }
+
+// Done is closed when the session has ended (Close, or the connection
+// dropped).
+func (c *Client) Done() <-chan struct{} { return c.sess.CloseChan() }
+
+// OpenStream opens a raw stream. The caller writes the FrameRequest and
+// speaks the operation's frames itself; this is what the daemon splices.
+func (c *Client) OpenStream(ctx context.Context) (net.Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s, err := c.sess.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("opening agent stream: %w", lostErr(err))
+	}
+	return s, nil
+}
+
+// call is one operation's stream. Its context watcher unblocks reads and
+// writes (and closes the stream) when ctx is done.
+type call struct {
+	conn net.Conn
+	fw   *FrameWriter
+	ctx  context.Context
+	stop func() bool
+}
+
+// start opens a stream, sends req and arms ctx.
+func (c *Client) start(ctx context.Context, req Request) (*call, error) {
+	conn, err := c.OpenStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cl := &call{conn: conn, fw: NewFrameWriter(conn), ctx: ctx}
+	cl.stop = context.AfterFunc(ctx, func() {
+		_ = conn.SetDeadline(time.Now())
+		_ = conn.Close()
+	})
+	req.Version = ProtocolVersion
+	if err := cl.fw.WriteJSON(FrameRequest, req); err != nil {
+		cl.close()
+		return nil, cl.wrap("sending request", err)
+	}
+	return cl, nil
+}
+
+// close releases the stream; it tells the agent the call is over.
+func (cl *call) close() {
+	cl.stop()
+	_ = cl.conn.Close()
+}
+
+// read reads the next frame, mapping a stream end to ErrConnectionLost.
+func (cl *call) read() (Frame, error) {
+	f, err := ReadFrame(cl.conn)
+	if err != nil {
+		return Frame{}, cl.wrap("reading from agent", err)
+	}
+	return f, nil
+}
+
+// wrap explains err: the context's error when ctx is done, else err with
+// transport ends mapped to ErrConnectionLost.
+func (cl *call) wrap(what string, err error) error {
+	if cerr := cl.ctx.Err(); cerr != nil {
+		return fmt.Errorf("%s: %w", what, cerr)
+	}
+	return fmt.Errorf("%s: %w", what, lostErr(err))
+}
+
+func lostErr(err error) error {
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, yamux.ErrSessionShutdown), errors.Is(err, yamux.ErrConnectionReset),
+		errors.Is(err, yamux.ErrStreamClosed), errors.Is(err, yamux.ErrTimeout):
+		return fmt.Errorf("%w (%v)", ErrConnectionLost, err)
+	}
+	return err
+}
+
+// response reads the Response that answers a request.
+func (cl *call) response() (Response, error) {
+	f, err := cl.read()
+	if err != nil {
+		return Response{}, err
+	}
+	var resp Response
+	if err := DecodeJSON(f, FrameResponse, &resp); err != nil {
+		return Response{}, err
+	}
+	return resp, nil
+}
+
+// Hello asks the agent who it is. It returns an error wrapping
+// ErrVersionMismatch (a *VersionError, with Info filled in) when the agent
+// speaks another protocol version.
+func (c *Client) Hello(ctx context.Context) (Info, error) {
+	cl, err := c.start(ctx, Request{Op: OpHello})
+	if err != nil {
+		return Info{}, fmt.Errorf("hello: %w", err)
+	}
+	defer cl.close()
+	resp, err := cl.response()
+	if err != nil {
+		return Info{}, fmt.Errorf("hello: %w", err)
+	}
+	if resp.Hello == nil {
+		return Info{}, errors.New("hello: agent sent no info")
+	}
+	info := *resp.Hello
+	if info.ProtocolVersion != ProtocolVersion {
+		return info, &VersionError{Guest: info.ProtocolVersion, Host: ProtocolVersion}
+	}
+	return info, nil
+}
+
+// Shutdown asks the guest to sync and power off. It returns once the
+// agent has acknowledged; the VM goes down shortly after.
+func (c *Client) Shutdown(ctx context.Context) error {
+	cl, err := c.start(ctx, Request{Op: OpShutdown})
+	if err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	defer cl.close()
+	if _, err := cl.response(); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}

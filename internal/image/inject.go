@@ -1,0 +1,151 @@
+package image
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"banger/internal/guest"
+)
+
+// AgentUnitName is the systemd unit that runs the guest agent.
+const AgentUnitName = "banger-agent.service"
+
+// agentUnit starts the agent early (it only needs the root filesystem and
+// retries until its transport appears) and restarts it for ever.
+const agentUnit = `[Unit]
+Description=banger guest agent
+DefaultDependencies=no
+After=local-fs.target systemd-modules-load.service
+Conflicts=shutdown.target
+Before=shutdown.target
+StartLimitIntervalSec=0
+
+[Service]
+Type=simple
+ExecStart=` + guest.AgentPath + `
+Restart=always
+RestartSec=1
+OOMScoreAdjust=-900
+
+[Install]
+WantedBy=sysinit.target multi-user.target
+`
+
+// agentWants are the targets the unit is enabled in (what
+// "systemctl enable" would link, given WantedBy).
+var agentWants = []string{"sysinit.target.wants", "multi-user.target.wants"}
+
+// InjectAgent puts banger's guest agent into the root filesystem tree
+// rootDir: the binary at guest.AgentPath, and, when the tree has systemd,
+// an enabled banger-agent.service. Without systemd nothing else is needed:
+// banger's initrd runs the agent as PID 1 when there is no /sbin/init.
+// It is idempotent.
+func InjectAgent(rootDir, agentBin string) error {
+	return WriteAgentFiles(rootDir, agentBin, HasSystemd(rootDir))
+}
+
+// HasSystemd reports whether the root filesystem tree rootDir has systemd.
+func HasSystemd(rootDir string) bool {
+	for _, p := range []string{"usr/lib/systemd/systemd", "lib/systemd/systemd"} {
+		if st, err := os.Stat(filepath.Join(rootDir, p)); err == nil && st.Mode().IsRegular() {
+			return true
+		}
+	}
+	return false
+}
+
+// WriteAgentFiles writes the agent's files under tree, which may be a
+// whole root filesystem or an overlay to copy into one later: the binary
+// (0755) and, when systemd is true, the unit and its enablement links.
+func WriteAgentFiles(tree, agentBin string, systemd bool) error {
+	if err := copyAtomic(agentBin, filepath.Join(tree, guest.AgentPath), 0o755); err != nil {
+		return fmt.Errorf("installing agent: %w", err)
+	}
+	if !systemd {
+		return nil
+	}
+	unitDir := filepath.Join(tree, "etc/systemd/system")
+	unit := filepath.Join(unitDir, AgentUnitName)
+	if err := writeAtomicBytes(unit, []byte(agentUnit), 0o644); err != nil {
+		return fmt.Errorf("writing agent unit: %w", err)
+	}
+	for _, wants := range agentWants {
+		link := filepath.Join(unitDir, wants, AgentUnitName)
+		if err := relink("/etc/systemd/system/"+AgentUnitName, link); err != nil {
+			return fmt.Errorf("enabling agent unit: %w", err)
+		}
+	}
+	return nil
+}
+
+// copyAtomic copies src to dst with mode, atomically.
+func copyAtomic(src, dst string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", src)
+	}
+	return writeAtomicWith(dst, mode, func(w io.Writer) error {
+		_, err := io.Copy(w, in)
+		return err
+	})
+}
+
+func writeAtomicBytes(dst string, data []byte, mode os.FileMode) error {
+	return writeAtomicWith(dst, mode, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+// writeAtomicWith writes dst through a temp file beside it: fill, chmod,
+// fsync, rename. Parent directories are created 0755.
+func writeAtomicWith(dst string, mode os.FileMode, fill func(io.Writer) error) error {
+	dir := filepath.Dir(dst)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // no-op once renamed
+	err = fill(tmp)
+	if err == nil {
+		err = tmp.Chmod(mode)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", dst, err)
+	}
+	return os.Rename(tmp.Name(), dst)
+}
+
+// relink makes link point to target, replacing what was there.
+func relink(target, link string) error {
+	if cur, err := os.Readlink(link); err == nil && cur == target {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+		return err
+	}
+	if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return os.Symlink(target, link)
+}

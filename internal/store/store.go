@@ -1,0 +1,155 @@
+// Package store keeps bangerd's state in a SQLite database (modernc.org/sqlite,
+// no cgo): VMs, images, kernels and IP leases. Every write is a transaction,
+// so a crash at any point loses nothing already acknowledged.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// Sentinel errors. Wrap them with %w; callers test with errors.Is.
+var (
+	ErrNotExist = errors.New("does not exist")
+	ErrExist    = errors.New("already exists")
+)
+
+// Store is the state database. It is safe for concurrent use, also by
+// several processes.
+type Store struct {
+	db *sql.DB
+}
+
+// Open opens (creating if needed) the database at path and applies any
+// pending migrations.
+func Open(ctx context.Context, path string) (*Store, error) {
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	s := &Store{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrating %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// SchemaVersion returns the number of migrations applied.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
+	return v, err
+}
+
+// migrations are applied in order, each in its own transaction. Append
+// only: never edit a migration that has shipped.
+var migrations = []string{
+	// 1: VMs. Images and kernels keep their manifests in their stores.
+	`CREATE TABLE vms (
+		id         TEXT PRIMARY KEY,
+		name       TEXT NOT NULL UNIQUE,
+		state      TEXT NOT NULL,
+		image      TEXT NOT NULL DEFAULT '',
+		kernel     TEXT NOT NULL DEFAULT '',
+		vmm        TEXT NOT NULL DEFAULT '',
+		vcpus      INTEGER NOT NULL DEFAULT 1,
+		memory_mib INTEGER NOT NULL DEFAULT 512,
+		disk_bytes INTEGER NOT NULL DEFAULT 0,
+		dir        TEXT NOT NULL DEFAULT '',
+		disk_method TEXT NOT NULL DEFAULT '',
+		spec       TEXT NOT NULL DEFAULT '{}',
+		handle     TEXT NOT NULL DEFAULT '{}',
+		last_error TEXT NOT NULL DEFAULT '',
+		created_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL
+	);`,
+	// 2: IP leases, one per VM NIC.
+	`CREATE TABLE leases (
+		ip     TEXT PRIMARY KEY,
+		vm_id  TEXT NOT NULL,
+		mac    TEXT NOT NULL DEFAULT '',
+		tap    TEXT NOT NULL DEFAULT '',
+		created_at INTEGER NOT NULL
+	);
+	CREATE INDEX leases_vm ON leases(vm_id);`,
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL DEFAULT (strftime('%s','now')))`); err != nil {
+		return err
+	}
+	for i, m := range migrations {
+		version := i + 1
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			var n int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = ?`, version).Scan(&n); err != nil {
+				return err
+			}
+			if n > 0 {
+				return nil
+			}
+			for _, stmt := range splitStatements(m) {
+				if _, err := tx.ExecContext(ctx, stmt); err != nil {
+					return fmt.Errorf("migration %d: %w", version, err)
+				}
+			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations(version) VALUES (?)`, version)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	var max int
+	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version),0) FROM schema_migrations`).Scan(&max); err != nil {
+		return err
+	}
+	if max > len(migrations) {
+		return fmt.Errorf("database schema version %d is newer than this bangerd knows (%d): upgrade banger", max, len(migrations))
+	}
+	return nil
+}
+
+func splitStatements(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ";") {
+		if strings.TrimSpace(p) != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// tx runs fn in an immediate (write-locking) transaction.
+func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+func isUniqueViolation(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
+}

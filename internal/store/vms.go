@@ -1,0 +1,147 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// VM is one VM's record.
+type VM struct {
+	ID         string
+	Name       string
+	State      string
+	Image      string
+	Kernel     string
+	VMM        string
+	VCPUs      int
+	MemoryMiB  int
+	DiskBytes  int64
+	Dir        string
+	DiskMethod string
+	Spec       string // JSON of vmm.Spec
+	Handle     string // JSON of vmm.Handle
+	LastError  string
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+}
+
+const vmColumns = `id, name, state, image, kernel, vmm, vcpus, memory_mib, disk_bytes, dir,
+	disk_method, spec, handle, last_error, created_at, updated_at`
+
+func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
+	var v VM
+	var created, updated int64
+	err := sc.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPUs, &v.MemoryMiB,
+		&v.DiskBytes, &v.Dir, &v.DiskMethod, &v.Spec, &v.Handle, &v.LastError, &created, &updated)
+	v.CreatedAt = time.Unix(0, created)
+	v.UpdatedAt = time.Unix(0, updated)
+	return v, err
+}
+
+// CreateVM inserts v. A taken name returns an error wrapping ErrExist.
+func (s *Store) CreateVM(ctx context.Context, v VM) error {
+	now := time.Now().UnixNano()
+	_, err := s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		v.ID, v.Name, v.State, v.Image, v.Kernel, v.VMM, v.VCPUs, v.MemoryMiB, v.DiskBytes, v.Dir,
+		v.DiskMethod, nz(v.Spec), nz(v.Handle), v.LastError, now, now)
+	if isUniqueViolation(err) {
+		return fmt.Errorf("vm %q: %w", v.Name, ErrExist)
+	}
+	return err
+}
+
+func nz(s string) string {
+	if s == "" {
+		return "{}"
+	}
+	return s
+}
+
+// UpdateVM replaces the mutable fields of the VM with v.ID.
+func (s *Store) UpdateVM(ctx context.Context, v VM) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE vms SET state=?, vmm=?, spec=?, handle=?, last_error=?,
+		disk_method=?, dir=?, updated_at=? WHERE id=?`,
+		v.State, v.VMM, nz(v.Spec), nz(v.Handle), v.LastError, v.DiskMethod, v.Dir, time.Now().UnixNano(), v.ID)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("vm %s: %w", v.ID, ErrNotExist)
+	}
+	return nil
+}
+
+// VMByName returns the VM called name.
+func (s *Store) VMByName(ctx context.Context, name string) (VM, error) {
+	v, err := scanVM(s.db.QueryRowContext(ctx, `SELECT `+vmColumns+` FROM vms WHERE name = ? OR id = ?`, name, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return VM{}, fmt.Errorf("vm %q: %w", name, ErrNotExist)
+	}
+	return v, err
+}
+
+// ListVMs returns all VMs, oldest first.
+func (s *Store) ListVMs(ctx context.Context) ([]VM, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+vmColumns+` FROM vms ORDER BY created_at`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []VM
+	for rows.Next() {
+		v, err := scanVM(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// DeleteVM removes the VM and its leases in one transaction.
+func (s *Store) DeleteVM(ctx context.Context, id string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM leases WHERE vm_id = ?`, id); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM vms WHERE id = ?`, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("vm %s: %w", id, ErrNotExist)
+		}
+		return nil
+	})
+}
+
+// VMsUsingImage returns the names of VMs created from image.
+func (s *Store) VMsUsingImage(ctx context.Context, image string) ([]string, error) {
+	return s.names(ctx, `SELECT name FROM vms WHERE image = ? ORDER BY name`, image)
+}
+
+// VMsUsingKernel returns the names of VMs that boot kernel.
+func (s *Store) VMsUsingKernel(ctx context.Context, kernel string) ([]string, error) {
+	return s.names(ctx, `SELECT name FROM vms WHERE kernel = ? ORDER BY name`, kernel)
+}
+
+func (s *Store) names(ctx context.Context, q string, arg any) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, q, arg)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}

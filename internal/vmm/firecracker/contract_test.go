@@ -1,0 +1,414 @@
+package firecracker
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"banger/internal/vmm"
+)
+
+// newStandinDriver returns a driver whose firecracker binary is this test
+// binary playing the stand-in in mode, and the file the stand-in records
+// requests to. KVM is assumed: this host has none.
+func newStandinDriver(t *testing.T, mode string) (*Driver, string) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(t.TempDir(), "requests.jsonl")
+	t.Setenv(standinEnv, mode)
+	t.Setenv(standinLogEnv, logPath)
+	d := New(Options{Bin: exe, SocketTimeout: 5 * time.Second, CheckKVM: func() error { return nil }})
+	return d, logPath
+}
+
+func testSpec(t *testing.T) vmm.Spec {
+	t.Helper()
+	dir := t.TempDir()
+	for _, f := range []string{"vmlinux", "initrd.img", "rootfs.ext4", "modules.ext4"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(f), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return vmm.Spec{
+		ID: "vm-0123abcd", Name: "test", Dir: filepath.Join(dir, "vm"),
+		VCPUs: 2, MemoryMiB: 1024,
+		Kernel:  filepath.Join(dir, "vmlinux"),
+		Initrd:  filepath.Join(dir, "initrd.img"),
+		Cmdline: "root=/dev/vda rw banger.agent=vsock -- --banger-init",
+		Drives: []vmm.Drive{
+			{ID: "root", Path: filepath.Join(dir, "rootfs.ext4"), Root: true},
+			{ID: "modules", Path: filepath.Join(dir, "modules.ext4"), ReadOnly: true},
+		},
+		NICs:       []vmm.NIC{{ID: "eth0", Tap: "tap-test0", MAC: "02:fc:00:00:00:01"}},
+		ConsoleLog: filepath.Join(dir, "console.log"),
+	}
+}
+
+func readRecorded(t *testing.T, path string) []recorded {
+	t.Helper()
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []recorded
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r recorded
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("bad record %q: %v", sc.Text(), err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// calls lists requests as "METHOD /path", with the action type of
+// /actions and the state of /vm.
+func calls(reqs []recorded) []string {
+	var out []string
+	for _, r := range reqs {
+		s := r.Method + " " + r.Path
+		var b map[string]any
+		if json.Unmarshal(r.Body, &b) == nil {
+			if v, ok := b["action_type"]; ok {
+				s += " " + fmt.Sprint(v)
+			}
+			if v, ok := b["state"]; ok && r.Path == "/vm" {
+				s += " " + fmt.Sprint(v)
+			}
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// validateAll checks every recorded request against the API spec. When
+// the spec is absent it skips the test: call it last.
+func validateAll(t *testing.T, s *apiSpec, reqs []recorded) {
+	t.Helper()
+	if len(reqs) == 0 {
+		t.Fatal("no requests recorded")
+	}
+	if s == nil {
+		t.Skipf("Firecracker API spec absent: behaviour checked, but %d requests NOT validated against the API contract", len(reqs))
+	}
+	for _, r := range reqs {
+		if err := s.validate(r.Method, r.Path, r.Body); err != nil {
+			t.Errorf("request breaks the Firecracker v1.16.1 API contract: %v\nbody: %s", err, r.Body)
+		}
+	}
+}
+
+var bootResource = map[string]bool{"/machine-config": true, "/boot-source": true, "/drives": true, "/network-interfaces": true, "/vsock": true}
+
+// checkOrder enforces Firecracker's ordering rules: no boot resource is
+// configured after InstanceStart, and a snapshot load comes before any
+// boot resource (and is never combined with InstanceStart).
+func checkOrder(reqs []recorded) error {
+	started, loaded, configured := false, false, ""
+	for i, r := range reqs {
+		top := "/" + strings.SplitN(strings.TrimPrefix(r.Path, "/"), "/", 2)[0]
+		c := calls([]recorded{r})[0]
+		switch {
+		case r.Method == "PUT" && bootResource[top]:
+			if started {
+				return fmt.Errorf("request %d %s: configured after InstanceStart", i, c)
+			}
+			if loaded {
+				return fmt.Errorf("request %d %s: configured after a snapshot load", i, c)
+			}
+			configured = c
+		case c == "PUT /actions InstanceStart":
+			if loaded {
+				return fmt.Errorf("request %d: InstanceStart after a snapshot load", i)
+			}
+			started = true
+		case c == "PUT /snapshot/load":
+			if configured != "" {
+				return fmt.Errorf("request %d: snapshot load after %s", i, configured)
+			}
+			if started {
+				return fmt.Errorf("request %d: snapshot load after InstanceStart", i)
+			}
+			loaded = true
+		}
+	}
+	return nil
+}
+
+func TestCheckOrderCatches(t *testing.T) {
+	rec := func(m, p, body string) recorded { return recorded{Method: m, Path: p, Body: json.RawMessage(body)} }
+	start := rec("PUT", "/actions", `{"action_type":"InstanceStart"}`)
+	load := rec("PUT", "/snapshot/load", `{"snapshot_path":"/s"}`)
+	drive := rec("PUT", "/drives/root", `{}`)
+	logger := rec("PUT", "/logger", `{}`)
+	tests := []struct {
+		name    string
+		reqs    []recorded
+		wantErr string
+	}{
+		{"boot", []recorded{logger, drive, start}, ""},
+		{"restore", []recorded{logger, load}, ""},
+		{"drive after start", []recorded{drive, start, drive}, "after InstanceStart"},
+		{"load after drive", []recorded{drive, load}, "snapshot load after PUT /drives/root"},
+		{"drive after load", []recorded{load, drive}, "after a snapshot load"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := checkOrder(tt.reqs)
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("checkOrder = %v, want error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestContractBootToShutdown runs a whole VM life against the stand-in:
+// boot, agent dial, pause, resume, snapshot, shutdown. Every request is
+// checked against the spec and Firecracker's ordering rules.
+func TestContractBootToShutdown(t *testing.T) {
+	apiSpec := loadSpec(t)
+	d, logPath := newStandinDriver(t, modeOK)
+	spec := testSpec(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	m, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() { m.Kill() })
+	echoThroughAgent(ctx, t, m)
+	p := m.(vmm.Pauser)
+	if err := p.Pause(ctx); err != nil {
+		t.Fatalf("Pause: %v", err)
+	}
+	if err := p.Resume(ctx); err != nil {
+		t.Fatalf("Resume: %v", err)
+	}
+	snapDir := t.TempDir()
+	if err := m.(vmm.Snapshotter).Snapshot(ctx, snapDir); err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	for _, f := range []string{SnapshotStateName, SnapshotMemoryName} {
+		if _, err := os.Stat(filepath.Join(snapDir, f)); err != nil {
+			t.Errorf("snapshot file: %v", err)
+		}
+	}
+	if err := m.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	waitDone(t, m)
+
+	reqs := readRecorded(t, logPath)
+	want := []string{
+		"GET /version", "PUT /logger", "PUT /metrics",
+		"PUT /machine-config", "PUT /boot-source", "PUT /drives/root", "PUT /drives/modules",
+		"PUT /network-interfaces/eth0", "PUT /vsock", "PUT /actions InstanceStart",
+		"PATCH /vm Paused", "PATCH /vm Resumed",
+		"PATCH /vm Paused", "PUT /snapshot/create", "PATCH /vm Resumed",
+		"PUT /actions SendCtrlAltDel",
+	}
+	if diff := cmp.Diff(want, calls(reqs)); diff != "" {
+		t.Errorf("request sequence (-want +got):\n%s", diff)
+	}
+	if err := checkOrder(reqs); err != nil {
+		t.Error(err)
+	}
+	checkBootBodies(t, spec, reqs)
+	if b, _ := os.ReadFile(spec.ConsoleLog); !strings.Contains(string(b), standinBanner) {
+		t.Errorf("console log %q lacks the serial output %q", b, standinBanner)
+	}
+	for _, f := range []string{LogName, MetricsName} {
+		if _, err := os.Stat(filepath.Join(spec.Dir, f)); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	assertNoLeftovers(t, spec.Dir)
+	validateAll(t, apiSpec, reqs)
+}
+
+// checkBootBodies checks what the boot requests say, beyond the schema.
+func checkBootBodies(t *testing.T, spec vmm.Spec, reqs []recorded) {
+	t.Helper()
+	bodies := map[string]json.RawMessage{}
+	for _, r := range reqs {
+		bodies[r.Method+" "+r.Path] = r.Body
+	}
+	var got struct {
+		Boot    BootSource
+		Root    DriveConfig
+		Modules DriveConfig
+		NIC     NetworkInterface
+		Vsock   VsockConfig
+		Machine MachineConfig
+		Logger  LoggerConfig
+	}
+	for key, dst := range map[string]any{
+		"PUT /boot-source": &got.Boot, "PUT /drives/root": &got.Root, "PUT /drives/modules": &got.Modules,
+		"PUT /network-interfaces/eth0": &got.NIC, "PUT /vsock": &got.Vsock, "PUT /machine-config": &got.Machine,
+		"PUT /logger": &got.Logger,
+	} {
+		if err := json.Unmarshal(bodies[key], dst); err != nil {
+			t.Fatalf("%s: %v", key, err)
+		}
+	}
+	if !strings.HasPrefix(got.Boot.BootArgs, "console=ttyS0 reboot=k panic=1") || !strings.HasSuffix(got.Boot.BootArgs, spec.Cmdline) {
+		t.Errorf("boot_args %q: want Firecracker's console/reboot args first and the spec's cmdline (with its init args) last", got.Boot.BootArgs)
+	}
+	if strings.Contains(got.Boot.BootArgs, "virtio_mmio.device") {
+		t.Errorf("boot_args %q: Firecracker adds virtio_mmio.device= itself", got.Boot.BootArgs)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"kernel", got.Boot.KernelImagePath, spec.Kernel},
+		{"initrd", got.Boot.InitrdPath, spec.Initrd},
+		{"root drive", got.Root, DriveConfig{DriveID: "root", PathOnHost: spec.Drives[0].Path, IsRootDevice: true}},
+		{"modules drive", got.Modules, DriveConfig{DriveID: "modules", PathOnHost: spec.Drives[1].Path, IsReadOnly: true}},
+		{"nic", got.NIC, NetworkInterface{IfaceID: "eth0", HostDevName: "tap-test0", GuestMAC: "02:fc:00:00:00:01"}},
+		{"vsock", got.Vsock, VsockConfig{GuestCID: 3, UDSPath: filepath.Join(spec.Dir, VsockSocketName)}},
+		{"machine", got.Machine, MachineConfig{VCPUCount: 2, MemSizeMiB: 1024}},
+		{"logger path", got.Logger.LogPath, filepath.Join(spec.Dir, LogName)},
+	}
+	for _, c := range checks {
+		if diff := cmp.Diff(c.want, c.got); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", c.name, diff)
+		}
+	}
+}
+
+// echoThroughAgent dials the agent port over the stand-in's hybrid vsock
+// and checks bytes go both ways.
+func echoThroughAgent(ctx context.Context, t *testing.T, m vmm.Machine) {
+	t.Helper()
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := m.DialAgent(dctx)
+	if err != nil {
+		t.Fatalf("DialAgent: %v", err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "ping\n"); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil || line != "ping\n" {
+		t.Fatalf("echo through vsock = %q, %v", line, err)
+	}
+}
+
+func waitDone(t *testing.T, m vmm.Machine) {
+	t.Helper()
+	select {
+	case <-m.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Done not closed after the process exited")
+	}
+}
+
+// TestContractRestore loads a snapshot into a fresh stand-in: the load is
+// the only VM request after logger and metrics.
+func TestContractRestore(t *testing.T) {
+	apiSpec := loadSpec(t)
+	d, logPath := newStandinDriver(t, modeOK)
+	spec := testSpec(t)
+	snapDir := t.TempDir()
+	for _, f := range []string{SnapshotStateName, SnapshotMemoryName} {
+		os.WriteFile(filepath.Join(snapDir, f), []byte("snap"), 0o600)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	m, err := d.Restore(ctx, spec, snapDir)
+	if err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	t.Cleanup(func() { m.Kill() })
+	echoThroughAgent(ctx, t, m)
+	if err := m.Kill(); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	waitDone(t, m)
+
+	reqs := readRecorded(t, logPath)
+	want := []string{"GET /version", "PUT /logger", "PUT /metrics", "PUT /snapshot/load"}
+	if diff := cmp.Diff(want, calls(reqs)); diff != "" {
+		t.Errorf("request sequence (-want +got):\n%s", diff)
+	}
+	if err := checkOrder(reqs); err != nil {
+		t.Error(err)
+	}
+	var load SnapshotLoad
+	json.Unmarshal(reqs[len(reqs)-1].Body, &load)
+	wantLoad := SnapshotLoad{
+		SnapshotPath:     filepath.Join(snapDir, SnapshotStateName),
+		MemBackend:       MemoryBackend{BackendType: "File", BackendPath: filepath.Join(snapDir, SnapshotMemoryName)},
+		ResumeVM:         true,
+		NetworkOverrides: []NetworkOverride{{IfaceID: "eth0", HostDevName: "tap-test0"}},
+		VsockOverride:    &VsockOverride{UDSPath: filepath.Join(spec.Dir, VsockSocketName)},
+	}
+	if diff := cmp.Diff(wantLoad, load); diff != "" {
+		t.Errorf("snapshot load body (-want +got):\n%s", diff)
+	}
+	assertNoLeftovers(t, spec.Dir)
+	validateAll(t, apiSpec, reqs)
+}
+
+// assertNoLeftovers fails when a socket is left in dir or a process still
+// has dir in its command line.
+func assertNoLeftovers(t *testing.T, dir string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		left := leftovers(dir)
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("left behind: %v", left)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func leftovers(dir string) []string {
+	var left []string
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if e.Type()&os.ModeSocket != 0 {
+			left = append(left, "socket "+e.Name())
+		}
+	}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), dir) {
+			// A zombie has an empty cmdline, so this is a live process.
+			left = append(left, "process "+strconv.Itoa(pid))
+		}
+	}
+	return left
+}

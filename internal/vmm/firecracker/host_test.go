@@ -1,0 +1,89 @@
+package firecracker
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"banger/internal/vmm"
+)
+
+func TestSupportedAPIVersion(t *testing.T) {
+	tests := []struct {
+		v    string
+		want bool
+	}{
+		{"1.16.1", true},
+		{"v1.16.1", true},
+		{"1.16.0", true},
+		{"1.16", true},
+		{"1.17.0-dev", true},
+		{"1.20.3", true},
+		{"1.15.9", false},
+		{"1.5.0", false},
+		{"0.25.0", false},
+		{"2.0.0", false},
+		{"", false},
+		{"latest", false},
+		{"1.x.0", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.v, func(t *testing.T) {
+			if got := SupportedAPIVersion(tt.v); got != tt.want {
+				t.Errorf("SupportedAPIVersion(%q) = %v, want %v", tt.v, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestProbe(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(standinEnv, modeOK)
+	v, err := Probe(t.Context(), exe)
+	if err != nil || v != "1.16.1" {
+		t.Fatalf("Probe = %q, %v; want 1.16.1", v, err)
+	}
+
+	noVersion := filepath.Join(t.TempDir(), "fc")
+	os.WriteFile(noVersion, []byte("#!/bin/sh\necho hello\n"), 0o755)
+	if _, err := Probe(t.Context(), noVersion); err == nil {
+		t.Error("Probe of a binary printing no version succeeded")
+	}
+	if _, err := Probe(t.Context(), filepath.Join(t.TempDir(), "missing")); !errors.Is(err, vmm.ErrUnavailable) {
+		t.Errorf("Probe of a missing binary = %v, want ErrUnavailable", err)
+	}
+}
+
+func TestDriverIdentity(t *testing.T) {
+	d := New(Options{})
+	if d.Name() != "firecracker" {
+		t.Errorf("Name = %q", d.Name())
+	}
+	want := vmm.Features{Snapshots: true, Pause: true, Accel: vmm.AccelKVM, Transport: vmm.TransportHybridVsock}
+	if diff := cmp.Diff(want, d.Features()); diff != "" {
+		t.Errorf("Features (-want +got):\n%s", diff)
+	}
+}
+
+func TestInstanceID(t *testing.T) {
+	tests := []struct {
+		spec vmm.Spec
+		want string
+	}{
+		{vmm.Spec{ID: "vm-0123"}, "vm-0123"},
+		{vmm.Spec{ID: "a_b.c"}, "a-b-c"},
+		{vmm.Spec{Name: "dev box"}, "dev-box"},
+		{vmm.Spec{}, "banger-vm"},
+	}
+	for _, tt := range tests {
+		if got := instanceID(tt.spec); got != tt.want {
+			t.Errorf("instanceID(%+v) = %q, want %q", tt.spec, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,99 @@
+package firecracker
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"banger/internal/vmm"
+)
+
+// TestContractJailer boots under a stand-in jailer: firecracker sees
+// paths inside its chroot, the VM's files are linked into it, and the
+// snapshot is moved out of it.
+func TestContractJailer(t *testing.T) {
+	apiSpec := loadSpec(t)
+	d, logPath := newStandinDriver(t, modeOK)
+	d.opts.JailerBin = d.opts.Bin
+	d.opts.JailerUID, d.opts.JailerGID = os.Getuid(), os.Getgid()
+	spec := testSpec(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	m, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() { m.Kill() })
+	root := filepath.Join(spec.Dir, "jail", filepath.Base(d.opts.Bin), instanceID(spec), "root")
+	if got := m.Handle().Data[dataJailRoot]; got != root {
+		t.Errorf("jail root = %q, want %q", got, root)
+	}
+	for _, f := range []string{"0-vmlinux", "1-initrd.img", "2-rootfs.ext4", "3-modules.ext4"} {
+		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
+			t.Errorf("not linked into the jail: %v", err)
+		}
+	}
+	echoThroughAgent(ctx, t, m)
+	adopted, err := New(d.opts).Adopt(ctx, spec, m.Handle())
+	if err != nil {
+		t.Fatalf("Adopt: %v", err)
+	}
+	snapDir := t.TempDir()
+	if err := adopted.(vmm.Snapshotter).Snapshot(ctx, snapDir); err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	for _, f := range []string{SnapshotStateName, SnapshotMemoryName} {
+		if _, err := os.Stat(filepath.Join(snapDir, f)); err != nil {
+			t.Errorf("snapshot not moved out of the jail: %v", err)
+		}
+	}
+	if err := m.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	waitDone(t, m)
+	waitDone(t, adopted)
+
+	reqs := readRecorded(t, logPath)
+	if err := checkOrder(reqs); err != nil {
+		t.Error(err)
+	}
+	got := map[string]string{}
+	for _, r := range reqs {
+		var b map[string]any
+		json.Unmarshal(r.Body, &b)
+		for _, k := range []string{"kernel_image_path", "initrd_path", "path_on_host", "uds_path", "log_path", "metrics_path", "snapshot_path"} {
+			if v, ok := b[k].(string); ok {
+				got[r.Path+" "+k] = v
+			}
+		}
+	}
+	want := map[string]string{
+		"/boot-source kernel_image_path": "/0-vmlinux",
+		"/boot-source initrd_path":       "/1-initrd.img",
+		"/drives/root path_on_host":      "/2-rootfs.ext4",
+		"/drives/modules path_on_host":   "/3-modules.ext4",
+		"/vsock uds_path":                "/" + VsockSocketName,
+		"/logger log_path":               "/" + LogName,
+		"/metrics metrics_path":          "/" + MetricsName,
+		"/snapshot/create snapshot_path": "/" + SnapshotStateName,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("paths firecracker sees (-want +got):\n%s", diff)
+	}
+	assertNoLeftovers(t, spec.Dir)
+	if _, err := os.Stat(filepath.Join(spec.Dir, "jail")); !os.IsNotExist(err) {
+		t.Errorf("jail left behind after exit: %v", err)
+	}
+	for _, dr := range spec.Drives {
+		if _, err := os.Stat(dr.Path); err != nil {
+			t.Errorf("removing the jail removed the drive: %v", err)
+		}
+	}
+	validateAll(t, apiSpec, reqs)
+}

@@ -1,0 +1,207 @@
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"banger/internal/vmm"
+)
+
+// layout is where one VM's files are, on the host and as firecracker sees
+// them. Without the jailer both are the same; under the jailer firecracker
+// sees paths inside its chroot.
+type layout struct {
+	dir        string // spec.Dir
+	jailRoot   string // chroot of a jailed firecracker; "" without the jailer
+	apiSock    string // host path of the API socket
+	apiSockArg string // --api-sock as passed to firecracker
+	cmdlineArg string // argument unique to this VM in the process's cmdline
+	vsock      string // host path of the vsock Unix socket
+	vsockArg   string // uds_path as firecracker sees it
+	log        string // firecracker's log file (also its stderr)
+	logArg     string
+	metrics    string
+	metricsArg string
+	// guestPath maps a host file the VM uses (kernel, initrd, drive,
+	// snapshot) to the path firecracker sees.
+	guestPath func(host string) (string, error)
+	// clean, when set, removes what the layout created (the jail).
+	clean func()
+	// owner, when set, is the uid and gid the files firecracker opens
+	// must belong to (the jailer's --uid and --gid).
+	owner *[2]int
+}
+
+func (l *layout) cleanup() {
+	if l.clean != nil {
+		l.clean()
+	}
+}
+
+func plainLayout(dir string) *layout {
+	l := &layout{
+		dir:       dir,
+		apiSock:   filepath.Join(dir, APISocketName),
+		vsock:     filepath.Join(dir, VsockSocketName),
+		log:       filepath.Join(dir, LogName),
+		metrics:   filepath.Join(dir, MetricsName),
+		guestPath: func(p string) (string, error) { return p, nil },
+	}
+	l.apiSockArg, l.vsockArg, l.logArg, l.metricsArg = l.apiSock, l.vsock, l.log, l.metrics
+	l.cmdlineArg = l.apiSock
+	return l
+}
+
+// live reports whether something accepts connections on the Unix socket.
+func live(path string) bool {
+	c, err := net.DialTimeout("unix", path, 200*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// launch starts firecracker for spec, waits for its API, checks the API
+// version and configures logger and metrics: the steps that are the same
+// for a boot and a snapshot restore.
+func (d *Driver) launch(ctx context.Context, spec vmm.Spec) (*machine, error) {
+	_, statErr := os.Stat(spec.Dir)
+	createdDir := os.IsNotExist(statErr)
+	lay, cmd, err := d.command(spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := prepareDir(spec, lay); err != nil {
+		return nil, err
+	}
+	m := &machine{log: d.log, spec: spec, lay: lay, client: NewClient(lay.apiSock), createdDir: createdDir}
+	if err := d.spawn(m, cmd); err != nil {
+		m.removeFiles()
+		return nil, err
+	}
+	if err := m.waitAPI(ctx, d.opts.SocketTimeout); err != nil {
+		m.abort()
+		return nil, err
+	}
+	if !SupportedAPIVersion(m.version) {
+		m.abort()
+		return nil, fmt.Errorf("%w: %s speaks API %s, banger needs 1.x not older than %s: install a newer firecracker or point firecracker_bin at one", vmm.ErrUnavailable, d.opts.Bin, m.version, MinAPIVersion)
+	}
+	if err := m.client.PutLogger(ctx, LoggerConfig{LogPath: lay.logArg, Level: "Info", ShowLevel: true}); err != nil {
+		m.abort()
+		return nil, err
+	}
+	if err := m.client.PutMetrics(ctx, MetricsConfig{MetricsPath: lay.metricsArg}); err != nil {
+		m.abort()
+		return nil, err
+	}
+	return m, nil
+}
+
+// command builds the firecracker (or jailer) command for spec.
+func (d *Driver) command(spec vmm.Spec) (*layout, *exec.Cmd, error) {
+	if d.opts.JailerBin != "" {
+		return d.jailerCommand(spec)
+	}
+	lay := plainLayout(spec.Dir)
+	cmd := exec.Command(d.opts.Bin, "--api-sock", lay.apiSockArg, "--id", instanceID(spec))
+	return lay, cmd, nil
+}
+
+// spawn starts cmd with the serial console on stdout going to the
+// console log and stderr going to firecracker's log.
+func (d *Driver) spawn(m *machine, cmd *exec.Cmd) error {
+	consolePath := m.spec.ConsoleLog
+	if consolePath == "" {
+		consolePath = filepath.Join(m.spec.Dir, "console.log")
+	}
+	console, err := os.OpenFile(consolePath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("opening console log: %w", err)
+	}
+	defer console.Close()
+	logf, err := os.OpenFile(m.lay.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("opening firecracker log: %w", err)
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = console, logf
+	p, err := startProcess(cmd)
+	if err != nil {
+		return fmt.Errorf("starting %s: %w", cmd.Path, err)
+	}
+	m.proc = p
+	m.watchExit()
+	return nil
+}
+
+// waitAPI polls GET /version until it answers, the process exits, the
+// timeout passes or ctx is done.
+func (m *machine) waitAPI(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	delay := 5 * time.Millisecond
+	for {
+		attempt, cancelAttempt := context.WithTimeout(ctx, time.Second)
+		v, err := m.client.Version(attempt)
+		cancelAttempt()
+		if err == nil {
+			m.version = v
+			return nil
+		}
+		var apiErr *APIError
+		if errors.As(err, &apiErr) {
+			return fmt.Errorf("asking firecracker for its version: %w", err)
+		}
+		select {
+		case <-m.proc.done:
+			return m.exitedError("before its API socket was ready")
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the firecracker API socket %s: %w (last error: %v; see %s)", m.lay.apiSock, ctx.Err(), err, m.lay.log)
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 100*time.Millisecond)
+	}
+}
+
+// exitedError describes an unexpected exit of firecracker, with the end
+// of its log.
+func (m *machine) exitedError(when string) error {
+	msg := fmt.Sprintf("firecracker exited %s", when)
+	if st := m.proc.exitStatus(); st != "" {
+		msg += " (" + st + ")"
+	}
+	if t := tail(m.lay.log, 5); t != "" {
+		msg += ": " + t
+	}
+	return fmt.Errorf("%s: %w", msg, vmm.ErrNotRunning)
+}
+
+// instanceID is the --id of the firecracker process: letters, digits and
+// hyphens, at most 64.
+func instanceID(spec vmm.Spec) string {
+	id := spec.ID
+	if id == "" {
+		id = spec.Name
+	}
+	b := []byte(id)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 64 {
+		b = b[:64]
+	}
+	if len(b) == 0 {
+		return "banger-vm"
+	}
+	return string(b)
+}

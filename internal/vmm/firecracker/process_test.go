@@ -1,0 +1,373 @@
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"banger/internal/vmm"
+)
+
+// TestStartFailures plays Firecracker's failure modes. Each must give a
+// clear error and leave no process or socket behind.
+func TestStartFailures(t *testing.T) {
+	apiSpec := loadSpec(t)
+	tests := []struct {
+		name       string
+		mode       string
+		timeout    time.Duration
+		wantIn     []string
+		wantIs     error
+		wantAPIErr bool
+	}{
+		{
+			name: "400 with fault_message", mode: modeFault, timeout: 5 * time.Second,
+			wantIn:     []string{"PUT /drives/root", "400", "Unable to create the block device"},
+			wantAPIErr: true,
+		},
+		{
+			name: "socket never appears", mode: modeNoSocket, timeout: 300 * time.Millisecond,
+			wantIn: []string{"waiting for the firecracker API socket", "deadline exceeded"},
+		},
+		{
+			name: "process exits at once", mode: modeExit, timeout: 5 * time.Second,
+			wantIn: []string{"firecracker exited before its API socket was ready", "exit status 1", "simulated crash"},
+			wantIs: vmm.ErrNotRunning,
+		},
+		{
+			name: "unsupported API version", mode: modeOldVersion, timeout: 5 * time.Second,
+			wantIn: []string{"speaks API 1.5.0", MinAPIVersion, "install a newer firecracker"},
+			wantIs: vmm.ErrUnavailable,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, logPath := newStandinDriver(t, tt.mode)
+			d.opts.SocketTimeout = tt.timeout
+			spec := testSpec(t)
+			_, err := d.Start(t.Context(), spec)
+			if err == nil {
+				t.Fatal("Start succeeded")
+			}
+			t.Logf("error: %v", err)
+			for _, s := range tt.wantIn {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error lacks %q", s)
+				}
+			}
+			if tt.wantIs != nil && !errors.Is(err, tt.wantIs) {
+				t.Errorf("error does not wrap %v", tt.wantIs)
+			}
+			var apiErr *APIError
+			if tt.wantAPIErr && !errors.As(err, &apiErr) {
+				t.Errorf("error is no *APIError")
+			}
+			assertNoLeftovers(t, spec.Dir)
+			if _, err := os.Stat(spec.Dir); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("vm directory created by Start is left behind: %v", err)
+			}
+			// What was sent before the failure still follows the contract.
+			if reqs := readRecorded(t, logPath); len(reqs) > 0 {
+				validateAll(t, apiSpec, reqs)
+			}
+		})
+	}
+}
+
+// TestStartBadInput covers what is refused before anything is created.
+func TestStartBadInput(t *testing.T) {
+	dir := t.TempDir()
+	notExec := filepath.Join(dir, "firecracker-noexec")
+	os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644)
+	exe, _ := os.Executable()
+	noKVM := func() error { return checkKVMAt(filepath.Join(dir, "no-kvm")) }
+	okKVM := func() error { return nil }
+	tests := []struct {
+		name   string
+		opts   Options
+		spec   func(*vmm.Spec)
+		wantIs error
+		wantIn string
+	}{
+		{"binary missing", Options{Bin: filepath.Join(dir, "nope"), CheckKVM: okKVM}, nil, vmm.ErrUnavailable, "fix firecracker_bin"},
+		{"binary not in PATH", Options{Bin: "firecracker-not-installed-here", CheckKVM: okKVM}, nil, vmm.ErrUnavailable, "install firecracker"},
+		{"binary not executable", Options{Bin: notExec, CheckKVM: okKVM}, nil, vmm.ErrUnavailable, "chmod +x"},
+		{"binary is a directory", Options{Bin: dir, CheckKVM: okKVM}, nil, vmm.ErrUnavailable, "is a directory"},
+		{"kvm missing", Options{Bin: exe, CheckKVM: noKVM}, nil, vmm.ErrUnavailable, "modprobe kvm_intel"},
+		{"jailer missing", Options{Bin: exe, JailerBin: filepath.Join(dir, "jailer"), CheckKVM: okKVM}, nil, vmm.ErrUnavailable, "jailer_bin"},
+		{"too many vcpus", Options{Bin: exe, CheckKVM: okKVM}, func(s *vmm.Spec) { s.VCPUs = 64 }, nil, "1 to 32 vcpus"},
+		{"root not first", Options{Bin: exe, CheckKVM: okKVM}, func(s *vmm.Spec) { s.Drives[0].Root, s.Drives[1].Root = false, true }, nil, "must be the first drive"},
+		{"bad drive id", Options{Bin: exe, CheckKVM: okKVM}, func(s *vmm.Spec) { s.Drives[0].ID = "root/../x" }, nil, "drive id"},
+		{"socket path too long", Options{Bin: exe, CheckKVM: okKVM}, func(s *vmm.Spec) { s.Dir = "/" + strings.Repeat("d", 100) }, nil, "too long"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec := testSpec(t)
+			if tt.spec != nil {
+				tt.spec(&spec)
+			}
+			_, err := New(tt.opts).Start(t.Context(), spec)
+			if err == nil {
+				t.Fatal("Start succeeded")
+			}
+			t.Logf("error: %v", err)
+			if tt.wantIs != nil && !errors.Is(err, tt.wantIs) {
+				t.Errorf("error does not wrap %v", tt.wantIs)
+			}
+			if !strings.Contains(err.Error(), tt.wantIn) {
+				t.Errorf("error lacks %q", tt.wantIn)
+			}
+			if _, err := os.Stat(spec.Dir); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("vm directory was created: %v", err)
+			}
+		})
+	}
+}
+
+func TestKVMErrors(t *testing.T) {
+	tests := []struct {
+		name   string
+		err    error
+		wantIn string
+	}{
+		{"missing", fs.ErrNotExist, "modprobe kvm_intel"},
+		{"no permission", fs.ErrPermission, "kvm group"},
+		{"other", errors.New("boom"), "boom"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := kvmError("/dev/kvm", tt.err)
+			if !errors.Is(err, vmm.ErrUnavailable) || !strings.Contains(err.Error(), tt.wantIn) {
+				t.Fatalf("kvmError = %v, want ErrUnavailable mentioning %q", err, tt.wantIn)
+			}
+		})
+	}
+	t.Run("this host", func(t *testing.T) {
+		if _, err := os.Stat(KVMDevice); err == nil {
+			t.Skip("this host has /dev/kvm")
+		}
+		err := CheckKVM()
+		if !errors.Is(err, vmm.ErrUnavailable) || !strings.Contains(err.Error(), "modprobe") {
+			t.Fatalf("CheckKVM on a host without /dev/kvm = %v", err)
+		}
+	})
+}
+
+func TestShutdownKillsStubbornGuest(t *testing.T) {
+	d, _ := newStandinDriver(t, modeStubborn)
+	spec := testSpec(t)
+	m, err := d.Start(t.Context(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Kill() })
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := m.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	waitDone(t, m)
+	if el := time.Since(start); el < 250*time.Millisecond {
+		t.Errorf("Shutdown returned after %s, before its ctx was done", el)
+	}
+	if _, err := m.DialAgent(t.Context()); !errors.Is(err, vmm.ErrNotRunning) {
+		t.Errorf("DialAgent after exit = %v, want ErrNotRunning", err)
+	}
+	if err := m.Kill(); err != nil {
+		t.Errorf("Kill of an exited machine = %v, want nil", err)
+	}
+	if err := m.Shutdown(t.Context()); err != nil {
+		t.Errorf("Shutdown of an exited machine = %v, want nil", err)
+	}
+	assertNoLeftovers(t, spec.Dir)
+}
+
+// TestAdoptNonChild starts a stand-in that is not a child of this
+// process, the way a restarted daemon finds firecracker, adopts it and
+// stops it; exit is seen through the pidfd.
+func TestAdoptNonChild(t *testing.T) {
+	d, _ := newStandinDriver(t, modeOK)
+	spec := testSpec(t)
+	os.MkdirAll(spec.Dir, 0o700)
+	sock := filepath.Join(spec.Dir, APISocketName)
+	// sh starts the stand-in in the background and exits: the stand-in is
+	// reparented away from this test process.
+	out, err := exec.Command("sh", "-c", `setsid "$0" --api-sock "$1" --id adopt >/dev/null 2>&1 & echo $!`, d.opts.Bin, sock).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+	t.Cleanup(func() { killPID(pid) })
+	waitSocket(t, sock)
+
+	h := vmm.Handle{Driver: Name, PID: pid, Data: map[string]string{dataAPISock: sock, dataCmdlineArg: sock, dataVersion: "1.16.1"}}
+	m, err := d.Adopt(t.Context(), spec, h)
+	if err != nil {
+		t.Fatalf("Adopt: %v", err)
+	}
+	if got := m.Handle(); got.PID != pid || got.Data[dataAPISock] != sock {
+		t.Errorf("Handle of adopted machine = %+v", got)
+	}
+	// The stand-in was never started, so Ctrl-Alt-Del is refused: Shutdown
+	// falls back to a kill, and Done must still close for a non-child.
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := m.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	waitDone(t, m)
+	assertNoLeftovers(t, spec.Dir)
+}
+
+func TestAdoptRefusesWrongProcess(t *testing.T) {
+	d, _ := newStandinDriver(t, modeOK)
+	spec := testSpec(t)
+	sock := filepath.Join(spec.Dir, APISocketName)
+	dead := exec.Command("true")
+	dead.Run()
+	tests := []struct {
+		name string
+		h    vmm.Handle
+	}{
+		{"pid reused by another program", vmm.Handle{Driver: Name, PID: os.Getpid(), Data: map[string]string{dataAPISock: sock, dataCmdlineArg: sock}}},
+		{"process gone", vmm.Handle{Driver: Name, PID: dead.Process.Pid, Data: map[string]string{dataAPISock: sock, dataCmdlineArg: sock}}},
+		{"other driver", vmm.Handle{Driver: "qemu", PID: os.Getpid()}},
+		{"no socket in handle", vmm.Handle{Driver: Name, PID: os.Getpid()}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := d.Adopt(t.Context(), spec, tt.h)
+			if !errors.Is(err, vmm.ErrNotRunning) {
+				t.Fatalf("Adopt = %v, want ErrNotRunning", err)
+			}
+		})
+	}
+}
+
+// TestAdoptAfterStart re-adopts a machine from its Handle, as a new
+// daemon would, and drives it through the adopted machine.
+func TestAdoptAfterStart(t *testing.T) {
+	d, _ := newStandinDriver(t, modeOK)
+	spec := testSpec(t)
+	m, err := d.Start(t.Context(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Kill() })
+	m2, err := New(d.opts).Adopt(t.Context(), spec, m.Handle())
+	if err != nil {
+		t.Fatalf("Adopt: %v", err)
+	}
+	if err := m2.(vmm.Pauser).Pause(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// Adopting a paused VM sees it paused, so Shutdown resumes it first.
+	m3, err := New(d.opts).Adopt(t.Context(), spec, m.Handle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m3.(*machine).paused {
+		t.Error("adopted machine does not know it is paused")
+	}
+	echoThroughAgent(t.Context(), t, m3)
+	if err := m3.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, mm := range []vmm.Machine{m, m2, m3} {
+		waitDone(t, mm)
+	}
+	assertNoLeftovers(t, spec.Dir)
+}
+
+func TestClientFaultMessage(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newStandin(modeOK, "")
+	srv := &http.Server{Handler: s}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+
+	c := NewClient(sock)
+	err = c.Action(t.Context(), ActionInstanceStart)
+	var apiErr *APIError
+	if !errors.As(err, &apiErr) {
+		t.Fatalf("Action = %v, want *APIError", err)
+	}
+	want := "PUT /actions: firecracker answered 400: Cannot start microvm without kernel configuration."
+	if err.Error() != want {
+		t.Errorf("error = %q, want %q", err, want)
+	}
+	info, err := c.Instance(t.Context())
+	if err != nil || info.State != "Not started" {
+		t.Errorf("Instance = %+v, %v", info, err)
+	}
+	if got := len(s.reqs); got != 2 {
+		t.Errorf("stand-in recorded %d requests, want 2", got)
+	}
+	srv.Close()
+	if _, err := c.Version(t.Context()); err == nil || !strings.Contains(err.Error(), "GET /version") {
+		t.Errorf("Version on a closed socket = %v, want an error naming the request", err)
+	}
+}
+
+func waitSocket(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !live(path) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never appeared", path)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func killPID(pid int) {
+	if p, err := os.FindProcess(pid); err == nil {
+		p.Kill()
+	}
+}
+
+// TestAdoptSilentAPI adopts a process that is the right firecracker but
+// whose API does not answer: Adopt fails and leaves the process alone.
+func TestAdoptSilentAPI(t *testing.T) {
+	d, _ := newStandinDriver(t, modeNoSocket)
+	spec := testSpec(t)
+	sock := filepath.Join(spec.Dir, APISocketName)
+	cmd := exec.Command(d.opts.Bin, "--api-sock", sock)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	h := vmm.Handle{Driver: Name, PID: cmd.Process.Pid, Data: map[string]string{dataAPISock: sock, dataCmdlineArg: sock}}
+	if _, err := d.Adopt(ctx, spec, h); err == nil || !strings.Contains(err.Error(), "api of pid") {
+		t.Fatalf("Adopt = %v, want an error about the API", err)
+	}
+	if err := checkCmdline(cmd.Process.Pid, sock); err != nil {
+		t.Errorf("Adopt disturbed the process: %v", err)
+	}
+}
+
+func TestAvailableOnThisHost(t *testing.T) {
+	if _, err := os.Stat(KVMDevice); err == nil {
+		t.Skip("this host has /dev/kvm")
+	}
+	exe, _ := os.Executable()
+	if err := Available(exe); !errors.Is(err, vmm.ErrUnavailable) {
+		t.Fatalf("Available without /dev/kvm = %v, want ErrUnavailable", err)
+	}
+}

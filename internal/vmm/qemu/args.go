@@ -1,0 +1,189 @@
+package qemu
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"banger/internal/vmm"
+)
+
+// Files the driver keeps in a VM's directory (vmm.Spec.Dir).
+const (
+	qmpSocketName   = "qmp.sock"
+	agentSocketName = "agent.sock"
+	pidFileName     = "qemu.pid"
+	logFileName     = "qemu.log" // QEMU's own stdout and stderr
+)
+
+// agentPortName is the virtio-serial port name the guest agent looks for
+// (/sys/class/virtio-ports/*/name, or /dev/virtio-ports/<name> with udev).
+const agentPortName = "banger.agent"
+
+// maxUnixPath is the longest path a Unix socket address can hold.
+const maxUnixPath = 107
+
+// paths are the per-VM files the driver uses.
+type paths struct {
+	QMP, Agent, PID, Log string
+}
+
+func pathsFor(dir string) paths {
+	return paths{
+		QMP:   filepath.Join(dir, qmpSocketName),
+		Agent: filepath.Join(dir, agentSocketName),
+		PID:   filepath.Join(dir, pidFileName),
+		Log:   filepath.Join(dir, logFileName),
+	}
+}
+
+// launch is everything that shapes the QEMU command line.
+type launch struct {
+	spec      vmm.Spec
+	accel     vmm.Accel
+	transport vmm.AgentTransport
+	tscKHz    int // 0: do not pass tsc_early_khz
+	paths     paths
+}
+
+// validateSpec rejects specs QEMU would fail on late or misread.
+func validateSpec(s vmm.Spec) error {
+	var errs []error
+	if s.Dir == "" {
+		errs = append(errs, errors.New("dir is empty"))
+	}
+	if s.Kernel == "" {
+		errs = append(errs, errors.New("kernel is empty"))
+	}
+	if s.ConsoleLog == "" {
+		errs = append(errs, errors.New("console log path is empty"))
+	}
+	if s.VCPUs < 1 {
+		errs = append(errs, fmt.Errorf("vcpus %d: must be at least 1", s.VCPUs))
+	}
+	if s.MemoryMiB < 16 {
+		errs = append(errs, fmt.Errorf("memory %d MiB: must be at least 16", s.MemoryMiB))
+	}
+	for _, n := range s.NICs {
+		if n.Tap == "" || strings.ContainsAny(n.Tap, ", ") {
+			errs = append(errs, fmt.Errorf("nic %q: bad tap name %q", n.ID, n.Tap))
+		}
+		if n.MAC != "" && strings.ContainsAny(n.MAC, ", ") {
+			errs = append(errs, fmt.Errorf("nic %q: bad mac %q", n.ID, n.MAC))
+		}
+	}
+	for _, d := range s.Drives {
+		if d.Path == "" {
+			errs = append(errs, fmt.Errorf("drive %q: path is empty", d.ID))
+		}
+	}
+	if p := pathsFor(s.Dir); len(p.Agent) > maxUnixPath || len(p.QMP) > maxUnixPath {
+		errs = append(errs, fmt.Errorf("dir %q is too long for a unix socket path", s.Dir))
+	}
+	return errors.Join(errs...)
+}
+
+// opt escapes a value for QEMU's key=value,... option syntax, where a
+// literal comma is written as two.
+func opt(v string) string { return strings.ReplaceAll(v, ",", ",,") }
+
+// args builds QEMU's argument list (without argv[0]).
+func (l launch) args() []string {
+	s := l.spec
+	cpu := "max"
+	if l.accel == vmm.AccelKVM {
+		cpu = "host"
+	}
+	a := []string{
+		// ACPI stays on: Debian's cloud kernel finds virtio-mmio devices
+		// only through ACPI (DESIGN.md §2).
+		"-M", "microvm,accel=" + string(l.accel) + ",acpi=on",
+		"-cpu", cpu,
+		"-smp", strconv.Itoa(s.VCPUs),
+		"-m", strconv.Itoa(s.MemoryMiB) + "M",
+		"-nodefaults", "-no-user-config", "-nographic",
+		// A guest reboot or panic (panic=1) ends QEMU instead of looping.
+		"-no-reboot",
+		"-kernel", s.Kernel,
+	}
+	if s.Initrd != "" {
+		a = append(a, "-initrd", s.Initrd)
+	}
+	a = append(a, "-append", l.cmdline())
+	a = append(a,
+		"-chardev", "file,id=console,append=on,path="+opt(s.ConsoleLog),
+		"-serial", "chardev:console",
+		"-qmp", "unix:"+opt(l.paths.QMP)+",server=on,wait=off",
+	)
+	for i, d := range s.Drives {
+		id := "vd" + strconv.Itoa(i)
+		drive := "id=" + id + ",file=" + opt(d.Path) + ",format=raw,if=none"
+		if d.ReadOnly {
+			drive += ",readonly=on"
+		} else {
+			drive += ",discard=unmap"
+		}
+		a = append(a, "-drive", drive, "-device", "virtio-blk-device,drive="+id)
+	}
+	for i, n := range s.NICs {
+		id := "net" + strconv.Itoa(i)
+		dev := "virtio-net-device,netdev=" + id
+		if n.MAC != "" {
+			dev += ",mac=" + n.MAC
+		}
+		a = append(a,
+			"-netdev", "tap,id="+id+",ifname="+n.Tap+",script=no,downscript=no",
+			"-device", dev)
+	}
+	return append(a, l.agentArgs()...)
+}
+
+func (l launch) agentArgs() []string {
+	if l.transport == vmm.TransportVsock {
+		return []string{"-device", "vhost-vsock-device,guest-cid=" + strconv.FormatUint(uint64(l.spec.VsockCID), 10)}
+	}
+	return []string{
+		"-device", "virtio-serial-device",
+		"-chardev", "socket,id=agent,path=" + opt(l.paths.Agent) + ",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name=" + agentPortName,
+	}
+}
+
+// cmdline is the kernel command line: the driver's own parameters first,
+// then the spec's, so that the spec can override them and so that init
+// arguments after "--" in the spec stay last.
+func (l launch) cmdline() string {
+	var p []string
+	if !hasParam(l.spec.Cmdline, "console") {
+		p = append(p, "console=ttyS0")
+	}
+	if !hasParam(l.spec.Cmdline, "panic") {
+		p = append(p, "panic=1") // with -no-reboot a panicked guest ends QEMU
+	}
+	if l.accel == vmm.AccelTCG && l.tscKHz > 0 {
+		// Skip the early TSC calibration against the PIT, which hangs
+		// about one TCG boot in four on microvm (DESIGN.md §2).
+		p = append(p, "tsc_early_khz="+strconv.Itoa(l.tscKHz), "tsc=reliable")
+	}
+	if c := strings.TrimSpace(l.spec.Cmdline); c != "" {
+		p = append(p, c)
+	}
+	return strings.Join(p, " ")
+}
+
+// hasParam reports whether the kernel command line sets name (before any
+// "--" that starts init's arguments).
+func hasParam(cmdline, name string) bool {
+	for _, f := range strings.Fields(cmdline) {
+		if f == "--" {
+			return false
+		}
+		k, _, _ := strings.Cut(f, "=")
+		if k == name {
+			return true
+		}
+	}
+	return false
+}

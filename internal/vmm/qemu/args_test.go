@@ -1,0 +1,126 @@
+package qemu
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"banger/internal/vmm"
+)
+
+func TestCmdline(t *testing.T) {
+	tests := []struct {
+		name    string
+		accel   vmm.Accel
+		tsc     int
+		cmdline string
+		want    string
+	}{
+		{"tcg adds tsc fix", vmm.AccelTCG, 2096017, "root=/dev/vda",
+			"console=ttyS0 panic=1 tsc_early_khz=2096017 tsc=reliable root=/dev/vda"},
+		{"tcg without known tsc", vmm.AccelTCG, 0, "", "console=ttyS0 panic=1"},
+		{"kvm needs no tsc fix", vmm.AccelKVM, 2096017, "quiet", "console=ttyS0 panic=1 quiet"},
+		{"spec console and panic win", vmm.AccelKVM, 0, "console=hvc0 panic=5", "console=hvc0 panic=5"},
+		{"init args stay last", vmm.AccelKVM, 0, "quiet -- console=x",
+			"console=ttyS0 panic=1 quiet -- console=x"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := launch{spec: vmm.Spec{Cmdline: tt.cmdline}, accel: tt.accel, tscKHz: tt.tsc}
+			if diff := cmp.Diff(tt.want, l.cmdline()); diff != "" {
+				t.Errorf("cmdline (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestArgs(t *testing.T) {
+	spec := vmm.Spec{
+		Dir: "/run/vm,1", VCPUs: 2, MemoryMiB: 512, Kernel: "/k/vmlinux", Initrd: "/k/initrd",
+		ConsoleLog: "/run/vm,1/console.log",
+		Drives: []vmm.Drive{
+			{ID: "root", Path: "/img/root.ext4", Root: true},
+			{ID: "modules", Path: "/k/mod,ules.img", ReadOnly: true},
+		},
+		NICs: []vmm.NIC{{ID: "eth0", Tap: "tap0", MAC: "02:00:00:00:00:01"}},
+	}
+	l := launch{spec: spec, accel: vmm.AccelTCG, transport: vmm.TransportVirtioSerial, paths: pathsFor(spec.Dir)}
+	got := strings.Join(l.args(), " ")
+	wantInOrder := []string{
+		"-M microvm,accel=tcg,acpi=on -cpu max -smp 2 -m 512M -nodefaults -no-user-config -nographic -no-reboot",
+		"-kernel /k/vmlinux -initrd /k/initrd -append console=ttyS0 panic=1",
+		"-chardev file,id=console,append=on,path=/run/vm,,1/console.log -serial chardev:console",
+		"-qmp unix:/run/vm,,1/qmp.sock,server=on,wait=off",
+		"-drive id=vd0,file=/img/root.ext4,format=raw,if=none,discard=unmap -device virtio-blk-device,drive=vd0",
+		"-drive id=vd1,file=/k/mod,,ules.img,format=raw,if=none,readonly=on -device virtio-blk-device,drive=vd1",
+		"-netdev tap,id=net0,ifname=tap0,script=no,downscript=no -device virtio-net-device,netdev=net0,mac=02:00:00:00:00:01",
+		"-device virtio-serial-device -chardev socket,id=agent,path=/run/vm,,1/agent.sock,server=on,wait=off -device virtserialport,chardev=agent,name=banger.agent",
+	}
+	rest := got
+	for _, w := range wantInOrder {
+		i := strings.Index(rest, w)
+		if i < 0 {
+			t.Fatalf("args lack (in order) %q:\n%s", w, got)
+		}
+		rest = rest[i+len(w):]
+	}
+
+	l.accel, l.transport, l.spec.VsockCID = vmm.AccelKVM, vmm.TransportVsock, 42
+	got = strings.Join(l.args(), " ")
+	for _, w := range []string{"accel=kvm", "-cpu host", "-device vhost-vsock-device,guest-cid=42"} {
+		if !strings.Contains(got, w) {
+			t.Errorf("kvm/vsock args lack %q:\n%s", w, got)
+		}
+	}
+	if strings.Contains(got, "virtio-serial") {
+		t.Errorf("vsock args still have virtio-serial:\n%s", got)
+	}
+}
+
+func TestValidateSpec(t *testing.T) {
+	good := vmm.Spec{Dir: "/tmp/vm", VCPUs: 1, MemoryMiB: 128, Kernel: "/k", ConsoleLog: "/tmp/vm/c.log"}
+	tests := []struct {
+		name   string
+		modify func(*vmm.Spec)
+		want   string // substring of the error; "" for valid
+	}{
+		{"valid", func(*vmm.Spec) {}, ""},
+		{"no kernel", func(s *vmm.Spec) { s.Kernel = "" }, "kernel is empty"},
+		{"no vcpus", func(s *vmm.Spec) { s.VCPUs = 0 }, "vcpus 0"},
+		{"tiny memory", func(s *vmm.Spec) { s.MemoryMiB = 1 }, "memory 1 MiB"},
+		{"bad tap", func(s *vmm.Spec) { s.NICs = []vmm.NIC{{ID: "n", Tap: "a,b"}} }, "bad tap name"},
+		{"long dir", func(s *vmm.Spec) { s.Dir = "/" + strings.Repeat("x", 120) }, "too long"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := good
+			tt.modify(&s)
+			err := validateSpec(s)
+			if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+				t.Errorf("validateSpec = %v, want error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestStartMissingBinary(t *testing.T) {
+	d := New(Options{Bin: "/nonexistent/qemu-system-x86_64", TSCkHz: 1})
+	dir := t.TempDir()
+	_, err := d.Start(t.Context(), vmm.Spec{Dir: dir, VCPUs: 1, MemoryMiB: 64, Kernel: "/k", ConsoleLog: dir + "/c.log"})
+	if !errors.Is(err, vmm.ErrUnavailable) || !strings.Contains(err.Error(), "install qemu-system-x86") {
+		t.Errorf("Start = %v, want ErrUnavailable with an install hint", err)
+	}
+}
+
+func TestFeatures(t *testing.T) {
+	d := New(Options{Accel: vmm.AccelTCG, Transport: vmm.TransportVirtioSerial})
+	want := vmm.Features{Pause: true, Accel: vmm.AccelTCG, Transport: vmm.TransportVirtioSerial}
+	if diff := cmp.Diff(want, d.Features()); diff != "" {
+		t.Errorf("Features (-want +got):\n%s", diff)
+	}
+	if d.Name() != "qemu" {
+		t.Errorf("Name = %q", d.Name())
+	}
+}

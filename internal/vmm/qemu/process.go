@@ -1,0 +1,127 @@
+package qemu
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"banger/internal/vmm"
+)
+
+// usable reports whether a device node can be opened read-write, which is
+// what QEMU needs from /dev/kvm and /dev/vhost-vsock.
+func usable(dev string) bool {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+// openPidfd returns a pidfd for pid. A pidfd keeps naming the same
+// process even if its PID is reused, so signals sent through it cannot
+// hit a stranger. A missing process wraps vmm.ErrNotRunning.
+func openPidfd(pid int) (int, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return -1, fmt.Errorf("pid %d: %w", pid, vmm.ErrNotRunning)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("opening pidfd for pid %d: %w", pid, err)
+	}
+	return fd, nil
+}
+
+// waitPidfd blocks until the process behind fd has exited. It works for
+// processes that are not our children, such as adopted VMMs.
+func waitPidfd(fd int) error {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		_, err := unix.Poll(fds, -1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("polling pidfd: %w", err)
+		}
+		if fds[0].Revents != 0 {
+			return nil
+		}
+	}
+}
+
+// exitedPidfd reports, without blocking, whether the process behind fd
+// has exited.
+func exitedPidfd(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
+}
+
+// checkCmdline verifies that pid is a QEMU process serving qmpPath, so a
+// stale handle whose PID was reused is not mistaken for our VMM.
+func checkCmdline(pid int, qmpPath string) error {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return fmt.Errorf("pid %d: %w", pid, vmm.ErrNotRunning)
+	}
+	argv := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+	if len(argv) == 0 || !strings.Contains(filepath.Base(argv[0]), "qemu") {
+		return fmt.Errorf("pid %d is %q, not qemu: %w", pid, argv[0], vmm.ErrNotRunning)
+	}
+	want := "unix:" + opt(qmpPath) + ","
+	for _, a := range argv {
+		if strings.HasPrefix(a, want) {
+			return nil
+		}
+	}
+	return fmt.Errorf("pid %d is a qemu for another vm (no qmp socket %s): %w", pid, qmpPath, vmm.ErrNotRunning)
+}
+
+// logTail returns the last lines of a log file, for error messages.
+func logTail(path string, maxLines int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	const maxBytes = 4096
+	if st, err := f.Stat(); err == nil && st.Size() > maxBytes {
+		f.Seek(st.Size()-maxBytes, io.SeekStart)
+	}
+	b, _ := io.ReadAll(f)
+	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
+	if len(lines) > maxLines {
+		lines = lines[len(lines)-maxLines:]
+	}
+	return strings.TrimSpace(string(bytes.Join(lines, []byte("\n"))))
+}
+
+// writeFileAtomic writes data to path through a temp file and a rename.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

@@ -1,0 +1,151 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The first CLI call starts the daemon; it answers with the same version.
+func TestDaemonAutoStart(t *testing.T) {
+	e := newEnv(t)
+	out := e.ok("vm", "list", "--json")
+	if strings.TrimSpace(out) != "[]" {
+		t.Fatalf("fresh vm list = %q, want []", out)
+	}
+	if n := len(e.procs("bangerd")); n != 1 {
+		t.Fatalf("%d bangerd processes after the first call, want 1", n)
+	}
+	var v struct{ Client, Daemon string }
+	json.Unmarshal([]byte(e.ok("version", "--json")), &v)
+	if v.Client == "" || v.Client != v.Daemon {
+		t.Fatalf("client version %q, daemon version %q: want equal", v.Client, v.Daemon)
+	}
+	st, err := os.Stat(filepath.Join(e.home, "state", "bangerd.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v, want 0600", st.Mode().Perm())
+	}
+}
+
+// Several CLI calls racing to start the daemon end with exactly one.
+func TestDaemonStartRace(t *testing.T) {
+	e := newEnv(t)
+	var wg sync.WaitGroup
+	results := make([]result, 6)
+	for i := range results {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			results[i] = e.banger("vm", "list")
+		}(i)
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.code != 0 {
+			t.Fatalf("racer %d: exit %d: %s", i, r.code, r.stderr)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // losers exit right after the race
+	if pids := e.procs("bangerd"); len(pids) != 1 {
+		t.Fatalf("bangerd processes after the race: %v, want exactly one", pids)
+	}
+}
+
+// A daemon killed with SIGKILL leaves a stale socket; the next call starts
+// a new daemon cleanly.
+func TestDaemonKilledIsRestarted(t *testing.T) {
+	e := newEnv(t)
+	e.ok("daemon", "start")
+	old := e.daemonPID()
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if _, err := os.Stat(filepath.Join(e.home, "state", "bangerd.sock")); err != nil {
+		t.Fatalf("expected a stale socket after SIGKILL: %v", err)
+	}
+	e.ok("vm", "list")
+	if pid := e.daemonPID(); pid == old || pid == 0 {
+		t.Fatalf("daemon pid %d after restart (old %d)", pid, old)
+	}
+}
+
+// A second daemon on the same state directory refuses to run and says why.
+func TestSecondDaemonRefused(t *testing.T) {
+	e := newEnv(t)
+	e.ok("daemon", "start")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := exec.CommandContext(ctx, "ip", "netns", "exec", e.ns, filepath.Join(e.bin, "bangerd"), "--foreground")
+	c.Env = append(os.Environ(), "BANGER_HOME="+e.home)
+	out, err := c.CombinedOutput()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 3 {
+		t.Fatalf("second bangerd: %v, want exit 3\n%s", err, out)
+	}
+	mustContain(t, "second bangerd output", string(out), "another bangerd is running", "pid")
+	if len(e.procs("bangerd")) != 1 {
+		t.Fatal("the first daemon did not survive")
+	}
+}
+
+// A corrupt config is an error naming the file, the line and the key.
+func TestCorruptConfig(t *testing.T) {
+	e := newEnv(t)
+	cfgDir := filepath.Join(e.home, "config")
+	os.MkdirAll(cfgDir, 0o755)
+	os.WriteFile(filepath.Join(cfgDir, "config.toml"), []byte("vmm = \"qemu\"\ncidr = \"172.16.0.0/33\"\nbogus = 1\n"), 0o644)
+	stderr := e.fails("config", "show")
+	mustContain(t, "config error", stderr, "config.toml:2", "cidr", "config.toml:3", `unknown key "bogus"`)
+	stderr = e.fails("doctor")
+	mustContain(t, "doctor with bad config", stderr, "config.toml:2")
+	// The daemon refuses to start on it, and says why.
+	stderr = e.fails("vm", "list")
+	mustContain(t, "daemon start with bad config", stderr, "could not be started", "config.toml:2", "sudo bangerd --foreground")
+}
+
+// A state directory that cannot be made gives an actionable error.
+func TestStateDirNotWritable(t *testing.T) {
+	e := newEnv(t)
+	file := filepath.Join(e.home, "file")
+	os.WriteFile(file, nil, 0o644)
+	e.home = filepath.Join(file, "home") // a path under a regular file
+	stderr := e.fails("vm", "list")
+	mustContain(t, "not-writable error", stderr, "could not be started", "state directory", "BANGER_HOME")
+}
+
+// A CLI of another build than the running daemon says so and how to fix it.
+func TestVersionMismatch(t *testing.T) {
+	e := newEnv(t)
+	other := t.TempDir()
+	if err := build(other, "e2e-other"); err != nil {
+		t.Fatal(err)
+	}
+	e.ok("daemon", "start")
+	e2 := *e
+	e2.bin = other
+	stderr := e2.fails("vm", "list")
+	mustContain(t, "mismatch error", stderr, "e2e-other", "banger daemon restart")
+	e2.ok("daemon", "restart")
+	mustContain(t, "version after restart", e2.ok("version"), "bangerd e2e-other")
+}
+
+// doctor runs, reports the VMM choice, and exits 0 on a host with the
+// required parts.
+func TestDoctor(t *testing.T) {
+	e := newEnv(t)
+	out := e.ok("doctor")
+	mustContain(t, "doctor", out, "qemu", "/dev/kvm")
+	out = e.ok("doctor", "--json")
+	mustContain(t, "doctor --json", out, `"checks"`, `"vmm"`)
+}
