@@ -97,8 +97,15 @@ func TestNATGuestReachesOutside(t *testing.T) {
 	}
 	t.Logf("guest %s reached %s; server saw %s", gaddr, srvAddr, got)
 
-	// A second VM gets the next address and talks to the first directly:
-	// traffic inside the bridge is not masqueraded.
+	checkSecondGuest(t, host, guest, m, gaddr, srvAddr)
+	checkInspect(t, host, m)
+}
+
+// checkSecondGuest attaches a second VM with the next address: it talks
+// to the first one directly (traffic inside the bridge is not
+// masqueraded) and reaches the outside through the masquerade.
+func checkSecondGuest(t *testing.T, host, guest *testNS, m *Manager, gaddr netip.Addr, srvAddr string) {
+	t.Helper()
 	g2addr, err := m.Allocate(map[netip.Addr]bool{gaddr: true})
 	if err != nil {
 		t.Fatal(err)
@@ -112,15 +119,31 @@ func TestNATGuestReachesOutside(t *testing.T) {
 	if got, err := guestGet(guest2, g2addr, srvAddr, 5*time.Second); err != nil || got != "198.51.100.1" {
 		t.Fatalf("guest2 -> outside: got %q, %v; want 198.51.100.1", got, err)
 	}
+	t.Logf("guest2 %s reached guest %s directly and the outside through NAT", g2addr, gaddr)
+}
 
+// checkInspect acquires a tap and checks Inspect shows the whole setup.
+func checkInspect(t *testing.T, host *testNS, m *Manager) {
+	t.Helper()
+	var tap string
+	host.must(t, "AcquireTap", func() (err error) { tap, err = m.AcquireTap(t.Context(), "vm-guest"); return err })
 	var info Info
-	ns.must(t, "Inspect", func() (err error) { info, err = m.Inspect(ctx); return err })
+	host.must(t, "Inspect", func() (err error) { info, err = m.Inspect(t.Context()); return err })
 	b, err := json.MarshalIndent(info, "", "  ")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("inspect: %s", b)
-	if !info.Bridge.Exists || !info.Bridge.Up || !info.Forwarding || len(info.NATRules) != 3 {
+	want := BridgeInfo{Name: "banger0", IP: mustAddr(t, "172.16.0.1"), CIDR: mustPrefix(t, "172.16.0.0/24"),
+		Exists: true, State: "up", Up: true, MAC: MACFor("bridge:banger0").String(), Addrs: []string{"172.16.0.1/24"}}
+	if diff := cmp.Diff(want, info.Bridge, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
+		cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+		t.Errorf("Inspect bridge (-want +got):\n%s", diff)
+	}
+	if len(info.Taps) != 1 || info.Taps[0].Name != tap || info.Taps[0].VMID != "vm-guest" {
+		t.Errorf("Inspect taps = %+v, want %s of vm-guest", info.Taps, tap)
+	}
+	if !info.Forwarding || len(info.NATRules) != 3 || len(info.Warnings) != 0 {
 		t.Errorf("Inspect = %s", b)
 	}
 }

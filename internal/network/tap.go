@@ -33,7 +33,7 @@ type Tap struct {
 // up. EnsureBridge must have run. Call FillPool afterwards to replace a
 // spare that was taken.
 func (m *Manager) AcquireTap(ctx context.Context, vmID string) (string, error) {
-	if vmID == "" || strings.ContainsAny(vmID, "\n\x00") {
+	if vmID == "" || len(vmID) > 200 || strings.ContainsAny(vmID, "\n\x00") {
 		return "", fmt.Errorf("acquiring tap: invalid vm id %q", vmID)
 	}
 	m.tapMu.Lock()
@@ -41,28 +41,36 @@ func (m *Manager) AcquireTap(ctx context.Context, vmID string) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
+	br, err := m.bridge()
+	if err != nil {
+		return "", err
+	}
+	if br == nil {
+		return "", fmt.Errorf("acquiring tap: bridge %s does not exist (EnsureBridge first)", m.cfg.BridgeName)
+	}
 	taps, err := m.listTaps()
 	if err != nil {
 		return "", err
 	}
-	for _, t := range taps {
-		if t.VMID == vmID {
+	// The VM's own tap first, then a spare. Either is re-marked, attached
+	// and brought up again, which costs nothing when it already is.
+	for _, pool := range []bool{false, true} {
+		for _, t := range taps {
+			if (pool && !t.Pool) || (!pool && t.VMID != vmID) {
+				continue
+			}
+			l, err := netlink.LinkByName(t.Name)
+			if err != nil {
+				continue // gone since the listing: try the next one
+			}
+			if err := m.setupTap(l, br, vmAliasPrefix+vmID); err != nil {
+				return "", fmt.Errorf("assigning tap %s to %s: %w", t.Name, vmID, err)
+			}
+			if pool {
+				m.log.Info("tap taken from pool", "tap", t.Name, "vm", vmID)
+			}
 			return t.Name, nil
 		}
-	}
-	for _, t := range taps {
-		if !t.Pool {
-			continue
-		}
-		l, err := netlink.LinkByName(t.Name)
-		if err != nil {
-			continue // gone since the listing: try the next one
-		}
-		if err := netlink.LinkSetAlias(l, vmAliasPrefix+vmID); err != nil {
-			return "", fmt.Errorf("assigning pool tap %s to %s: %w", t.Name, vmID, err)
-		}
-		m.log.Info("tap taken from pool", "tap", t.Name, "vm", vmID)
-		return t.Name, nil
 	}
 	name, err := m.createTap(ctx, vmAliasPrefix+vmID)
 	if err != nil {

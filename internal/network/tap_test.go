@@ -98,9 +98,16 @@ func TestTapsPoolAcquireReleaseReconcile(t *testing.T) {
 		t.Fatalf("taps after acquires (-want +got):\n%s", diff)
 	}
 
-	// Refill, then a tap left unmarked by a crash, then reconcile keeping
-	// only vm-a: vm-b, vm-c and the orphan go, spares stay.
-	ns.must(t, "FillPool", func() (err error) { created, err = m.FillPool(ctx); return err })
+	checkReconcile(t, ns, m, names)
+}
+
+// checkReconcile refills the pool, adds a tap left unmarked by a crash and
+// a foreign tap, then reconciles keeping only vm-a: vm-b, vm-c and the
+// orphan go; spares, vm-a's tap and the foreign tap stay.
+func checkReconcile(t *testing.T, ns *testNS, m *Manager, names map[string]string) {
+	t.Helper()
+	ctx := t.Context()
+	ns.must(t, "FillPool", func() error { _, err := m.FillPool(ctx); return err })
 	ns.ip(t, "tuntap", "add", "bgtapdeadbeef", "mode", "tap")
 	ns.ip(t, "tuntap", "add", "othertap0", "mode", "tap") // not banger's: left alone
 	var removed []Tap
@@ -118,6 +125,7 @@ func TestTapsPoolAcquireReleaseReconcile(t *testing.T) {
 	if diff := cmp.Diff(wantRemoved, gotRemoved); diff != "" {
 		t.Errorf("Reconcile removed (-want +got):\n%s", diff)
 	}
+	var view map[string]tapView
 	ns.must(t, "view", func() (err error) { view, err = viewTaps(m); return err })
 	pools, vms := 0, 0
 	for _, v := range view {
