@@ -1,6 +1,7 @@
 package doctor
 
 import (
+	"banger/internal/vmm/firecracker"
 	"context"
 	"errors"
 	"fmt"
@@ -77,7 +78,22 @@ func checkFirecracker(ctx context.Context, o Options, path string, findErr error
 		}
 		return c
 	}
-	return versionCheck(ctx, c, path, fixFirecracker, "--version")
+	ver, err := firecracker.Probe(ctx, path)
+	switch {
+	case err != nil:
+		c.Status, c.Fix = StatusWarn, fixFirecracker
+		c.Detail = fmt.Sprintf("%s does not run: %v", path, err)
+	case !firecracker.SupportedAPIVersion(ver):
+		c.Status, c.Fix = StatusWarn, "install firecracker "+firecracker.MinAPIVersion+" or a later 1.x release"
+		c.Detail = fmt.Sprintf("%s is version %s; banger supports API %s and later 1.x", path, ver, firecracker.MinAPIVersion)
+	default:
+		c.Status = StatusOK
+		c.Detail = fmt.Sprintf("%s version %s (supported API)", path, ver)
+	}
+	if c.Status != StatusOK && o.Config.VMM == config.VMMFirecracker {
+		c.Status = StatusFail
+	}
+	return c
 }
 
 func checkJailer(o Options, choice Choice) Check {

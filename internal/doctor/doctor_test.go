@@ -30,7 +30,7 @@ func newHost(t *testing.T) *host {
 	h.file("tun", "")
 	h.file("ip_forward", "1\n")
 	for name, out := range map[string]string{
-		"firecracker":        "Firecracker v1.12.0",
+		"firecracker":        "Firecracker v1.16.1",
 		"qemu-system-x86_64": "QEMU emulator version 7.2.15 (Debian 1:7.2+dfsg-7+deb12u12)",
 		"mkfs.ext4":          "mke2fs 1.47.0 (5-Feb-2023)",
 		"debootstrap":        "debootstrap 1.0.128+nmu2+deb12u1",
@@ -122,7 +122,7 @@ func TestRunAllOK(t *testing.T) {
 	if !r.OK() {
 		t.Error("OK() = false, want true")
 	}
-	if got := find(t, r, "firecracker").Detail; got != "Firecracker v1.12.0, at "+h.bins["firecracker"] {
+	if got := find(t, r, "firecracker").Detail; got != h.bins["firecracker"]+" version 1.16.1 (supported API)" {
 		t.Errorf("firecracker detail = %q", got)
 	}
 	if r.VMM != "firecracker" || r.Accel != vmm.AccelKVM {
@@ -154,9 +154,11 @@ func TestChecks(t *testing.T) {
 		{"firecracker missing with vmm qemu", func(h *host, o *Options) { delete(h.bins, "firecracker"); o.Config.VMM = "qemu" },
 			"firecracker", StatusOK, false, "not needed with vmm = qemu", ""},
 		{"firecracker configured path", func(h *host, o *Options) { o.Config.FirecrackerBin = h.bins["firecracker"] },
-			"firecracker", StatusOK, false, "Firecracker v1.12.0", ""},
+			"firecracker", StatusOK, false, "version 1.16.1 (supported API)", ""},
+		{"firecracker too old", func(h *host, o *Options) { h.bin("firecracker", "#!/bin/sh\necho Firecracker v1.12.0\n") },
+			"firecracker", StatusWarn, false, "is version 1.12.0; banger supports API 1.16.0", "1.16.0"},
 		{"firecracker broken", func(h *host, o *Options) { h.bin("firecracker", "#!/bin/sh\necho boom >&2\nexit 3\n") },
-			"firecracker", StatusWarn, false, "does not run: exit status 3: boom", "releases"},
+			"firecracker", StatusWarn, false, "does not run", "releases"},
 		{"qemu missing not needed", func(h *host, o *Options) { delete(h.bins, "qemu-system-x86_64") },
 			"qemu-system-x86_64", StatusWarn, false, "not found", "sudo apt-get install qemu-system-x86"},
 		{"qemu missing and chosen", func(h *host, o *Options) { delete(h.bins, "qemu-system-x86_64"); h.remove("kvm") },
