@@ -41,6 +41,7 @@ func newRootCmd() *cobra.Command {
 		newVMCmd(),
 		newKernelCmd(),
 		newImageCmd(),
+		newNetworkCmd(),
 	)
 	return root
 }

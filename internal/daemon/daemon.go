@@ -45,6 +45,7 @@ type Server struct {
 	shutdown context.CancelFunc
 
 	vms     *vmManager
+	net     *netService
 	images  *image.Store
 	kernels *kernel.Store
 }
@@ -83,8 +84,14 @@ func Run(ctx context.Context, opts Options) error {
 	drivers, def := newDrivers(opts.Config, opts.Logger)
 	s.log.Info("vmm chosen", "vmm", def.VMM, "accel", def.Accel, "reason", def.Reason)
 	s.vms = newVMManager(s, drivers, def.VMM)
+	if s.net, err = newNetService(ctx, s); err != nil {
+		return err
+	}
 	if err := s.vms.adoptAll(ctx); err != nil {
 		s.log.Error("re-adopting vms", "err", err)
+	}
+	if err := s.net.reconcile(ctx); err != nil {
+		s.log.Error("reconciling network", "err", err)
 	}
 
 	ln, err := listen(opts.Dirs.Socket())
@@ -154,6 +161,7 @@ func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/version", s.handleVersion)
 	mux.HandleFunc("POST /v1/shutdown", s.handleShutdown)
+	mux.HandleFunc("GET /v1/network", s.handleNetwork)
 	s.vms.routes(mux)
 	s.kernelRoutes(mux)
 	s.imageRoutes(mux)

@@ -38,10 +38,17 @@ func (m *vmManager) start(ctx context.Context, name string, readyTimeout time.Du
 	if err != nil {
 		return api.VM{}, err
 	}
+	tap, lease, netArgs, err := m.s.net.attach(ctx, v.ID)
+	if err != nil {
+		return api.VM{}, fmt.Errorf("vm %q network: %w", name, err)
+	}
+	spec.NICs = []vmm.NIC{{ID: "eth0", Tap: tap, MAC: lease.MAC}}
+	spec.Cmdline += " " + netArgs
 	os.Remove(spec.ConsoleLog) // each boot's log starts fresh
 	p("booting "+driver.Name(), 0, 0)
 	mc, err := driver.Start(ctx, spec)
 	if err != nil {
+		m.s.net.detach(context.WithoutCancel(ctx), v.ID)
 		v.State, v.LastError = api.StateFailed, err.Error()
 		m.s.store.UpdateVM(context.WithoutCancel(ctx), v)
 		return api.VM{}, fmt.Errorf("starting vm %q: %w", name, err)
@@ -84,8 +91,12 @@ func (m *vmManager) track(id string, mc vmm.Machine) {
 	m.mu.Unlock()
 	go func() {
 		<-mc.Done()
+		// Lifecycle changes hold the VM's lock; a stop or delete in
+		// progress has already cleaned up, and a restart owns a new mc.
+		defer m.lock(id)()
 		m.mu.Lock()
-		if m.machines[id] == mc {
+		mine := m.machines[id] == mc
+		if mine {
 			delete(m.machines, id)
 			if a := m.agents[id]; a != nil {
 				a.Close()
@@ -94,10 +105,16 @@ func (m *vmManager) track(id string, mc vmm.Machine) {
 			delete(m.infos, id)
 		}
 		m.mu.Unlock()
+		if !mine {
+			return
+		}
 		// The VMM ended on its own (guest power-off, crash): record it.
 		ctx := context.Background()
-		if v, err := m.s.store.VMByName(ctx, id); err == nil && (v.State == api.StateRunning || v.State == api.StateStarting) {
-			v.State = api.StateStopped
+		m.s.net.detach(ctx, id)
+		if v, err := m.s.store.VMByName(ctx, id); err == nil && v.State != api.StateStopped {
+			if v.State != api.StateFailed {
+				v.State = api.StateStopped
+			}
 			v.Handle = "{}"
 			m.s.store.UpdateVM(ctx, v)
 		}
@@ -254,6 +271,7 @@ func (m *vmManager) stopLocked(ctx context.Context, v store.VM, force bool, time
 	}
 	delete(m.infos, v.ID)
 	m.mu.Unlock()
+	m.s.net.detach(context.WithoutCancel(ctx), v.ID)
 	if v.State != api.StateCreated {
 		v.State = api.StateStopped
 	}

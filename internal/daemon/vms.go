@@ -126,9 +126,13 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 		}
 		return api.VM{}, err
 	}
+	if _, err := m.s.net.lease(ctx, id); err != nil {
+		m.s.store.DeleteVM(context.WithoutCancel(ctx), id)
+		return api.VM{}, err
+	}
 	if err := m.makeDisk(ctx, &v, im, p); err != nil {
 		os.RemoveAll(v.Dir)
-		m.s.store.DeleteVM(context.WithoutCancel(ctx), id)
+		m.s.store.DeleteVM(context.WithoutCancel(ctx), id) // and its lease
 		return api.VM{}, err
 	}
 	if req.NoStart {
@@ -196,6 +200,9 @@ func (m *vmManager) view(v store.VM) api.VM {
 	}
 	if mc := m.machine(v.ID); mc != nil {
 		out.PID = mc.Handle().PID
+	}
+	if l, err := m.s.store.LeaseOf(context.Background(), v.ID); err == nil {
+		out.IP, out.MAC, out.Tap = l.IP.String(), l.MAC, l.Tap
 	}
 	m.mu.Lock()
 	if info, ok := m.infos[v.ID]; ok {

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+func newVMCpCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "cp SRC DST",
+		Short: "Copy a file into or out of a running VM (VM:/path names the guest side)",
+		Long: `Copy one regular file between the host and a running VM through the guest
+agent. Exactly one of SRC and DST is VM:/absolute/path. "-" is stdin or
+stdout on the host side. The guest file is written atomically; its mode
+is the host file's.`,
+		Example: "  banger vm cp ./data.bin dev:/root/data.bin\n  banger vm cp dev:/etc/os-release -",
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			srcVM, srcPath, srcRemote := splitRemote(args[0])
+			dstVM, dstPath, dstRemote := splitRemote(args[1])
+			if srcRemote == dstRemote {
+				return fmt.Errorf("exactly one of SRC and DST must be VM:/path")
+			}
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if dstRemote {
+				in, mode := io.Reader(os.Stdin), uint32(0o644)
+				if srcPath != "-" {
+					f, err := os.Open(srcPath)
+					if err != nil {
+						return err
+					}
+					defer f.Close()
+					st, err := f.Stat()
+					if err != nil {
+						return err
+					}
+					if !st.Mode().IsRegular() {
+						return fmt.Errorf("%s is not a regular file", srcPath)
+					}
+					in, mode = f, uint32(st.Mode().Perm())
+				}
+				return c.PutFile(cmd.Context(), dstVM, dstPath, mode, in)
+			}
+			rc, err := c.GetFile(cmd.Context(), srcVM, srcPath)
+			if err != nil {
+				return err
+			}
+			defer rc.Close()
+			if dstPath == "-" {
+				_, err = io.Copy(os.Stdout, rc)
+				return err
+			}
+			tmp := dstPath + ".banger-tmp"
+			f, err := os.Create(tmp)
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(f, rc); err != nil {
+				f.Close()
+				os.Remove(tmp)
+				return fmt.Errorf("copying %s: %w", args[0], err)
+			}
+			if err := f.Close(); err != nil {
+				os.Remove(tmp)
+				return err
+			}
+			return os.Rename(tmp, dstPath)
+		},
+	}
+}
+
+// splitRemote splits "vm:/path"; a host path has no "name:" prefix.
+func splitRemote(s string) (vm, path string, remote bool) {
+	name, p, ok := strings.Cut(s, ":")
+	if !ok || name == "" || strings.Contains(name, "/") || !strings.HasPrefix(p, "/") {
+		return "", s, false
+	}
+	return name, p, true
+}

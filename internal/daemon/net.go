@@ -1,0 +1,257 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"banger/internal/api"
+	"banger/internal/network"
+	"banger/internal/store"
+)
+
+// netState is the network config in force, recorded in the state
+// directory so a config change can be checked against running VMs.
+type netState struct {
+	BridgeName string       `json:"bridge_name"`
+	BridgeIP   netip.Addr   `json:"bridge_ip"`
+	CIDR       netip.Prefix `json:"cidr"`
+}
+
+// netService wires internal/network to the VMs: one lease and one tap per
+// VM, the bridge and NAT set up on the first start.
+type netService struct {
+	s    *Server
+	mgr  *network.Manager
+	path string // network.json
+	dns  []netip.Addr
+
+	mu       sync.Mutex // guards ready and conflict
+	ready    bool
+	conflict string // why config.toml's network settings are not in force
+}
+
+func newNetService(ctx context.Context, s *Server) (*netService, error) {
+	cfg := s.opts.Config
+	want := netState{BridgeName: cfg.BridgeName, BridgeIP: cfg.BridgeIP, CIDR: cfg.CIDR}
+	ns := &netService{s: s, path: filepath.Join(s.opts.Dirs.State, "network.json"), dns: cfg.DefaultDNS}
+	use := want
+	if old, err := ns.recorded(); err == nil && old != want {
+		running, err := s.runningVMNames(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if len(running) > 0 {
+			use = old
+			ns.conflict = fmt.Sprintf("config.toml sets bridge_name %s and cidr %s, but VMs %s still run on bridge %s with cidr %s; "+
+				"stop them (banger vm stop %s), then restart the daemon (banger daemon restart)",
+				want.BridgeName, want.CIDR, strings.Join(running, ", "), old.BridgeName, old.CIDR, strings.Join(running, " "))
+			s.log.Warn("network config change refused while VMs run", "why", ns.conflict)
+		}
+	}
+	mgr, err := network.New(network.Config{
+		BridgeName: use.BridgeName, BridgeIP: use.BridgeIP, CIDR: use.CIDR,
+		PoolSize: cfg.TapPoolSize, Logger: s.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("network settings: %w", err)
+	}
+	ns.mgr = mgr
+	if len(ns.dns) == 0 {
+		ns.dns, _ = network.HostDNS()
+	}
+	return ns, nil
+}
+
+func (ns *netService) recorded() (netState, error) {
+	var st netState
+	b, err := os.ReadFile(ns.path)
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(b, &st)
+}
+
+func (ns *netService) record() error {
+	c := ns.mgr.Config()
+	b, _ := json.Marshal(netState{BridgeName: c.BridgeName, BridgeIP: c.BridgeIP, CIDR: c.CIDR})
+	tmp := ns.path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, ns.path)
+}
+
+// ensure sets up the bridge, forwarding, NAT and the tap pool once.
+func (ns *netService) ensure(ctx context.Context) error {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	if ns.ready {
+		return nil
+	}
+	if err := ns.mgr.Setup(ctx); err != nil {
+		return netErr(err)
+	}
+	if err := ns.record(); err != nil {
+		return err
+	}
+	ns.ready = true
+	return nil
+}
+
+// netErr maps network errors to API categories; their messages already
+// say what to do.
+func netErr(err error) error {
+	switch {
+	case errors.Is(err, network.ErrExhausted), errors.Is(err, network.ErrOverlap), errors.Is(err, network.ErrNotOurs):
+		return api.Errorf(api.Conflict, "%v", err)
+	case errors.Is(err, network.ErrNoTun), errors.Is(err, network.ErrNoNetAdmin):
+		return api.Errorf(api.Unavailable, "%v", err)
+	}
+	return err
+}
+
+// lease gives the VM its address (kept across restarts of the VM).
+func (ns *netService) lease(ctx context.Context, vmID string) (store.Lease, error) {
+	ns.mu.Lock()
+	conflict := ns.conflict
+	ns.mu.Unlock()
+	if conflict != "" {
+		return store.Lease{}, api.Errorf(api.Conflict, "%s", conflict)
+	}
+	l, err := ns.s.store.AllocateLease(ctx, vmID, network.MACFor(vmID).String(), ns.mgr.Allocate)
+	if err != nil {
+		return l, netErr(err)
+	}
+	return l, nil
+}
+
+// attach makes the VM's tap and returns the NIC and kernel arguments.
+func (ns *netService) attach(ctx context.Context, vmID string) (tap string, l store.Lease, args string, err error) {
+	if err := ns.ensure(ctx); err != nil {
+		return "", l, "", err
+	}
+	if l, err = ns.lease(ctx, vmID); err != nil {
+		return "", l, "", err
+	}
+	if tap, err = ns.mgr.AcquireTap(ctx, vmID); err != nil {
+		return "", l, "", netErr(err)
+	}
+	if err := ns.s.store.SetLeaseTap(ctx, vmID, tap); err != nil {
+		return "", l, "", err
+	}
+	go ns.mgr.FillPool(context.WithoutCancel(ctx))
+	gc := ns.mgr.GuestConfig(l.IP, ns.dns)
+	return tap, l, gc.BangerNetArg(), nil
+}
+
+// detach removes the VM's tap; its lease stays until the VM is deleted.
+func (ns *netService) detach(ctx context.Context, vmID string) {
+	l, err := ns.s.store.LeaseOf(ctx, vmID)
+	if err != nil || l.Tap == "" {
+		return
+	}
+	if err := ns.mgr.ReleaseTap(ctx, l.Tap); err != nil {
+		ns.s.log.Warn("releasing tap", "tap", l.Tap, "err", err)
+	}
+	ns.s.store.SetLeaseTap(ctx, vmID, "")
+}
+
+// reconcile runs at daemon start: leases of deleted VMs go, and taps of
+// VMs that are not running go. NAT rules are brought back in line when
+// the bridge exists.
+func (ns *netService) reconcile(ctx context.Context) error {
+	if _, err := ns.s.store.PruneLeases(ctx); err != nil {
+		return err
+	}
+	running, err := ns.s.runningVMIDs(ctx)
+	if err != nil {
+		return err
+	}
+	info, err := ns.mgr.Inspect(ctx)
+	if err != nil || !info.Bridge.Exists {
+		return nil
+	}
+	removed, err := ns.mgr.Reconcile(ctx, running)
+	for _, t := range removed {
+		ns.s.log.Info("removed stale tap", "tap", t.Name, "vm", t.VMID)
+		ns.s.store.SetLeaseTap(ctx, t.VMID, "")
+	}
+	if err != nil {
+		return err
+	}
+	_, err = ns.mgr.EnsureNAT(ctx)
+	return err
+}
+
+// networkView is GET /v1/network.
+type networkView struct {
+	network.Info
+	Leases   []leaseView `json:"leases"`
+	Conflict string      `json:"conflict,omitempty"`
+}
+
+type leaseView struct {
+	IP  string `json:"ip"`
+	VM  string `json:"vm"`
+	MAC string `json:"mac"`
+	Tap string `json:"tap,omitempty"`
+}
+
+func (s *Server) handleNetwork(w http.ResponseWriter, r *http.Request) {
+	info, err := s.net.mgr.Inspect(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	ls, err := s.store.Leases(r.Context())
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	out := networkView{Info: info, Leases: []leaseView{}, Conflict: s.net.conflict}
+	for _, l := range ls {
+		name := l.VMID
+		if v, err := s.store.VMByName(r.Context(), l.VMID); err == nil {
+			name = v.Name
+		}
+		out.Leases = append(out.Leases, leaseView{IP: l.IP.String(), VM: name, MAC: l.MAC, Tap: l.Tap})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// runningVMIDs are the VMs whose VMM may be alive.
+func (s *Server) runningVMIDs(ctx context.Context) (map[string]bool, error) {
+	vms, err := s.store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, v := range vms {
+		if v.State == api.StateRunning || v.State == api.StateStarting || (v.State == api.StateFailed && v.Handle != "{}") {
+			out[v.ID] = true
+		}
+	}
+	return out, nil
+}
+
+func (s *Server) runningVMNames(ctx context.Context) ([]string, error) {
+	ids, err := s.runningVMIDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for id := range ids {
+		if v, err := s.store.VMByName(ctx, id); err == nil {
+			names = append(names, v.Name)
+		}
+	}
+	return names, nil
+}

@@ -1,0 +1,99 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"strconv"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/guest"
+)
+
+func (m *vmManager) fileRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("PUT /v1/vms/{name}/files", m.handlePutFile)
+	mux.HandleFunc("GET /v1/vms/{name}/files", m.handleGetFile)
+}
+
+// agentFor returns the agent of a running VM named in the request.
+func (m *vmManager) agentFor(r *http.Request) (*guest.Client, error) {
+	v, err := m.get(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	a, err := m.agent(ctx, v.ID)
+	if err != nil {
+		return nil, fmt.Errorf("vm %q: %w", v.Name, err)
+	}
+	return a, nil
+}
+
+func (m *vmManager) handlePutFile(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	path := q.Get("path")
+	if path == "" || path[0] != '/' {
+		writeErr(w, api.Errorf(api.InvalidArgument, "path %q must be absolute in the guest", path))
+		return
+	}
+	mode := fs.FileMode(0o644)
+	if s := q.Get("mode"); s != "" {
+		v, err := strconv.ParseUint(s, 8, 32)
+		if err != nil {
+			writeErr(w, api.Errorf(api.InvalidArgument, "mode %q is not octal", s))
+			return
+		}
+		mode = fs.FileMode(v)
+	}
+	a, err := m.agentFor(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if err := a.Put(r.Context(), path, mode, 0, 0, r.Body); err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"path": path})
+}
+
+// lazyWriter sends the 200 header only when the first byte arrives, so an
+// error before that can still be an error response.
+type lazyWriter struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+func (l *lazyWriter) Write(p []byte) (int, error) {
+	if !l.started {
+		l.w.Header().Set("Content-Type", "application/octet-stream")
+		l.w.WriteHeader(http.StatusOK)
+		l.started = true
+	}
+	return l.w.Write(p)
+}
+
+func (m *vmManager) handleGetFile(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.Query().Get("path")
+	a, err := m.agentFor(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	lw := &lazyWriter{w: w}
+	_, err = a.Get(r.Context(), path, lw)
+	switch {
+	case err == nil && !lw.started:
+		lw.Write(nil) // an empty file
+	case err != nil && !lw.started:
+		if ge := guest.ToRemoteError(err); ge.Kind == guest.KindNotExist {
+			err = api.Errorf(api.NotFound, "%s does not exist in the guest", path)
+		}
+		writeErr(w, err)
+	case err != nil:
+		panic(http.ErrAbortHandler) // the client sees a truncated body, not a short file
+	}
+}
