@@ -63,15 +63,41 @@ func (t *procTable) forget(pid int) {
 	delete(t.pids, pid)
 }
 
-// ServeConn runs one yamux session over conn until the host goes away
-// (conn reaches EOF) or ctx is done. It closes conn. It returns nil when
-// the host closed the connection.
+// ServeConn serves one host connection (a vsock connection, or a test's
+// socket): the handshake, then a yamux session until the host goes away
+// or ctx is done. It closes conn, and returns nil when the host left.
 func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) error {
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	r, err := guest.AcceptHost(conn)
+	stop()
+	if err != nil {
+		conn.Close()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("handshake: %w", err)
+	}
+	return s.serveSession(ctx, &splitConn{Reader: r, rwc: conn})
+}
+
+// splitConn reads from Reader and writes to and closes rwc.
+type splitConn struct {
+	io.Reader
+	rwc io.ReadWriteCloser
+}
+
+func (c *splitConn) Write(p []byte) (int, error) { return c.rwc.Write(p) }
+func (c *splitConn) Close() error                { return c.rwc.Close() }
+
+// serveSession runs a yamux server session over conn until it ends.
+func (s *Server) serveSession(ctx context.Context, conn io.ReadWriteCloser) error {
 	sess, err := yamux.Server(conn, guest.YamuxConfig(s.logger))
 	if err != nil {
 		conn.Close()
 		return fmt.Errorf("starting session: %w", err)
 	}
+	s.logger.Info("host connected")
+	defer s.logger.Info("host disconnected")
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
 	defer sess.Close()

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/yamux"
 	"golang.org/x/sys/unix"
 
 	"banger/internal/guest"
@@ -80,7 +81,14 @@ func (s *Server) ServePort(ctx context.Context, open func(context.Context) (io.R
 			continue
 		}
 		lastErr = ""
-		if err := s.servePortOnce(ctx, port); err != nil && ctx.Err() == nil {
+		err = s.servePortOnce(ctx, port)
+		switch {
+		case err == nil || ctx.Err() != nil:
+		case errors.Is(err, yamux.ErrInvalidVersion):
+			// A new host's handshake broke into the old session: the
+			// host reconnected faster than the port reported it.
+			s.logger.Info("host reconnected")
+		default:
 			s.logger.Warn("agent port session ended", "err", err)
 			sleepCtx(ctx, portPollInterval)
 		}
@@ -88,47 +96,46 @@ func (s *Server) ServePort(ctx context.Context, open func(context.Context) (io.R
 	return nil
 }
 
-// servePortOnce waits on an open port for a host, then serves one session.
+// servePortOnce waits on an open port for a host's handshake, then
+// serves one session.
 func (s *Server) servePortOnce(ctx context.Context, port io.ReadWriteCloser) error {
 	stop := context.AfterFunc(ctx, func() { port.Close() })
 	defer stop()
-	first := make([]byte, 1)
-	for {
-		n, err := port.Read(first)
-		if n == 1 {
-			break
-		}
-		switch {
-		case ctx.Err() != nil:
-			port.Close()
+	idle := &idlePort{ctx: ctx, port: port, waiting: true}
+	r, err := guest.AcceptHost(idle)
+	if err != nil {
+		port.Close()
+		if ctx.Err() != nil {
 			return ctx.Err()
-		case errors.Is(err, io.EOF), err == nil:
-			sleepCtx(ctx, portPollInterval) // no host yet
-		default:
-			port.Close()
-			return fmt.Errorf("reading port: %w", err)
 		}
+		return fmt.Errorf("handshake: %w", err)
 	}
-	s.logger.Info("host connected")
-	err := s.ServeConn(ctx, &prefixedConn{ReadWriteCloser: port, prefix: first})
-	s.logger.Info("host disconnected")
-	return err
+	idle.waiting = false // from now on EOF means the host left
+	return s.serveSession(ctx, &splitConn{Reader: r, rwc: port})
 }
 
-// prefixedConn gives back bytes already read before reading on.
-type prefixedConn struct {
-	io.ReadWriteCloser
-	prefix []byte
+// idlePort reads a virtio-serial port. While waiting, the EOF a port
+// returns when no host is connected means "poll again shortly".
+type idlePort struct {
+	ctx     context.Context
+	port    io.ReadWriteCloser
+	waiting bool // only touched by the goroutine that reads
 }
 
-func (c *prefixedConn) Read(p []byte) (int, error) {
-	if len(c.prefix) > 0 {
-		n := copy(p, c.prefix)
-		c.prefix = c.prefix[n:]
-		return n, nil
+func (p *idlePort) Read(b []byte) (int, error) {
+	for {
+		n, err := p.port.Read(b)
+		if n > 0 || !p.waiting || !errors.Is(err, io.EOF) {
+			return n, err
+		}
+		if p.ctx.Err() != nil {
+			return 0, p.ctx.Err()
+		}
+		sleepCtx(p.ctx, portPollInterval)
 	}
-	return c.ReadWriteCloser.Read(p)
 }
+
+func (p *idlePort) Write(b []byte) (int, error) { return p.port.Write(b) }
 
 func sleepCtx(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)

@@ -190,3 +190,84 @@ func TestFindSerialPort(t *testing.T) {
 		})
 	}
 }
+
+// fakeQEMU forwards one persistent guest port to whichever host is
+// plugged in, without the guest ever seeing a disconnect: what a
+// virtio-serial guest sees when the host reconnects quickly.
+type fakeQEMU struct {
+	mu   sync.Mutex
+	host net.Conn // qemu's end of the current host connection
+	port net.Conn // qemu's end of the guest port
+}
+
+func newFakeQEMU(t *testing.T) (*fakeQEMU, net.Conn) {
+	qemuEnd, guestEnd := socketPair(t)
+	q := &fakeQEMU{port: qemuEnd}
+	go func() { // guest -> current host; dropped when none
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := qemuEnd.Read(buf)
+			if err != nil {
+				return
+			}
+			q.mu.Lock()
+			h := q.host
+			q.mu.Unlock()
+			if h != nil {
+				_, _ = h.Write(buf[:n])
+			}
+		}
+	}()
+	t.Cleanup(func() { qemuEnd.Close(); guestEnd.Close() })
+	return q, guestEnd
+}
+
+// plug connects a new host and returns the host's end.
+func (q *fakeQEMU) plug(t *testing.T) net.Conn {
+	hostEnd, qemuSide := socketPair(t)
+	q.mu.Lock()
+	if q.host != nil {
+		q.host.Close()
+	}
+	q.host = qemuSide
+	q.mu.Unlock()
+	go func() { _, _ = io.Copy(q.port, qemuSide) }() // host -> guest
+	return hostEnd
+}
+
+// noCloseConn is a port whose Close leaves the device open.
+type noCloseConn struct{ net.Conn }
+
+func (noCloseConn) Close() error { return nil }
+
+func TestReconnectWithoutEOF(t *testing.T) {
+	q, guestEnd := newFakeQEMU(t)
+	servePort(t, func(context.Context) (io.ReadWriteCloser, error) { return noCloseConn{guestEnd}, nil })
+	t.Cleanup(func() { guestEnd.Close() }) // runs first: unblocks the agent's read
+
+	// Host 1 starts a command and leaves mid-frame, without the guest
+	// noticing.
+	c1, err := guest.NewClient(q.plug(t), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c1.OpenExec(callCtx(t, 10*time.Second), guest.ExecRequest{Argv: []string{"sleep", "60"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := s.PID()
+	// A yamux data header for stream 1 announcing 100000 bytes, then 10.
+	partial := []byte{0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0x86, 0xa0}
+	partial = append(partial, bytes.Repeat([]byte{'x'}, 10)...)
+	q.mu.Lock()
+	_, _ = q.port.Write(partial)
+	q.mu.Unlock()
+
+	for round := range 2 {
+		start := time.Now()
+		useAgent(t, q.plug(t), round)
+		t.Logf("round %d: new host served after %v", round, time.Since(start))
+	}
+	processGone(t, pid) // the old session's command died with it
+	c1.Close()
+}

@@ -26,7 +26,6 @@ func YamuxConfig(logger *slog.Logger) *yamux.Config {
 	cfg.EnableKeepAlive = false
 	cfg.StreamOpenTimeout = 0
 	cfg.ConnectionWriteTimeout = 30 * time.Second
-	cfg.MaxStreamWindowSize = 1 << 20
 	cfg.LogOutput = nil
 	cfg.Logger = log.New(slogWriter{logger}, "", 0)
 	return cfg
@@ -44,37 +43,93 @@ func (w slogWriter) Write(p []byte) (int, error) {
 // Client is the host side of the agent protocol over one connection. It
 // is safe for concurrent use; each call runs on its own yamux stream.
 type Client struct {
-	sess   *yamux.Session
+	conn   net.Conn
 	logger *slog.Logger
+	ready  chan struct{} // closed once the handshake has ended
+	sess   *yamux.Session
+	err    error         // why the handshake failed; set before ready closes
+	done   chan struct{} // closed once the session is over
 }
 
-// NewClient starts a yamux client session over conn. Closing the Client
-// closes conn. A nil logger discards logs.
+// NewClient starts talking to the agent over conn. It returns at once:
+// the handshake (which waits for the agent to come up) runs in the
+// background, and calls wait for it within their own context. Closing the
+// Client closes conn. A nil logger discards logs.
 func NewClient(conn net.Conn, logger *slog.Logger) (*Client, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	sess, err := yamux.Client(conn, YamuxConfig(logger))
-	if err != nil {
-		return nil, fmt.Errorf("starting agent session: %w", err)
+	c := &Client{conn: conn, logger: logger, ready: make(chan struct{}), done: make(chan struct{})}
+	go c.handshake()
+	return c, nil
+}
+
+// handshake resynchronises with the agent, then starts the yamux session.
+func (c *Client) handshake() {
+	defer close(c.ready)
+	r, err := connectGuest(c.conn)
+	if err == nil {
+		c.sess, err = yamux.Client(readConn{Conn: c.conn, r: r}, YamuxConfig(c.logger))
 	}
-	return &Client{sess: sess, logger: logger}, nil
+	if err != nil {
+		c.err = fmt.Errorf("%w (handshake: %v)", ErrConnectionLost, err)
+		c.conn.Close()
+		close(c.done)
+		return
+	}
+	c.logger.Debug("agent session started")
+	go func() {
+		<-c.sess.CloseChan()
+		close(c.done)
+	}()
+}
+
+// readConn reads from r (the handshake's leftover, then the conn).
+type readConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c readConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// session waits for the handshake within ctx.
+func (c *Client) session(ctx context.Context) (*yamux.Session, error) {
+	select {
+	case <-c.ready:
+		return c.sess, c.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for the agent: %w", ctx.Err())
+	}
 }
 
 // Close ends the session and the connection. Calls in flight fail.
-func (c *Client) Close() error { return c.sess.Close() }
+func (c *Client) Close() error {
+	err := c.conn.Close()
+	select {
+	case <-c.ready:
+		if c.sess != nil {
+			return c.sess.Close()
+		}
+	default:
+	}
+	return err
+}
 
-// Done is closed when the session has ended (Close, or the connection
-// dropped).
-func (c *Client) Done() <-chan struct{} { return c.sess.CloseChan() }
+// Done is closed when the client is finished: Close, or the connection
+// dropped.
+func (c *Client) Done() <-chan struct{} { return c.done }
 
 // OpenStream opens a raw stream. The caller writes the FrameRequest and
 // speaks the operation's frames itself; this is what the daemon splices.
 func (c *Client) OpenStream(ctx context.Context) (net.Conn, error) {
+	sess, err := c.session(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s, err := c.sess.OpenStream()
+	s, err := sess.OpenStream()
 	if err != nil {
 		return nil, fmt.Errorf("opening agent stream: %w", lostErr(err))
 	}

@@ -137,15 +137,21 @@ func TestRemoteErrorKinds(t *testing.T) {
 	}
 }
 
-// fakeAgent serves a yamux session whose streams are handled by handle.
+// fakeAgent handshakes like the agent, then serves a yamux session whose
+// streams are handled by handle.
 func fakeAgent(t *testing.T, handle func(guestConn net.Conn, st net.Conn)) *Client {
 	t.Helper()
 	hostConn, guestConn := net.Pipe()
-	sess, err := yamux.Server(guestConn, YamuxConfig(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
 	go func() {
+		r, err := AcceptHost(guestConn)
+		if err != nil {
+			return
+		}
+		sess, err := yamux.Server(readConn{Conn: guestConn, r: r}, YamuxConfig(nil))
+		if err != nil {
+			return
+		}
+		defer sess.Close()
 		for {
 			st, err := sess.Accept()
 			if err != nil {
@@ -160,7 +166,7 @@ func fakeAgent(t *testing.T, handle func(guestConn net.Conn, st net.Conn)) *Clie
 	}
 	t.Cleanup(func() {
 		c.Close()
-		sess.Close()
+		guestConn.Close()
 	})
 	return c
 }

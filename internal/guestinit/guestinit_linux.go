@@ -92,6 +92,7 @@ func boot(con io.Writer, start time.Time) error {
 			fmt.Fprintf(con, "banger initrd: warning: %v (modules beyond the initrd's will not load)\n", err)
 		}
 	}
+	configureGuest(con, string(cmdline))
 	init, err := pickInit(con, opts.Init)
 	if err != nil {
 		return err

@@ -213,7 +213,7 @@ func (s *Store) inject(ctx context.Context, img string) error {
 	}
 	defer os.RemoveAll(tree)
 	hasSystemd := disk.Exists(ctx, img, "/lib/systemd/systemd") || disk.Exists(ctx, img, "/usr/lib/systemd/systemd")
-	if err := injectAgentTODO(tree, s.AgentBin, hasSystemd); err != nil {
+	if err := WriteAgentFiles(tree, s.AgentBin, hasSystemd); err != nil {
 		return fmt.Errorf("injecting agent: %w", err)
 	}
 	return disk.CopyIn(ctx, img, tree)
@@ -248,5 +248,3 @@ func randHex() string {
 	rand.Read(b)
 	return hex.EncodeToString(b)
 }
-
-func injectAgentTODO(tree, bin string, systemd bool) error { return errors.New("TODO") }

@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -150,7 +151,7 @@ func (s *Store) Register(ctx context.Context, name, kernelPath, initrdPath strin
 		return Bundle{}, fmt.Errorf("registering kernel: %w", err)
 	}
 	if initrdPath != "" {
-		if err := checkInitrd(initrdPath); err != nil {
+		if err := VerifyInitrd(initrdPath); err != nil {
 			return Bundle{}, fmt.Errorf("registering initrd %s: %w", initrdPath, err)
 		}
 		m.Initrd = "initrd.img"
@@ -161,9 +162,10 @@ func (s *Store) Register(ctx context.Context, name, kernelPath, initrdPath strin
 	return st.commit(ctx, m)
 }
 
-// checkInitrd accepts a cpio archive or a compressed one in a format the
-// kernel can unpack; gzip streams are read to the end to catch corruption.
-func checkInitrd(file string) error {
+// VerifyInitrd checks that file is an initrd the kernel can unpack: an
+// uncompressed cpio newc archive is walked to its trailer and a gzip one
+// is read to the end; other compressions are recognised by magic only.
+func VerifyInitrd(file string) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return err
@@ -173,17 +175,16 @@ func checkInitrd(file string) error {
 	if _, err := io.ReadFull(f, head); err != nil {
 		return fmt.Errorf("%w: too short to be an initrd", ErrInvalid)
 	}
-	magics := [][]byte{
-		[]byte("070701"), []byte("070702"), // cpio newc, crc
-		{0xfd, '7', 'z', 'X', 'Z', 0}, // xz
-		{0x28, 0xb5, 0x2f, 0xfd},      // zstd
-		{0x02, 0x21, 0x4c, 0x18},      // lz4 legacy
-		[]byte("BZh"), {0x5d, 0, 0},   // bzip2, lzma
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
 	}
-	if bytes.HasPrefix(head, []byte{0x1f, 0x8b}) {
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return err
+	switch {
+	case bytes.HasPrefix(head, []byte("0707")):
+		if err := walkCpio(bufio.NewReader(f)); err != nil {
+			return fmt.Errorf("%w: corrupt cpio initrd: %v", ErrInvalid, err)
 		}
+		return nil
+	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
 		zr, err := gzip.NewReader(f)
 		if err == nil {
 			_, err = io.Copy(io.Discard, zr)
@@ -192,6 +193,12 @@ func checkInitrd(file string) error {
 			return fmt.Errorf("%w: corrupt gzip initrd: %v", ErrInvalid, err)
 		}
 		return nil
+	}
+	magics := [][]byte{
+		{0xfd, '7', 'z', 'X', 'Z', 0}, // xz
+		{0x28, 0xb5, 0x2f, 0xfd},      // zstd
+		{0x02, 0x21, 0x4c, 0x18},      // lz4 legacy
+		[]byte("BZh"), {0x5d, 0, 0},   // bzip2, lzma
 	}
 	for _, m := range magics {
 		if bytes.HasPrefix(head, m) {

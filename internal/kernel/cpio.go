@@ -1,8 +1,10 @@
 package kernel
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -94,4 +96,39 @@ func (c *cpioWriter) pad(n int64) error {
 		}
 	}
 	return nil
+}
+
+// walkCpio reads a newc archive up to its trailer, checking every header.
+// The kernel accepts trailing zero padding, so nothing after it is read.
+func walkCpio(r io.Reader) error {
+	hdr := make([]byte, 110)
+	var off int64
+	for n := 0; ; n++ {
+		if _, err := io.ReadFull(r, hdr); err != nil {
+			return fmt.Errorf("entry %d at offset %d: %w", n, off, err)
+		}
+		if m := string(hdr[:6]); m != "070701" && m != "070702" {
+			return fmt.Errorf("entry %d at offset %d: bad magic %q", n, off, m)
+		}
+		field := func(i int) (int64, error) {
+			return strconv.ParseInt(string(hdr[6+8*i:14+8*i]), 16, 64)
+		}
+		size, err1 := field(6)
+		nameLen, err2 := field(11)
+		if err := errors.Join(err1, err2); err != nil || nameLen < 1 || nameLen > 4096 {
+			return fmt.Errorf("entry %d at offset %d: bad header", n, off)
+		}
+		nameBuf := make([]byte, (110+nameLen+3)&^3-110)
+		if _, err := io.ReadFull(r, nameBuf); err != nil {
+			return fmt.Errorf("entry %d: truncated name: %w", n, err)
+		}
+		if string(nameBuf[:nameLen-1]) == "TRAILER!!!" {
+			return nil
+		}
+		padded := (size + 3) &^ 3
+		if got, err := io.CopyN(io.Discard, r, padded); err != nil {
+			return fmt.Errorf("entry %q: %d of %d bytes: %w", nameBuf[:nameLen-1], got, padded, err)
+		}
+		off += 110 + int64(len(nameBuf)) + padded
+	}
 }

@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,6 +37,22 @@ func TestCpioRoundTrip(t *testing.T) {
 	if buf.Len()%4 != 0 {
 		t.Errorf("archive length %d is not 4-aligned", buf.Len())
 	}
+
+	t.Run("verify", func(t *testing.T) {
+		dir := t.TempDir()
+		good := filepath.Join(dir, "good")
+		os.WriteFile(good, buf.Bytes(), 0o644)
+		if err := VerifyInitrd(good); err != nil {
+			t.Fatalf("VerifyInitrd(good) = %v", err)
+		}
+		for _, n := range []int{5, 110, 300, buf.Len() / 2, buf.Len() - 8} {
+			bad := filepath.Join(dir, "bad")
+			os.WriteFile(bad, buf.Bytes()[:n], 0o644)
+			if err := VerifyInitrd(bad); !errors.Is(err, ErrInvalid) {
+				t.Errorf("truncated to %d bytes: err = %v, want ErrInvalid", n, err)
+			}
+		}
+	})
 
 	list := exec.Command("cpio", "-it", "--quiet")
 	list.Stdin = bytes.NewReader(buf.Bytes())

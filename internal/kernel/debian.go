@@ -205,18 +205,52 @@ type debPackage struct {
 	Size     int64
 }
 
+// parsePackages reads a Packages index, keeping only the fields needed
+// (the index has some 60,000 stanzas; a generic parse is slow).
 func parsePackages(data []byte) map[string][]debPackage {
 	idx := map[string][]debPackage{}
-	for _, st := range parseStanzas(data) {
-		size, _ := strconv.ParseInt(st["Size"], 10, 64)
-		p := debPackage{
-			Name: st["Package"], Version: st["Version"], Depends: st["Depends"],
-			Filename: st["Filename"], SHA256: strings.ToLower(st["SHA256"]), Size: size,
-		}
+	var p debPackage
+	flush := func() {
 		if p.Name != "" {
 			idx[p.Name] = append(idx[p.Name], p)
 		}
+		p = debPackage{}
 	}
+	for len(data) > 0 {
+		line := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			line, data = data[:i], data[i+1:]
+		} else {
+			data = nil
+		}
+		if len(line) == 0 {
+			flush()
+			continue
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			continue
+		}
+		k, v, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		val := func() string { return string(bytes.TrimSpace(v)) }
+		switch string(k) {
+		case "Package":
+			p.Name = val()
+		case "Version":
+			p.Version = val()
+		case "Depends":
+			p.Depends = val()
+		case "Filename":
+			p.Filename = val()
+		case "SHA256":
+			p.SHA256 = strings.ToLower(val())
+		case "Size":
+			p.Size, _ = strconv.ParseInt(val(), 10, 64)
+		}
+	}
+	flush()
 	return idx
 }
 

@@ -72,6 +72,10 @@ type Progress struct {
 }
 
 // Store keeps kernel bundles under Dir (e.g. /var/lib/banger/kernels).
+// Its methods are safe for concurrent use: bundles are built in a temp
+// directory beside Dir and renamed into place, so a reader sees a bundle
+// whole or not at all, and of two builds of one name the second fails
+// with ErrExists.
 type Store struct {
 	Dir      string       // one sub-directory per bundle
 	CacheDir string       // downloaded indexes and packages
@@ -221,6 +225,7 @@ func (s *Store) stage(name string) (*staging, error) {
 	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating kernel store: %w", err)
 	}
+	s.removeStale()
 	dir, err := os.MkdirTemp(s.Dir, ".tmp-"+name+"-")
 	if err != nil {
 		return nil, fmt.Errorf("creating kernel staging dir: %w", err)
@@ -230,6 +235,22 @@ func (s *Store) stage(name string) (*staging, error) {
 		return nil, fmt.Errorf("creating kernel staging dir: %w", err)
 	}
 	return &staging{store: s, name: name, dir: dir}, nil
+}
+
+// removeStale removes what a crash left behind: interrupted deletes, and
+// builds that started more than a day ago.
+func (s *Store) removeStale() {
+	ents, _ := os.ReadDir(s.Dir)
+	for _, e := range ents {
+		stale := strings.HasPrefix(e.Name(), ".del-")
+		if info, err := e.Info(); err == nil && strings.HasPrefix(e.Name(), ".tmp-") {
+			stale = time.Since(info.ModTime()) > 24*time.Hour
+		}
+		if stale {
+			s.logger().Info("removing leftover kernel build", "dir", e.Name())
+			os.RemoveAll(filepath.Join(s.Dir, e.Name()))
+		}
+	}
 }
 
 func (st *staging) path(file string) string { return filepath.Join(st.dir, file) }

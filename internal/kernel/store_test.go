@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/clearsign"
@@ -197,7 +198,7 @@ func checkBundle(t *testing.T, b Bundle) {
 			t.Error(err)
 		}
 	}
-	if err := checkInitrd(b.Initrd); err != nil {
+	if err := VerifyInitrd(b.Initrd); err != nil {
 		t.Errorf("initrd: %v", err)
 	}
 }
@@ -305,4 +306,28 @@ func TestRegister(t *testing.T) {
 	if _, err := s.Register(context.Background(), "../evil", c.Vmlinuz, ""); !errors.Is(err, ErrInvalid) {
 		t.Errorf("bad name: %v", err)
 	}
+}
+
+// TestPullReal pulls generic-6.1 from the real Debian archive (the host's
+// mirror): about 35 MB. Set BANGER_TEST_REAL_PULL=1 to run it.
+func TestPullReal(t *testing.T) {
+	if os.Getenv("BANGER_TEST_REAL_PULL") == "" {
+		t.Skip("set BANGER_TEST_REAL_PULL=1 to pull from the real Debian archive")
+	}
+	s := newTestStore(t, realAgent(t))
+	start := time.Now()
+	b, err := s.Pull(context.Background(), "generic-6.1", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("pulled %s (%s) from %s in %s", b.Name, b.Release, b.Source, time.Since(start).Round(time.Millisecond))
+	checkBundle(t, b)
+	start = time.Now()
+	if err := s.Delete(b.Name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pull(context.Background(), "generic-6.1", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("second pull (cached downloads) in %s", time.Since(start).Round(time.Millisecond))
 }

@@ -6,6 +6,17 @@
 // outlives the daemon that started it; a later daemon re-attaches with
 // Adopt. Under TCG the driver passes the host's TSC frequency to the guest
 // kernel, without which about one microvm boot in four hangs.
+//
+// Files in the VM directory (vmm.Spec.Dir): qmp.sock (QMP), agent.sock
+// (the virtio-serial agent channel), qemu.pid and qemu.log (QEMU's own
+// stdout and stderr, truncated on each Start). The serial console is
+// appended to vmm.Spec.ConsoleLog, so earlier boots stay readable.
+//
+// Without /dev/vhost-vsock the guest agent is reached through a
+// virtserialport named "banger.agent" (guest: /dev/vportNp1 whose sysfs
+// name is banger.agent). QEMU serves one host client on agent.sock at a
+// time; a second connection waits until the first closes, so callers
+// multiplex over one connection.
 package qemu
 
 import (

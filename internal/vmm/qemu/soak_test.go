@@ -33,6 +33,9 @@ func TestSoak(t *testing.T) {
 	if naive {
 		d.tscKHz = func() (int, error) { return 0, errors.New("disabled by BANGER_SOAK_NAIVE") }
 	}
+	if khz, err := d.tscKHz(); err == nil {
+		t.Logf("soak: host tsc %d kHz", khz)
+	}
 	const hangAfter = 30 * time.Second
 	var times []time.Duration
 	var hangs int

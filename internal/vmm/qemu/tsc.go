@@ -92,14 +92,33 @@ func measureTSCkHz(d time.Duration) (int, error) {
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	t0 := time.Now()
-	c0 := rdtsc()
+	t0, c0 := tscSample()
 	time.Sleep(d)
-	c1 := rdtsc()
-	elapsed := time.Since(t0)
+	t1, c1 := tscSample()
+	elapsed := t1.Sub(t0)
 	if c1 <= c0 || elapsed <= 0 {
 		return 0, errors.New("measuring tsc: counter did not advance")
 	}
 	khz := float64(c1-c0) / float64(elapsed.Nanoseconds()) * 1e6
 	return int(math.Round(khz)), nil
+}
+
+// tscSample reads the TSC and the monotonic clock as close together as
+// it can: it retries while a preemption widens the window between them.
+func tscSample() (time.Time, uint64) {
+	var best time.Duration = math.MaxInt64
+	var t time.Time
+	var c uint64
+	for range 10 {
+		before := time.Now()
+		tsc := rdtsc()
+		window := time.Since(before)
+		if window < best {
+			best, t, c = window, before.Add(window/2), tsc
+		}
+		if window < 2*time.Microsecond {
+			break
+		}
+	}
+	return t, c
 }

@@ -1,5 +1,5 @@
-// Command vminit is a throwaway smoke-test init: it loads the virtio
-// modules and runs the agent as PID 1.
+// Command vminit is the /init of the initrd TestQEMUVirtioSerial boots:
+// it loads the virtio modules from /mods and runs the agent as PID 1.
 package main
 
 import (
@@ -13,16 +13,19 @@ import (
 
 func main() {
 	_ = unix.Mount("proc", "/proc", "proc", 0, "")
-	for _, m := range []string{"virtio", "virtio_ring", "virtio_mmio", "virtio_console"} {
-		f, err := os.Open("/mods/" + m + ".ko")
-		if err != nil {
-			fmt.Println("open", m, err)
-			continue
+	// No modules.dep here: two passes settle the load order.
+	mods := []string{"virtio_ring", "virtio", "virtio_mmio", "virtio_console"}
+	for pass := range 2 {
+		for _, m := range mods {
+			f, err := os.Open("/mods/" + m + ".ko")
+			if err != nil {
+				continue
+			}
+			if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && err != unix.EEXIST && pass == 1 {
+				fmt.Println("vminit: loading", m+":", err)
+			}
+			f.Close()
 		}
-		if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil {
-			fmt.Println("insmod", m, err)
-		}
-		f.Close()
 	}
-	fmt.Println(agent.RunAsInit())
+	fmt.Println("vminit:", agent.RunAsInit())
 }
