@@ -27,8 +27,9 @@ func bootEnv(t *testing.T) *env {
 }
 
 type vmInfo struct {
-	Name, State, VMM, Accel, LastError string
-	PID                                int
+	Name, State, VMM, Accel, IP string
+	LastError                   string `json:"last_error"`
+	PID                         int
 }
 
 func (e *env) inspect(name string) vmInfo {
@@ -210,20 +211,28 @@ func TestBadKernelAndImage(t *testing.T) {
 	}
 }
 
-// A corrupt initrd makes the guest die early: the error says so and where
-// to look, and no QEMU is left.
-func TestCorruptInitrd(t *testing.T) {
+// A corrupt initrd is refused when the kernel is registered. A kernel
+// that cannot mount the root (no initrd, so no virtio modules) dies
+// early: the error says so and where to look, and no QEMU is left.
+func TestCorruptInitrdAndEarlyDeath(t *testing.T) {
 	e := bootEnv(t)
 	var k struct{ Kernel string }
 	json.Unmarshal([]byte(e.ok("kernel", "inspect", "generic-6.1")), &k)
 	bad := filepath.Join(t.TempDir(), "initrd.bad")
 	os.WriteFile(bad, bytes.Repeat([]byte{0x5a}, 1<<20), 0o644)
-	e.ok("kernel", "register", "--name", "bad-initrd", "--kernel", k.Kernel, "--initrd", bad)
-	e.ok("image", "register", "--name", "fixture-bad", "--rootfs", filepath.Join(fixtures(t), "rootfs.ext4"), "--kernel-ref", "bad-initrd")
-	stderr := e.fails("vm", "create", "--image", "fixture-bad", "--name", "badboot", "--ready-timeout", "60")
-	mustContain(t, "bad initrd error", stderr, `"badboot"`, "banger vm logs badboot")
+	stderr := e.fails("kernel", "register", "--name", "bad-initrd", "--kernel", k.Kernel, "--initrd", bad)
+	mustContain(t, "corrupt initrd", stderr, "initrd.bad", "not an initrd")
+
+	e.ok("kernel", "register", "--name", "no-initrd", "--kernel", k.Kernel)
+	e.ok("image", "register", "--name", "fixture-bare", "--rootfs", filepath.Join(fixtures(t), "rootfs.ext4"), "--kernel-ref", "no-initrd")
+	stderr = e.fails("vm", "create", "--image", "fixture-bare", "--name", "badboot", "--ready-timeout", "60")
+	mustContain(t, "early death error", stderr, `"badboot"`, "stopped while booting", "banger vm logs badboot")
 	if q := e.procs("qemu-system-x86"); len(q) != 0 {
 		t.Fatalf("qemu left running: %v", q)
 	}
-	e.ok("vm", "logs", "badboot")
+	mustContain(t, "console log", e.ok("vm", "logs", "badboot"), "Kernel panic")
+	if v := e.inspect("badboot"); v.State != "failed" || v.LastError == "" {
+		t.Fatalf("failed boot not shown as failed: %+v", v)
+	}
+	e.ok("vm", "delete", "badboot")
 }
