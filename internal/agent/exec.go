@@ -62,6 +62,11 @@ func (s *Server) exec(ctx context.Context, conn net.Conn, fw *guest.FrameWriter,
 	}
 	cmd := &exec.Cmd{Path: path, Args: req.Argv, Env: env, Dir: dir}
 	p, err := s.startProcess(cmd, req)
+	if errors.Is(err, unix.ENOEXEC) {
+		// Like a shell: a file without #! or ELF header is a script.
+		cmd = &exec.Cmd{Path: "/bin/sh", Args: append([]string{"sh", path}, req.Argv[1:]...), Env: env, Dir: dir}
+		p, err = s.startProcess(cmd, req)
+	}
 	if err != nil {
 		code := 126
 		if errors.Is(err, fs.ErrNotExist) {

@@ -84,6 +84,9 @@ func TestExecOutput(t *testing.T) {
 	if err := os.WriteFile(dir+"/data", []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(dir+"/script", []byte("echo script \"$@\"\nexit 5\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name       string
 		req        guest.ExecRequest
@@ -109,6 +112,9 @@ func TestExecOutput(t *testing.T) {
 		{name: "not executable",
 			req:      guest.ExecRequest{Argv: []string{dir + "/data"}},
 			wantCode: 126, wantStderr: "sh: " + dir + "/data: Permission denied\n"},
+		{name: "script without #!",
+			req:      guest.ExecRequest{Argv: []string{dir + "/script", "a", "b"}},
+			wantCode: 5, wantStdout: "script a b\n"},
 		{name: "not an executable format",
 			req:      guest.ExecRequest{Argv: []string{"/dev/null"}},
 			wantCode: 126, wantStderr: "sh: /dev/null: Permission denied\n"},

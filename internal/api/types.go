@@ -13,6 +13,7 @@ type VersionInfo struct {
 
 // VM states.
 const (
+	StateCreating = "creating" // record made, disk being copied
 	StateCreated  = "created"  // disk made, never started
 	StateStarting = "starting" // VMM started, waiting for the agent
 	StateRunning  = "running"  // agent answered

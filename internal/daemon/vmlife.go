@@ -309,6 +309,14 @@ func (m *vmManager) adoptAll(ctx context.Context) error {
 		return err
 	}
 	for _, v := range vms {
+		if v.State == api.StateCreating {
+			// An earlier daemon died while making this VM's disk: the VM
+			// was never handed to anyone, so it goes, lease included.
+			m.s.log.Info("removing half-created vm", "vm", v.Name)
+			os.RemoveAll(v.Dir)
+			m.s.store.DeleteVM(ctx, v.ID)
+			continue
+		}
 		if v.State != api.StateRunning && v.State != api.StateStarting && v.State != api.StateFailed {
 			continue
 		}

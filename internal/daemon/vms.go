@@ -115,7 +115,7 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 	}
 	id := newID()
 	v := store.VM{
-		ID: id, Name: req.Name, State: api.StateCreated, Image: im.Name, Kernel: kname, VMM: m.def,
+		ID: id, Name: req.Name, State: api.StateCreating, Image: im.Name, Kernel: kname, VMM: m.def,
 		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskBytes: max(req.DiskBytes, im.SizeBytes),
 		Dir: filepath.Join(m.s.opts.Dirs.State, "vms", id),
 	}
@@ -165,7 +165,7 @@ func (m *vmManager) makeDisk(ctx context.Context, v *store.VM, im image.Image, p
 			return err
 		}
 	}
-	v.DiskMethod = method
+	v.DiskMethod, v.State = method, api.StateCreated
 	return m.s.store.UpdateVM(ctx, *v)
 }
 

@@ -155,7 +155,15 @@ var (
 	initrdErr  string
 )
 
-// needInitrd builds (once per test binary) a gzip-less newc initrd with
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if initrdPath != "" {
+		os.Remove(initrdPath)
+	}
+	os.Exit(code)
+}
+
+// needInitrd builds (once per test binary) an uncompressed newc initrd with
 // busybox, the virtio modules and testInit.
 func needInitrd(t *testing.T, k kernelFixture) string {
 	t.Helper()
