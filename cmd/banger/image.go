@@ -13,6 +13,7 @@ import (
 func newImageCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "image", Short: "Manage images (root filesystems)"}
 	cmd.AddCommand(newImageRegisterCmd(), newImageListCmd(), newImageInspectCmd(), newImageDeleteCmd())
+	cmd.AddCommand(newImagePullCmds()...)
 	return cmd
 }
 

@@ -17,6 +17,7 @@ func newVMCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, run and manage VMs"}
 	cmd.AddCommand(newVMCreateCmd(), newVMStartCmd(), newVMStopCmd(), newVMDeleteCmd(),
 		newVMListCmd(), newVMInspectCmd(), newVMLogsCmd(), newVMExecCmd(), newVMCpCmd())
+	cmd.AddCommand(newVMRunCmds()...)
 	return cmd
 }
 

@@ -114,6 +114,16 @@ type Image struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
+// PullImageRequest is the body of POST /v1/images/pull: a catalog name
+// (e.g. debian-bookworm) or an OCI reference.
+type PullImageRequest struct {
+	Ref       string `json:"ref"`
+	Name      string `json:"name,omitempty"`       // image name; default derived from Ref
+	KernelRef string `json:"kernel_ref,omitempty"` // default generic-6.1
+	SizeBytes int64  `json:"size_bytes,omitempty"` // ext4 size; default content plus headroom
+	Refresh   bool   `json:"refresh,omitempty"`    // rebuild even if present
+}
+
 // RegisterImageRequest is the body of POST /v1/images/register.
 type RegisterImageRequest struct {
 	Name      string `json:"name"`

@@ -140,3 +140,9 @@ func (c *Client) GetFile(ctx context.Context, vm, guestPath string) (io.ReadClos
 	q := url.Values{"path": {guestPath}}
 	return c.Raw(ctx, http.MethodGet, path("vms", vm, "files")+"?"+q.Encode())
 }
+
+// PullImage makes an image from a catalog name or an OCI reference.
+func (c *Client) PullImage(ctx context.Context, req api.PullImageRequest, p Progress) (api.Image, error) {
+	var out api.Image
+	return out, c.Stream(ctx, http.MethodPost, "/v1/images/pull", req, &out, p)
+}

@@ -15,6 +15,7 @@ func (s *Server) imageRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/images/{name}", s.handleImageGet)
 	mux.HandleFunc("DELETE /v1/images/{name}", s.handleImageDelete)
 	mux.HandleFunc("POST /v1/images/register", s.handleImageRegister)
+	s.imagePullRoutes(mux)
 }
 
 func imageView(im image.Image) api.Image {

@@ -28,6 +28,7 @@ func (m *vmManager) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/vms/{name}/logs", m.handleLogs)
 	mux.HandleFunc("POST /v1/vms/{name}/exec", m.handleExec)
 	m.fileRoutes(mux)
+	m.runRoutes(mux)
 }
 
 func (m *vmManager) handleList(w http.ResponseWriter, r *http.Request) {

@@ -159,6 +159,9 @@ func (m *vmManager) makeDisk(ctx context.Context, v *store.VM, im image.Image, p
 	if err != nil {
 		return err
 	}
+	if err := m.prepareGuest(ctx, *v, im, root); err != nil {
+		return err
+	}
 	if v.DiskBytes > im.SizeBytes {
 		p("growing disk", 0, 0)
 		if err := disk.Grow(ctx, root, v.DiskBytes); err != nil {

