@@ -18,7 +18,7 @@ import (
 
 // bootEnv is an env with the fixture kernel imported and the fixture
 // rootfs registered as image "fixture".
-func bootEnv(t *testing.T) *env {
+func bootEnv(t testing.TB) *env {
 	t.Helper()
 	e := newEnv(t)
 	e.ok("kernel", "import", "--deb", fixtureDeb(t), "--name", "generic-6.1")

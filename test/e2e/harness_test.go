@@ -66,7 +66,7 @@ func repoRoot() string {
 }
 
 // fixtures is the directory scripts/fixtures.sh filled.
-func fixtures(t *testing.T) string {
+func fixtures(t testing.TB) string {
 	t.Helper()
 	dir := os.Getenv("BANGER_FIXTURES")
 	if dir == "" {
@@ -78,7 +78,7 @@ func fixtures(t *testing.T) string {
 	return dir
 }
 
-func fixtureDeb(t *testing.T) string {
+func fixtureDeb(t testing.TB) string {
 	t.Helper()
 	m, _ := filepath.Glob(filepath.Join(fixtures(t), "linux-image-*-cloud-amd64_*.deb"))
 	if len(m) == 0 {
@@ -90,13 +90,13 @@ func fixtureDeb(t *testing.T) string {
 // env is one test's world: a network namespace, a BANGER_HOME, and the
 // daemon the CLI starts inside them.
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	ns   string
 	home string
 	bin  string // directory of the binaries this env runs
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("e2e needs root (network namespaces, taps, QEMU)")
@@ -237,7 +237,7 @@ func (e *env) daemonPID() int {
 	return v.PID
 }
 
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -253,7 +253,7 @@ func tail(s string, n int) string {
 	return s
 }
 
-func mustContain(t *testing.T, what, s string, subs ...string) {
+func mustContain(t testing.TB, what, s string, subs ...string) {
 	t.Helper()
 	for _, sub := range subs {
 		if !strings.Contains(s, sub) {
