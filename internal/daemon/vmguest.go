@@ -2,13 +2,131 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
 
+	"banger/internal/disk"
 	"banger/internal/image"
+	"banger/internal/sshkeys"
 	"banger/internal/store"
 )
 
+// hostKeyFile is where a VM's public host key is kept, in its directory,
+// for banger vm ssh to pin.
+const hostKeyFile = "ssh_host_ed25519_key.pub"
+
+// sshdDropIn makes the guest's sshd accept keys only, for root too, and
+// serve only the host key banger pinned.
+const sshdDropIn = `# Written by banger at VM creation.
+HostKey /etc/ssh/ssh_host_ed25519_key
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+`
+
 // prepareGuest puts per-VM pieces into the VM's own rootfs copy before its
-// first boot.
+// first boot: a fresh SSH host key (kept in the VM's directory so banger
+// can pin it), the user's key in root's authorized_keys, and an sshd
+// drop-in that allows key logins only.
 func (m *vmManager) prepareGuest(ctx context.Context, v store.VM, im image.Image, rootfs string) error {
+	userPub, err := m.userKey()
+	if err != nil {
+		return err
+	}
+	host, err := sshkeys.Generate("root@" + v.Name)
+	if err != nil {
+		return err
+	}
+	tree := filepath.Join(v.Dir, "guest-tree")
+	os.RemoveAll(tree)
+	defer os.RemoveAll(tree)
+	files := []struct {
+		path string
+		mode fs.FileMode
+		data string
+	}{
+		{"etc/ssh/ssh_host_ed25519_key", 0o600, string(host.Private)},
+		{"etc/ssh/ssh_host_ed25519_key.pub", 0o644, host.Public + "\n"},
+		{"etc/ssh/sshd_config.d/banger.conf", 0o644, sshdDropIn},
+		{"root/.ssh/authorized_keys", 0o600, userPub + "\n"},
+	}
+	dirs := []struct {
+		path string
+		mode fs.FileMode
+	}{{"etc", 0o755}, {"etc/ssh", 0o755}, {"etc/ssh/sshd_config.d", 0o755}, {"root", 0o700}, {"root/.ssh", 0o700}}
+	for _, d := range dirs {
+		p := filepath.Join(tree, d.path)
+		if err := os.MkdirAll(p, d.mode); err != nil {
+			return fmt.Errorf("preparing guest files: %w", err)
+		}
+		if err := os.Chmod(p, d.mode); err != nil {
+			return fmt.Errorf("preparing guest files: %w", err)
+		}
+	}
+	for _, f := range files {
+		p := filepath.Join(tree, f.path)
+		if err := os.WriteFile(p, []byte(f.data), f.mode); err != nil {
+			return fmt.Errorf("preparing guest files: %w", err)
+		}
+		if err := os.Chmod(p, f.mode); err != nil {
+			return fmt.Errorf("preparing guest files: %w", err)
+		}
+	}
+	if err := disk.CopyIn(ctx, rootfs, tree); err != nil {
+		return fmt.Errorf("writing ssh keys into vm %q: %w", v.Name, err)
+	}
+	if err := os.WriteFile(filepath.Join(v.Dir, hostKeyFile), []byte(host.Public+"\n"), 0o644); err != nil {
+		return fmt.Errorf("saving host key of vm %q: %w", v.Name, err)
+	}
 	return nil
+}
+
+// userKey returns the public line of the user's banger SSH key, creating
+// the key when it is missing. A key the daemon creates belongs to the
+// owner of the config directory, so the user's ssh can read it.
+func (m *vmManager) userKey() (string, error) {
+	path := m.s.opts.Config.SSHKey(m.s.opts.Dirs)
+	_, statErr := os.Stat(path)
+	pub, err := sshkeys.EnsureUserKey(path)
+	if err != nil {
+		return "", fmt.Errorf("user ssh key: %w", err)
+	}
+	if errors.Is(statErr, fs.ErrNotExist) {
+		chownLikeParent(path)
+	}
+	return pub, nil
+}
+
+// chownLikeParent gives path, path.pub and path's directory to the owner
+// of the nearest existing ancestor above that directory.
+func chownLikeParent(path string) {
+	dir := filepath.Dir(path)
+	for p := filepath.Dir(dir); p != "/" && p != "."; p = filepath.Dir(p) {
+		st, err := os.Stat(p)
+		if err != nil {
+			continue
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		if !ok || sys.Uid == uint32(os.Geteuid()) {
+			return
+		}
+		for _, q := range []string{dir, path, path + ".pub"} {
+			os.Lchown(q, int(sys.Uid), int(sys.Gid))
+		}
+		return
+	}
+}
+
+// hostKey returns the public host key banger made for v.
+func hostKey(v store.VM) (string, error) {
+	b, err := os.ReadFile(filepath.Join(v.Dir, hostKeyFile))
+	if err != nil {
+		return "", fmt.Errorf("host key of vm %q: %w (it was created before banger managed ssh keys; recreate it)", v.Name, err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }

@@ -318,6 +318,9 @@ func (m *vmManager) adoptAll(ctx context.Context) error {
 			continue
 		}
 		if v.State != api.StateRunning && v.State != api.StateStarting && v.State != api.StateFailed {
+			if pids := reapOrphans(v.Dir); len(pids) > 0 {
+				m.s.log.Warn("killed unrecorded vmm of a vm that was starting when the daemon died", "vm", v.Name, "pids", pids)
+			}
 			continue
 		}
 		var spec vmm.Spec
@@ -330,6 +333,7 @@ func (m *vmManager) adoptAll(ctx context.Context) error {
 			mc, err = d.Adopt(ctx, spec, h)
 		}
 		if mc == nil {
+			reapOrphans(v.Dir)
 			m.s.log.Info("vm's vmm is gone; marking it stopped", "vm", v.Name, "err", err)
 			if v.State != api.StateFailed {
 				v.State = api.StateStopped

@@ -1,6 +1,111 @@
 package daemon
 
-import "net/http"
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"path"
+	"strings"
+
+	"banger/internal/api"
+	"banger/internal/guest"
+)
 
 // runRoutes registers the endpoints vm run, ssh and workspaces use.
-func (m *vmManager) runRoutes(mux *http.ServeMux) {}
+func (m *vmManager) runRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/vms/{name}/ssh", m.handleSSHInfo)
+	mux.HandleFunc("PUT /v1/vms/{name}/workspace", m.handlePutWorkspace)
+	mux.HandleFunc("GET /v1/vms/{name}/workspace", m.handleGetWorkspace)
+}
+
+// handleSSHInfo tells a client where the VM's sshd is and which host key
+// to pin.
+func (m *vmManager) handleSSHInfo(w http.ResponseWriter, r *http.Request) {
+	v, err := m.get(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	key, err := hostKey(v)
+	if err != nil {
+		writeErr(w, api.Errorf(api.NotFound, "%v", err))
+		return
+	}
+	view := m.view(v)
+	if view.IP == "" {
+		writeErr(w, api.Errorf(api.Conflict, "vm %q has no address", v.Name).WithHint("start it with banger vm start " + v.Name))
+		return
+	}
+	writeJSON(w, http.StatusOK, api.SSHInfo{Name: v.Name, IP: view.IP, Port: 22, User: "root", HostKey: key})
+}
+
+// guestDir checks the dir query parameter: an absolute, clean guest path
+// other than /.
+func guestDir(r *http.Request) (string, error) {
+	d := r.URL.Query().Get("dir")
+	if d == "" || d[0] != '/' || path.Clean(d) == "/" {
+		return "", api.Errorf(api.InvalidArgument, "guest path %q: give an absolute directory other than /", d)
+	}
+	return path.Clean(d), nil
+}
+
+// handlePutWorkspace extracts the request body, a tar stream, under dir.
+func (m *vmManager) handlePutWorkspace(w http.ResponseWriter, r *http.Request) {
+	dir, err := guestDir(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	a, err := m.agentFor(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if err := a.PutTar(r.Context(), dir, r.Body); err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.WorkspaceResult{Dir: dir})
+}
+
+// handleGetWorkspace streams dir as a tar made by the guest's tar. If the
+// guest's tar fails after the answer started, the response is aborted so
+// the client sees a broken stream rather than a short archive.
+func (m *vmManager) handleGetWorkspace(w http.ResponseWriter, r *http.Request) {
+	dir, err := guestDir(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	a, err := m.agentFor(r)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	code, err := a.Exec(r.Context(), guest.ExecRequest{Argv: []string{"test", "-d", dir}}, nil, nil, nil)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if code != 0 {
+		writeErr(w, api.Errorf(api.NotFound, "%s is not a directory in vm %q", dir, r.PathValue("name")))
+		return
+	}
+	s, err := a.OpenExec(r.Context(), guest.ExecRequest{Argv: []string{"tar", "-C", dir, "-cf", "-", "."}})
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	defer s.Close()
+	s.CloseStdin()
+	w.Header().Set("Content-Type", "application/x-tar")
+	var stderr bytes.Buffer
+	st, err := s.Wait(w, &stderr)
+	if err == nil && st.Code != 0 {
+		err = fmt.Errorf("guest tar exited %d: %s", st.Code, strings.TrimSpace(stderr.String()))
+	}
+	if err != nil {
+		m.s.log.Warn("workspace export broke off", "vm", r.PathValue("name"), "dir", dir, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+}
