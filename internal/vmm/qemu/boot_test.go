@@ -171,7 +171,7 @@ func TestShutdownGracefulPowerButton(t *testing.T) {
 	m := startVM(t, New(Options{}), spec)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	if err := waitConsole(ctx, spec.ConsoleLog, "BANGER-INIT-READY"); err != nil {
+	if err := waitConsole(ctx, spec.ConsoleLog, "POWER-WATCH"); err != nil {
 		t.Fatalf("waiting for init: %v", err)
 	}
 	if err := m.Shutdown(ctx); err != nil {

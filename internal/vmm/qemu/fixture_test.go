@@ -128,7 +128,10 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for m in virtio_ring virtio virtio_mmio virtio_console virtio_blk evdev button; do insmod /mods/$m.ko; done
 if grep -q banger.test.acpi /proc/cmdline; then
   # Power off when the ACPI power button is pressed.
-  (head -c 1 /dev/input/event0 >/dev/null; echo POWER-BUTTON; poweroff -f) &
+  while [ ! -e /dev/input/event0 ]; do sleep 0.05; done
+  exec 4</dev/input/event0
+  (head -c 1 <&4 >/dev/null; echo POWER-BUTTON; poweroff -f) &
+  echo POWER-WATCH
 fi
 echo BANGER-INIT-READY
 for b in /sys/block/vd*; do echo "BLOCK $(basename $b) $(cat $b/size) $(cat $b/ro)"; done

@@ -150,22 +150,32 @@ func (m *Machine) Kill() error {
 	}
 }
 
-// Shutdown presses the ACPI power button (QMP system_powerdown) and waits
-// for QEMU to exit; the guest may ignore the button. When ctx is done
-// first, it kills QEMU. It returns nil once QEMU has exited.
+// powerButtonEvery is how often Shutdown presses the power button again:
+// a guest still booting may miss the first press.
+const powerButtonEvery = 3 * time.Second
+
+// Shutdown presses the ACPI power button (QMP system_powerdown), again
+// every few seconds, and waits for QEMU to exit; the guest may ignore the
+// button. When ctx is done first, it kills QEMU. It returns nil once QEMU
+// has exited.
 func (m *Machine) Shutdown(ctx context.Context) error {
-	if m.exited() {
-		return nil
-	}
-	if _, err := m.execute(ctx, "system_powerdown", nil); err != nil {
-		m.log.Debug("acpi power-off request", "err", err)
-	}
-	select {
-	case <-m.done:
-		return nil
-	case <-ctx.Done():
-		m.log.Info("guest did not power off in time; killing qemu")
-		return m.Kill()
+	tick := time.NewTicker(powerButtonEvery)
+	defer tick.Stop()
+	for {
+		if m.exited() {
+			return nil
+		}
+		if _, err := m.execute(ctx, "system_powerdown", nil); err != nil {
+			m.log.Debug("acpi power-off request", "err", err)
+		}
+		select {
+		case <-m.done:
+			return nil
+		case <-tick.C:
+		case <-ctx.Done():
+			m.log.Info("guest did not power off in time; killing qemu")
+			return m.Kill()
+		}
 	}
 }
 
