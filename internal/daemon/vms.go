@@ -113,6 +113,11 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 		return api.VM{}, api.Errorf(api.InvalidArgument, "--disk %dM is smaller than image %s (%dM); disks can only grow",
 			req.DiskBytes>>20, im.Name, im.SizeBytes>>20)
 	}
+	if c, ok := m.drivers[m.def].(vmm.Checker); ok {
+		if err := c.Check(ctx); err != nil {
+			return api.VM{}, api.Errorf(api.Unavailable, "vmm %s cannot run here: %v", m.def, err).WithHint("see banger doctor")
+		}
+	}
 	id := newID()
 	v := store.VM{
 		ID: id, Name: req.Name, State: api.StateCreating, Image: im.Name, Kernel: kname, VMM: m.def,

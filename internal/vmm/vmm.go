@@ -125,6 +125,13 @@ type Driver interface {
 	Adopt(ctx context.Context, spec Spec, h Handle) (Machine, error)
 }
 
+// Checker is implemented by drivers that can tell, before anything is
+// created, whether Start can work on this host. Check MUST return nil
+// when it can, else an error wrapping ErrUnavailable that says the fix.
+type Checker interface {
+	Check(ctx context.Context) error
+}
+
 // Pauser is implemented by machines that can pause and resume vCPUs.
 type Pauser interface {
 	Pause(ctx context.Context) error

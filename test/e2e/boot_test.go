@@ -236,3 +236,25 @@ func TestCorruptInitrdAndEarlyDeath(t *testing.T) {
 	}
 	e.ok("vm", "delete", "badboot")
 }
+
+// vmm = firecracker on a host without /dev/kvm (every machine here) is an
+// error that says what to do, before anything is created.
+func TestFirecrackerUnavailable(t *testing.T) {
+	e := bootEnv(t)
+	e.ok("daemon", "stop")
+	os.MkdirAll(filepath.Join(e.home, "config"), 0o755)
+	os.WriteFile(filepath.Join(e.home, "config", "config.toml"), []byte("vmm = \"firecracker\"\n"), 0o644)
+	stderr := e.fails("vm", "create", "--image", "fixture", "--name", "fc")
+	mustContain(t, "firecracker error", stderr, "firecracker", "kvm", "banger doctor")
+	if out := e.ok("vm", "list", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Fatalf("a refused create left a VM: %s", out)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.home, "state", "vms")); len(ents) != 0 {
+		t.Fatalf("a refused create left files: %v", ents)
+	}
+	r := e.banger("doctor")
+	if r.code == 0 {
+		t.Fatal("doctor exits 0 with vmm = firecracker and no /dev/kvm")
+	}
+	mustContain(t, "doctor", r.stdout, "firecracker", "fail")
+}

@@ -1,9 +1,12 @@
 package firecracker
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -85,5 +88,20 @@ func TestInstanceID(t *testing.T) {
 		if got := instanceID(tt.spec); got != tt.want {
 			t.Errorf("instanceID(%+v) = %q, want %q", tt.spec, got, tt.want)
 		}
+	}
+}
+
+func TestDriverCheckBeforeAnythingIsCreated(t *testing.T) {
+	noKVM := func() error {
+		return fmt.Errorf("%w: /dev/kvm is missing: load kvm_intel or kvm_amd", vmm.ErrUnavailable)
+	}
+	d := New(Options{Bin: "/nonexistent/firecracker", CheckKVM: noKVM})
+	err := d.Check(context.Background())
+	if !errors.Is(err, vmm.ErrUnavailable) || !strings.Contains(err.Error(), "kvm") {
+		t.Fatalf("Check without kvm = %v", err)
+	}
+	d = New(Options{Bin: "/nonexistent/firecracker", CheckKVM: func() error { return nil }})
+	if err := d.Check(context.Background()); !errors.Is(err, vmm.ErrUnavailable) {
+		t.Fatalf("Check with a missing binary = %v", err)
 	}
 }
