@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the Debian/Ubuntu packages banger needs on the host.
 set -eu
-pkgs="qemu-system-x86 qemu-utils e2fsprogs debootstrap nftables iproute2 debian-archive-keyring ca-certificates openssh-client"
+pkgs="qemu-system-x86 qemu-utils e2fsprogs debootstrap nftables iproute2 kmod debian-archive-keyring ca-certificates openssh-client"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

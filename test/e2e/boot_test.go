@@ -143,6 +143,17 @@ func TestReadyTimeoutReadoptAndDrop(t *testing.T) {
 		t.Fatalf("after timeout the VM should stay up for inspection: %+v", v)
 	}
 	e.ok("vm", "logs", "slow")
+	// --follow keeps streaming while the VM runs.
+	fctx, fcancel := context.WithTimeout(context.Background(), 4*time.Second)
+	follow := e.cmd(fctx, "vm", "logs", "--follow", "slow")
+	var fout bytes.Buffer
+	follow.Stdout = &fout
+	follow.Run()
+	fcancel()
+	if fctx.Err() == nil {
+		t.Fatal("vm logs --follow returned while the VM runs")
+	}
+	mustContain(t, "followed log", fout.String(), "Linux version")
 	// The daemon dies; the VM lives on and the next daemon re-adopts it.
 	if err := syscall.Kill(e.daemonPID(), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
