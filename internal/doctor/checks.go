@@ -154,6 +154,18 @@ func checkDebootstrap(ctx context.Context, o Options) Check {
 	return versionCheck(ctx, c, path, fixDebootstrap, "--version")
 }
 
+func checkDepmod(o Options) Check {
+	c := Check{Name: "depmod", Required: true}
+	path, err := o.find("depmod")
+	if err != nil {
+		c.Status, c.Fix = StatusFail, "sudo apt-get install kmod"
+		c.Detail = "not found; kernel bundles need it to index the guest's modules"
+		return c
+	}
+	c.Status, c.Detail = StatusOK, "at "+path
+	return c
+}
+
 func checkIPForward(o Options) Check {
 	c := Check{Name: "ip forwarding"}
 	b, err := os.ReadFile(o.IPForwardPath)

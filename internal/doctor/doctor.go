@@ -138,6 +138,7 @@ func Run(ctx context.Context, o Options) Report {
 		func(ctx context.Context) Check { return checkQEMU(ctx, o, choice) },
 		func(ctx context.Context) Check { return checkMkfs(ctx, o) },
 		func(ctx context.Context) Check { return checkDebootstrap(ctx, o) },
+		func(context.Context) Check { return checkDepmod(o) },
 		func(context.Context) Check { return checkIPForward(o) },
 		func(context.Context) Check { return checkTun(o) },
 		func(ctx context.Context) Check { return checkNFTables(ctx, o) },

@@ -36,6 +36,7 @@ func newHost(t *testing.T) *host {
 		"debootstrap":        "debootstrap 1.0.128+nmu2+deb12u1",
 		"nft":                "nftables v1.0.6 (Lester Gooch #5)",
 		"sudo":               "Sudo version 1.9.13p3",
+		"depmod":             "kmod version 30",
 	} {
 		h.bin(name, "#!/bin/sh\necho '"+out+"'\n")
 	}
@@ -108,7 +109,7 @@ func TestRunAllOK(t *testing.T) {
 	h := newHost(t)
 	r := Run(t.Context(), h.options())
 	wantNames := []string{"/dev/kvm", "firecracker", "qemu-system-x86_64", "mkfs.ext4", "debootstrap",
-		"ip forwarding", "/dev/net/tun", "nftables", "sudo", "disk space", "bangerd"}
+		"depmod", "ip forwarding", "/dev/net/tun", "nftables", "sudo", "disk space", "bangerd"}
 	var names []string
 	for _, c := range r.Checks {
 		names = append(names, c.Name)
