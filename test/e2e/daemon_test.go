@@ -55,7 +55,11 @@ func TestDaemonStartRace(t *testing.T) {
 			t.Fatalf("racer %d: exit %d: %s", i, r.code, r.stderr)
 		}
 	}
-	time.Sleep(300 * time.Millisecond) // losers exit right after the race
+	// Losers exit right after the race; give them a moment.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(e.procs("bangerd")) != 1 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
 	if pids := e.procs("bangerd"); len(pids) != 1 {
 		t.Fatalf("bangerd processes after the race: %v, want exactly one", pids)
 	}
