@@ -1,7 +1,10 @@
 package daemon
 
 import (
+	"fmt"
+	"os"
 	"os/exec"
+	"strings"
 	"path/filepath"
 	"testing"
 	"time"
@@ -10,14 +13,25 @@ import (
 func TestReapOrphans(t *testing.T) {
 	dir := t.TempDir()
 	other := t.TempDir()
-	mine := exec.Command("sleep", "60", filepath.Join(dir, "x"))
-	theirs := exec.Command("sleep", "60", filepath.Join(other, "x"))
+	mine := exec.Command("tail", "-F", filepath.Join(dir, "x"))
+	theirs := exec.Command("tail", "-F", filepath.Join(other, "x"))
 	for _, c := range []*exec.Cmd{mine, theirs} {
 		if err := c.Start(); err != nil {
 			t.Fatal(err)
 		}
 	}
 	defer theirs.Process.Kill()
+	// Until execve is done, /proc shows the test binary's command line.
+	for _, c := range []*exec.Cmd{mine, theirs} {
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c.Process.Pid))
+			if strings.HasPrefix(string(b), "tail") {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	killed := reapOrphans(dir)
 	if len(killed) != 1 || killed[0] != mine.Process.Pid {
 		t.Fatalf("killed %v, want [%d]", killed, mine.Process.Pid)

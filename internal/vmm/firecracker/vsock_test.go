@@ -82,7 +82,7 @@ func TestDialVsock(t *testing.T) {
 		{name: "handshake and data", h: &hybridVsock{answer: agentOnly, greeting: "hello\n"}, port: 1024, timeout: 5 * time.Second},
 		{name: "refused port retried until ctx", h: &hybridVsock{answer: agentOnly}, port: 52, timeout: 300 * time.Millisecond,
 			wantErr: "context deadline exceeded", wantMore: 2},
-		{name: "garbage answer", h: &hybridVsock{answer: func(string, int32) string { return "HELLO THERE\n" }}, port: 1024, timeout: 300 * time.Millisecond,
+		{name: "garbage answer", h: &hybridVsock{answer: func(string, int32) string { return "HELLO THERE\n" }}, port: 1024, timeout: 3 * time.Second,
 			wantErr: `unexpected CONNECT answer "HELLO THERE"`},
 		{name: "guest agent comes up late", h: &hybridVsock{answer: func(p string, n int32) string {
 			if n < 4 {
