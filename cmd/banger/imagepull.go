@@ -1,6 +1,206 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"banger/internal/api"
+	"banger/internal/catalog"
+	"banger/internal/daemon"
+	"banger/internal/image"
+	"banger/internal/kernel"
+)
 
 // newImagePullCmds returns image pull, export and import.
-func newImagePullCmds() []*cobra.Command { return nil }
+func newImagePullCmds() []*cobra.Command {
+	return []*cobra.Command{newImagePullCmd(), newImageExportCmd(), newImageImportCmd(), newImageBuildCatalogCmd()}
+}
+
+func newImagePullCmd() *cobra.Command {
+	var req api.PullImageRequest
+	var sizeFlag string
+	cmd := &cobra.Command{
+		Use:   "pull NAME|OCI-REF [--name N] [--kernel-ref K] [--size S] [--refresh]",
+		Short: "Make an image from the catalog or an OCI registry",
+		Long: `Make an image from a catalog name (` + strings.Join(catalog.Names(), ", ") + `) or an OCI
+reference such as docker.io/library/alpine:3.20 or localhost:5000/team/dev:1.
+
+OCI images: the linux/amd64 image is pulled with your registry credentials
+(~/.docker/config.json), layers are cached under ~/.cache/banger/oci,
+flattened, banger's agent is added (with a systemd unit, or an inittab
+line for busybox/sysvinit init; images without init run the agent as
+PID 1), and an ext4 root filesystem is built. Images without sshd get a
+first-boot service that installs openssh-server when the guest has
+network. Registries on localhost/127.0.0.1 may use plain http.
+
+Catalog images are built from their source (debian-bookworm: debootstrap
+from the Debian mirror, config debian_mirror) and cached: pulling again is
+a no-op unless --refresh.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Ref = args[0]
+			if sizeFlag != "" {
+				n, err := parseSize(sizeFlag)
+				if err != nil {
+					return fmt.Errorf("--size: %w", err)
+				}
+				req.SizeBytes = n
+			}
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			p := newProgress()
+			im, err := c.PullImage(cmd.Context(), req, p.event)
+			p.done()
+			if err != nil {
+				return err
+			}
+			cmd.Printf("%s ready (%s, %s, sshd: %t, kernel %s)\n", im.Name, dash(im.Distro), size(im.SizeBytes), im.HasSSHD, im.KernelRef)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&req.Name, "name", "", "image name (default: from the reference, e.g. alpine-3.20)")
+	cmd.Flags().StringVar(&req.KernelRef, "kernel-ref", "", "kernel the image boots (default generic-6.1)")
+	cmd.Flags().StringVar(&sizeFlag, "size", "", "ext4 size, e.g. 4G (default: content plus headroom)")
+	cmd.Flags().BoolVar(&req.Refresh, "refresh", false, "rebuild even if the image exists")
+	return cmd
+}
+
+// parseSize reads 512M, 4G, 1T or bytes.
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	switch strings.ToUpper(s[len(s)-1:]) {
+	case "K":
+		mult = 1 << 10
+	case "M":
+		mult = 1 << 20
+	case "G":
+		mult = 1 << 30
+	case "T":
+		mult = 1 << 40
+	}
+	num := s
+	if mult > 1 {
+		num = s[:len(s)-1]
+	}
+	var n int64
+	if _, err := fmt.Sscan(num, &n); err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a size (e.g. 4G, 512M)", s)
+	}
+	return n * mult, nil
+}
+
+func newImageExportCmd() *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "export NAME -o FILE.tar.zst",
+		Short: "Write an image as a bundle (tar.zst of rootfs.ext4 and manifest.json)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return fmt.Errorf("-o is required")
+			}
+			abs, err := filepath.Abs(out)
+			if err != nil {
+				return err
+			}
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			p := newProgress()
+			res, err := c.ExportImage(cmd.Context(), api.ExportImageRequest{Name: args[0], Output: abs}, p.event)
+			p.done()
+			if err != nil {
+				return err
+			}
+			cmd.Printf("%s  %s\n", res.SHA256, res.Path)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&out, "output", "o", "", "bundle file to write")
+	return cmd
+}
+
+func newImageImportCmd() *cobra.Command {
+	var req api.ImportImageRequest
+	cmd := &cobra.Command{
+		Use:   "import FILE.tar.zst|URL [--name N] [--sha256 S]",
+		Short: "Add an image from a bundle file or URL, checking its sha256",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Source = args[0]
+			if !strings.HasPrefix(req.Source, "http://") && !strings.HasPrefix(req.Source, "https://") {
+				abs, err := absExisting("bundle", req.Source)
+				if err != nil {
+					return err
+				}
+				req.Source = abs
+			}
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			p := newProgress()
+			im, err := c.ImportImage(cmd.Context(), req, p.event)
+			p.done()
+			if err != nil {
+				return err
+			}
+			cmd.Printf("%s imported (%s, sha256 %s)\n", im.Name, dash(im.Distro), strings.TrimPrefix(im.Digest, "sha256:"))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&req.Name, "name", "", "image name (default: the bundle's)")
+	cmd.Flags().StringVar(&req.SHA256, "sha256", "", "expected sha256 of the bundle")
+	return cmd
+}
+
+// newImageBuildCatalogCmd builds a catalog image into a bundle without a
+// daemon, on a host that reaches the mirror (CI builds the default image
+// this way once, then imports it where VMs boot).
+func newImageBuildCatalogCmd() *cobra.Command {
+	var out, mirror, agent string
+	cmd := &cobra.Command{
+		Use:    "build-catalog NAME -o FILE.tar.zst [--mirror URL]",
+		Short:  "Build a catalog image into a bundle, without the daemon (needs root)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, ok := catalog.Lookup(args[0])
+			if !ok {
+				return fmt.Errorf("unknown catalog image %q (valid: %s)", args[0], strings.Join(catalog.Names(), ", "))
+			}
+			if out == "" {
+				return fmt.Errorf("-o is required")
+			}
+			if agent == "" {
+				var err error
+				if agent, err = daemon.FindAgent(); err != nil {
+					return err
+				}
+			}
+			if mirror == "" {
+				mirror = kernel.HostMirror("/", e.Suite)
+			}
+			p := newProgress()
+			sum, err := image.BuildCatalogBundle(cmd.Context(), e, mirror, agent, out, func(phase string, d, t int64) {
+				p.event(api.Event{Type: api.EventProgress, Phase: phase, Done: d, Total: t})
+			})
+			p.done()
+			if err != nil {
+				return err
+			}
+			cmd.Printf("%s  %s\n", sum, out)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&out, "output", "o", "", "bundle file to write")
+	cmd.Flags().StringVar(&mirror, "mirror", "", "Debian mirror (default: the host's apt mirror)")
+	cmd.Flags().StringVar(&agent, "agent", "", "banger-agent binary (default: beside banger)")
+	return cmd
+}

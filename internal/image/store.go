@@ -227,6 +227,12 @@ func detectDistro(ctx context.Context, img string) string {
 			return ""
 		}
 	}
+	return parseOSRelease(b)
+}
+
+// parseOSRelease names the distro in an os-release file: ID-VERSION_CODENAME,
+// else ID-VERSION_ID; "" when it has no ID.
+func parseOSRelease(b []byte) string {
 	fields := map[string]string{}
 	for _, line := range strings.Split(string(b), "\n") {
 		k, v, ok := strings.Cut(line, "=")
