@@ -21,7 +21,7 @@ if [ ! -f rootfs.ext4 ]; then
 	trap 'rm -rf "$tmp"' EXIT
 	echo "fixtures: debootstrap bookworm minbase into $tmp" >&2
 	debootstrap --variant=minbase \
-		--include=systemd-sysv,udev,openssh-server,iproute2,kmod,procps,iputils-ping,wget \
+		--include=systemd-sysv,udev,openssh-server,iproute2,kmod,procps,iputils-ping,wget,git \
 		bookworm "$tmp" "$mirror" >"$dir/debootstrap.log" 2>&1 || {
 		tail -30 "$dir/debootstrap.log" >&2
 		exit 1

@@ -147,7 +147,7 @@ func (m *vmManager) waitReady(ctx context.Context, v store.VM, mc vmm.Machine, t
 		return api.Errorf(api.Conflict, "vm %q: %v", v.Name, err)
 	}
 	return api.Errorf(api.Timeout, "vm %q did not become ready within %s: the guest agent never answered", v.Name, timeout).
-		WithHint(fmt.Sprintf("the guest may still be booting or its agent may not start; see banger vm logs %s. "+
+		WithHint(fmt.Sprintf("the guest may still be booting, or its agent (or sshd) may not start; see banger vm logs %s. "+
 			"The VM is still running for inspection; remove it with banger vm delete %s", v.Name, v.Name))
 }
 

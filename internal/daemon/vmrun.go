@@ -33,7 +33,7 @@ func (m *vmManager) handleSSHInfo(w http.ResponseWriter, r *http.Request) {
 	}
 	view := m.view(v)
 	if view.IP == "" {
-		writeErr(w, api.Errorf(api.Conflict, "vm %q has no address", v.Name).WithHint("start it with banger vm start " + v.Name))
+		writeErr(w, api.Errorf(api.Conflict, "vm %q has no address", v.Name).WithHint("start it with banger vm start "+v.Name))
 		return
 	}
 	writeJSON(w, http.StatusOK, api.SSHInfo{Name: v.Name, IP: view.IP, Port: 22, User: "root", HostKey: key})

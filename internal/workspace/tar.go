@@ -1,0 +1,229 @@
+package workspace
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+)
+
+// WriteTar writes the set as a tar stream to w: regular files, symlinks
+// and directories with their modes and mtimes, owned by root (the guest
+// workspace belongs to root). Parent directories come before their
+// contents. A file that cannot be read is an error naming it.
+func (s Set) WriteTar(ctx context.Context, w io.Writer) error {
+	tw := tar.NewWriter(w)
+	done := map[string]bool{}
+	buf := make([]byte, 256<<10)
+	for _, rel := range s.Files {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := s.writeParents(tw, rel, done); err != nil {
+			return err
+		}
+		if done[rel] {
+			continue
+		}
+		done[rel] = true
+		if err := s.writeEntry(tw, rel, buf); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return fmt.Errorf("writing workspace tar: %w", err)
+	}
+	return nil
+}
+
+func (s Set) writeParents(tw *tar.Writer, rel string, done map[string]bool) error {
+	dir := path.Dir(rel)
+	if dir == "." || done[dir] {
+		return nil
+	}
+	if err := s.writeParents(tw, dir, done); err != nil {
+		return err
+	}
+	done[dir] = true
+	return s.writeEntry(tw, dir, nil)
+}
+
+func (s Set) writeEntry(tw *tar.Writer, rel string, buf []byte) error {
+	p := filepath.Join(s.Root, filepath.FromSlash(rel))
+	fi, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // removed since it was listed (e.g. by git gc): nothing to copy
+	}
+	if err != nil {
+		return fmt.Errorf("workspace file %s: %w", rel, err)
+	}
+	link := ""
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		if link, err = os.Readlink(p); err != nil {
+			return fmt.Errorf("workspace file %s: %w", rel, err)
+		}
+	}
+	var f *os.File
+	if fi.Mode().IsRegular() {
+		// Open before writing the header, so an unreadable file is named
+		// and the stream holds no half entry.
+		if f, err = os.Open(p); errors.Is(err, fs.ErrNotExist) {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("workspace file %s cannot be read: %w", rel, unwrapPath(err))
+		}
+		defer f.Close()
+	} else if !fi.IsDir() && link == "" {
+		return nil // sockets, fifos, devices have no place in a workspace
+	}
+	hdr, err := tar.FileInfoHeader(fi, link)
+	if err != nil {
+		return fmt.Errorf("workspace file %s: %w", rel, err)
+	}
+	hdr.Name = rel
+	if fi.IsDir() {
+		hdr.Name += "/"
+	}
+	// USTAR where it fits (mtimes to the second), PAX for long or
+	// non-ASCII names.
+	hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "root", "root"
+	if err := tw.WriteHeader(hdr); err != nil {
+		return fmt.Errorf("writing workspace tar: %w", err)
+	}
+	if f == nil {
+		return nil
+	}
+	n, err := io.CopyBuffer(tw, io.LimitReader(f, hdr.Size), buf)
+	if err != nil {
+		return fmt.Errorf("workspace file %s: %w", rel, err)
+	}
+	if n != hdr.Size {
+		return fmt.Errorf("workspace file %s shrank while being copied", rel)
+	}
+	return nil
+}
+
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// Extract unpacks the tar stream r into dest (created when missing).
+// Entries may not leave dest, not even through symlinks in the archive
+// or already in dest. Existing files are replaced; modes and mtimes are
+// kept, ownership is not (the files belong to whoever runs banger).
+func Extract(ctx context.Context, r io.Reader, dest string) error {
+	if err := os.MkdirAll(dest, 0o755); err != nil {
+		return fmt.Errorf("extracting into %s: %w", dest, err)
+	}
+	root, err := os.OpenRoot(dest)
+	if err != nil {
+		return fmt.Errorf("extracting into %s: %w", dest, err)
+	}
+	defer root.Close()
+	tr := tar.NewReader(r)
+	type dirTime struct {
+		name string
+		hdr  *tar.Header
+	}
+	var dirs []dirTime
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("reading workspace tar: %w", err)
+		}
+		name, err := cleanName(hdr.Name)
+		if err != nil {
+			return err
+		}
+		if name == "." {
+			continue
+		}
+		if err := extractEntry(root, tr, hdr, name); err != nil {
+			return fmt.Errorf("extracting %s: %w", name, err)
+		}
+		if hdr.Typeflag == tar.TypeDir {
+			dirs = append(dirs, dirTime{name, hdr})
+		}
+	}
+	// Directory mtimes last: creating their entries changed them.
+	for i := len(dirs) - 1; i >= 0; i-- {
+		root.Chtimes(dirs[i].name, dirs[i].hdr.ModTime, dirs[i].hdr.ModTime)
+	}
+	return nil
+}
+
+// cleanName rejects absolute names and names that climb out.
+func cleanName(n string) (string, error) {
+	c := path.Clean(strings.TrimPrefix(n, "./"))
+	if path.IsAbs(n) || c == ".." || strings.HasPrefix(c, "../") {
+		return "", fmt.Errorf("tar entry %q would land outside the destination", n)
+	}
+	return c, nil
+}
+
+func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string) error {
+	mode := fs.FileMode(hdr.Mode).Perm()
+	if dir := path.Dir(name); dir != "." {
+		if err := root.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+	}
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		if fi, err := root.Lstat(name); err == nil && !fi.IsDir() {
+			root.Remove(name)
+		}
+		if err := root.Mkdir(name, mode); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		return root.Chmod(name, mode)
+	case tar.TypeReg:
+		if fi, err := root.Lstat(name); err == nil && !fi.Mode().IsRegular() {
+			if err := root.RemoveAll(name); err != nil {
+				return err
+			}
+		}
+		f, err := root.OpenFile(name, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(f, tr)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		if err := root.Chmod(name, mode); err != nil {
+			return err
+		}
+		return root.Chtimes(name, hdr.ModTime, hdr.ModTime)
+	case tar.TypeSymlink:
+		root.RemoveAll(name)
+		return root.Symlink(hdr.Linkname, name)
+	case tar.TypeLink:
+		target, err := cleanName(hdr.Linkname)
+		if err != nil {
+			return err
+		}
+		root.RemoveAll(name)
+		return root.Link(target, name)
+	}
+	return nil // devices, fifos: skipped
+}
