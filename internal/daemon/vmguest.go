@@ -1,16 +1,17 @@
 package daemon
 
 import (
+	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 
-	"banger/internal/disk"
 	"banger/internal/image"
 	"banger/internal/sshkeys"
 	"banger/internal/store"
@@ -29,8 +30,9 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 `
 
-// prepareGuest puts per-VM pieces into the VM's own rootfs copy before its
-// first boot: a fresh SSH host key (kept in the VM's directory so banger
+// prepareGuest makes the per-VM pieces the guest gets at its first boot,
+// as a seed drive (a plain tar on a read-only disk that banger's initrd
+// copies into the root; no filesystem work on the host): a fresh SSH host key (kept in the VM's directory so banger
 // can pin it), the user's key in root's authorized_keys, and an sshd
 // drop-in that allows key logins only.
 func (m *vmManager) prepareGuest(ctx context.Context, v store.VM, im image.Image, rootfs string) error {
@@ -42,43 +44,19 @@ func (m *vmManager) prepareGuest(ctx context.Context, v store.VM, im image.Image
 	if err != nil {
 		return err
 	}
-	tree := filepath.Join(v.Dir, "guest-tree")
-	os.RemoveAll(tree)
-	defer os.RemoveAll(tree)
-	files := []struct {
-		path string
-		mode fs.FileMode
-		data string
-	}{
+	files := []seedFile{
+		{"etc", 0o755, ""},
+		{"etc/ssh", 0o755, ""},
+		{"etc/ssh/sshd_config.d", 0o755, ""},
+		{"root", 0o700, ""},
+		{"root/.ssh", 0o700, ""},
 		{"etc/ssh/ssh_host_ed25519_key", 0o600, string(host.Private)},
 		{"etc/ssh/ssh_host_ed25519_key.pub", 0o644, host.Public + "\n"},
 		{"etc/ssh/sshd_config.d/banger.conf", 0o644, sshdDropIn},
 		{"root/.ssh/authorized_keys", 0o600, userPub + "\n"},
 	}
-	dirs := []struct {
-		path string
-		mode fs.FileMode
-	}{{"etc", 0o755}, {"etc/ssh", 0o755}, {"etc/ssh/sshd_config.d", 0o755}, {"root", 0o700}, {"root/.ssh", 0o700}}
-	for _, d := range dirs {
-		p := filepath.Join(tree, d.path)
-		if err := os.MkdirAll(p, d.mode); err != nil {
-			return fmt.Errorf("preparing guest files: %w", err)
-		}
-		if err := os.Chmod(p, d.mode); err != nil {
-			return fmt.Errorf("preparing guest files: %w", err)
-		}
-	}
-	for _, f := range files {
-		p := filepath.Join(tree, f.path)
-		if err := os.WriteFile(p, []byte(f.data), f.mode); err != nil {
-			return fmt.Errorf("preparing guest files: %w", err)
-		}
-		if err := os.Chmod(p, f.mode); err != nil {
-			return fmt.Errorf("preparing guest files: %w", err)
-		}
-	}
-	if err := disk.CopyIn(ctx, rootfs, tree); err != nil {
-		return fmt.Errorf("writing ssh keys into vm %q: %w", v.Name, err)
+	if err := writeSeed(filepath.Join(v.Dir, seedFileName), files); err != nil {
+		return fmt.Errorf("writing ssh keys for vm %q: %w", v.Name, err)
 	}
 	if err := os.WriteFile(filepath.Join(v.Dir, hostKeyFile), []byte(host.Public+"\n"), 0o644); err != nil {
 		return fmt.Errorf("saving host key of vm %q: %w", v.Name, err)
@@ -129,4 +107,44 @@ func hostKey(v store.VM) (string, error) {
 		return "", fmt.Errorf("host key of vm %q: %w (it was created before banger managed ssh keys; recreate it)", v.Name, err)
 	}
 	return strings.TrimSpace(string(b)), nil
+}
+
+// seedFileName is the seed drive in the VM's directory.
+const seedFileName = "seed.tar"
+
+// seedFile is one entry of the seed: a directory when data is empty and
+// the mode has no file bits set by the caller's intent (dirs are listed
+// first, with empty data).
+type seedFile struct {
+	path string
+	mode fs.FileMode
+	data string
+}
+
+// writeSeed writes the seed tar: root-owned entries, directories first.
+func writeSeed(path string, files []seedFile) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(f)
+	for _, e := range files {
+		hdr := &tar.Header{Name: e.path, Mode: int64(e.mode), Typeflag: tar.TypeReg, Size: int64(len(e.data))}
+		if e.data == "" {
+			hdr.Typeflag, hdr.Size = tar.TypeDir, 0
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			f.Close()
+			return err
+		}
+		if _, err := io.WriteString(tw, e.data); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -246,6 +246,10 @@ func (m *vmManager) specFor(v store.VM) (vmm.Spec, error) {
 		modulesDev = "/dev/vdb"
 	}
 	spec.Cmdline = kernel.Cmdline("/dev/vda", modulesDev) + " rw banger.hostname=" + v.Name
+	if seed := filepath.Join(v.Dir, seedFileName); fileExists(seed) {
+		spec.Drives = append(spec.Drives, vmm.Drive{ID: "seed", Path: seed, ReadOnly: true})
+		spec.Cmdline += " banger.seed=/dev/vd" + string(rune('a'+len(spec.Drives)-1))
+	}
 	return spec, nil
 }
 
@@ -256,3 +260,8 @@ func marshal(v any) string {
 
 // Compile-time check that kernel bundles carry what specFor reads.
 var _ = kernel.Bundle{}.Modules
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

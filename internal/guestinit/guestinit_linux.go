@@ -92,6 +92,11 @@ func boot(con io.Writer, start time.Time) error {
 			fmt.Fprintf(con, "banger initrd: warning: %v (modules beyond the initrd's will not load)\n", err)
 		}
 	}
+	if seed := cmdlineValue(string(cmdline), "banger.seed"); seed != "" && !opts.ReadOnly {
+		if err := applySeed(seed, "/"); err != nil {
+			fmt.Fprintf(con, "banger initrd: warning: %v (ssh into this VM may not work)\n", err)
+		}
+	}
 	configureGuest(con, string(cmdline))
 	init, err := pickInit(con, opts.Init)
 	if err != nil {
