@@ -183,6 +183,7 @@ func (m *vmManager) agent(ctx context.Context, id string) (*guest.Client, error)
 			}
 			m.agents[id], m.infos[id] = a, info
 			m.mu.Unlock()
+			m.markAnswered(ctx, id)
 			return a, nil
 		}
 		if errors.Is(err, guest.ErrVersionMismatch) || errors.Is(err, vmm.ErrNotRunning) {
@@ -366,5 +367,15 @@ func (m *vmManager) close() {
 	for id, a := range m.agents {
 		a.Close()
 		delete(m.agents, id)
+	}
+}
+
+// markAnswered records that a VM whose start timed out (failed) has an
+// agent that answers after all: it is running.
+func (m *vmManager) markAnswered(ctx context.Context, id string) {
+	v, err := m.s.store.VMByName(ctx, id)
+	if err == nil && v.State == api.StateFailed && m.machine(id) != nil {
+		v.State, v.LastError = api.StateRunning, ""
+		m.s.store.UpdateVM(context.WithoutCancel(ctx), v)
 	}
 }

@@ -258,9 +258,6 @@ func marshal(v any) string {
 	return string(b)
 }
 
-// Compile-time check that kernel bundles carry what specFor reads.
-var _ = kernel.Bundle{}.Modules
-
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil

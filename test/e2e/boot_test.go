@@ -174,6 +174,9 @@ func TestReadyTimeoutReadoptAndDrop(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
+	if v := e.inspect("slow"); v.State != "running" {
+		t.Fatalf("a VM whose agent answers after the timeout still shows %q", v.State)
+	}
 
 	// Kill QEMU under a running exec: the exec ends with an error, no hang.
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
