@@ -1,11 +1,6 @@
 package main
 
 import (
-	"context"
-	"os"
-	"os/signal"
-	"syscall"
-
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
@@ -20,7 +15,8 @@ func newVMExecCmd() *cobra.Command {
 		Long: `Run a command in a running VM through banger's guest agent. Its stdout and
 stderr stream separately, stdin is passed through, and banger exits with
 the command's status (128+N when it died of signal N, 127 when it was not
-found). Ctrl-C is forwarded to the command.`,
+found). Ctrl-C is forwarded to the command; a second Ctrl-C detaches.
+-t gives the command a terminal.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Argv = args[1:]
@@ -40,52 +36,14 @@ found). Ctrl-C is forwarded to the command.`,
 	return cmd
 }
 
-// runExec runs req in vm with this process's stdio and returns the exit
-// code.
+// runExec runs req in vm with this process's stdio, as vm run's command
+// mode does, and returns the exit code.
 func runExec(cmd *cobra.Command, vm string, req guest.ExecRequest) (int, error) {
-	ctx := cmd.Context()
-	c, err := connect(ctx)
+	c, err := connect(cmd.Context())
 	if err != nil {
 		return 0, err
 	}
-	var restore func()
-	if req.TTY {
-		if ws, err := unix.IoctlGetWinsize(int(os.Stdout.Fd()), unix.TIOCGWINSZ); err == nil {
-			req.Rows, req.Cols = ws.Row, ws.Col
-		}
-		restore = makeRaw(int(os.Stdin.Fd()))
-	}
-	if restore != nil {
-		defer restore()
-	}
-	// Ctrl-C goes to the guest command, not to us.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGWINCH)
-	defer signal.Stop(sigs)
-
-	e, err := c.OpenExec(context.WithoutCancel(ctx), vm, req)
-	if err != nil {
-		return 0, err
-	}
-	defer e.Close()
-	go e.CopyStdin(os.Stdin)
-	go func() {
-		for s := range sigs {
-			switch s {
-			case syscall.SIGWINCH:
-				if ws, err := unix.IoctlGetWinsize(int(os.Stdout.Fd()), unix.TIOCGWINSZ); err == nil {
-					e.Resize(ws.Row, ws.Col)
-				}
-			default:
-				e.Signal(s.(syscall.Signal))
-			}
-		}
-	}()
-	st, err := e.Wait(os.Stdout, os.Stderr)
-	if err != nil {
-		return 0, err
-	}
-	return st.Code, nil
+	return runCommand(cmd.Context(), c, vm, req, false)
 }
 
 // makeRaw puts the terminal fd into raw mode and returns the restore

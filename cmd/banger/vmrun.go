@@ -165,7 +165,7 @@ func runVM(cmd *cobra.Command, o runOptions, path string, argv []string) error {
 // commandMode runs req in vm, deletes vm when rm is set, and exits with
 // the command's status.
 func commandMode(ctx context.Context, c *client.Client, vm string, req guest.ExecRequest, rm bool) error {
-	code, err := runCommand(ctx, c, vm, req)
+	code, err := runCommand(ctx, c, vm, req, true)
 	if rm {
 		if derr := c.DeleteVM(context.WithoutCancel(ctx), vm, true); derr != nil && err == nil {
 			err = fmt.Errorf("deleting vm %s: %w", vm, derr)
@@ -346,12 +346,15 @@ func shellQuote(s string) string {
 }
 
 // runCommand runs req in vm with this process's stdio, a terminal when
-// stdin is one, and returns the exit code. The first Ctrl-C goes to the
+// req asks for one (or, with autoTTY, when stdin is one), and returns the
+// exit code. The first Ctrl-C goes to the
 // command; a second one detaches (the command is then ended with the
 // connection).
-func runCommand(ctx context.Context, c *client.Client, vm string, req guest.ExecRequest) (int, error) {
-	if _, err := unix.IoctlGetTermios(int(os.Stdin.Fd()), unix.TCGETS); err == nil {
+func runCommand(ctx context.Context, c *client.Client, vm string, req guest.ExecRequest, autoTTY bool) (int, error) {
+	if _, err := unix.IoctlGetTermios(int(os.Stdin.Fd()), unix.TCGETS); err == nil && autoTTY {
 		req.TTY = true
+	}
+	if req.TTY {
 		if ws, err := unix.IoctlGetWinsize(int(os.Stdin.Fd()), unix.TIOCGWINSZ); err == nil {
 			req.Rows, req.Cols = ws.Row, ws.Col
 		}
