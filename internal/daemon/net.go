@@ -126,6 +126,12 @@ func (ns *netService) lease(ctx context.Context, vmID string) (store.Lease, erro
 	if conflict != "" {
 		return store.Lease{}, api.Errorf(api.Conflict, "%s", conflict)
 	}
+	if old, err := ns.s.store.LeaseOf(ctx, vmID); err == nil && !ns.mgr.Config().CIDR.Contains(old.IP) {
+		// The cidr changed while this VM was stopped: it gets a new address.
+		if err := ns.s.store.ReleaseLeases(ctx, vmID); err != nil {
+			return store.Lease{}, err
+		}
+	}
 	l, err := ns.s.store.AllocateLease(ctx, vmID, network.MACFor(vmID).String(), ns.mgr.Allocate)
 	if err != nil {
 		return l, netErr(err)

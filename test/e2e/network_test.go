@@ -250,3 +250,30 @@ func TestNetworkOverlapAndExhaustion(t *testing.T) {
 		t.Fatal("a create that failed for want of an address left a VM")
 	}
 }
+
+// Changing cidr while a VM runs is refused with an explanation; the
+// running VM keeps its network.
+func TestNetworkConfigChangeWhileRunning(t *testing.T) {
+	e := bootEnv(t)
+	e.ok("vm", "create", "--image", "fixture", "--name", "keep", "--memory", "512M", "--cpus", "1")
+	e.ok("daemon", "stop")
+	os.MkdirAll(e.home+"/config", 0o755)
+	os.WriteFile(e.home+"/config/config.toml", []byte("cidr = \"10.201.0.0/24\"\nbridge_ip = \"10.201.0.1\"\n"), 0o644)
+	stderr := e.fails("vm", "create", "--no-start", "--image", "fixture", "--name", "new")
+	mustContain(t, "config change refused", stderr, "10.201.0.0/24", "keep", "172.16.0.0/24", "banger vm stop keep")
+	mustContain(t, "network inspect", e.ok("network", "inspect"), "config not in force")
+	e.ok("vm", "exec", "keep", "--", "ping", "-c", "1", "-W", "5", "172.16.0.1")
+	// Once the VM is stopped and the daemon restarted, the new cidr is used.
+	e.ok("vm", "stop", "keep")
+	e.ok("daemon", "restart")
+	e.ok("vm", "create", "--no-start", "--image", "fixture", "--name", "new")
+	if ip := e.inspect("new").IP; !strings.HasPrefix(ip, "10.201.0.") {
+		t.Fatalf("new vm got %q, want an address in 10.201.0.0/24", ip)
+	}
+	// The stopped VM moves to the new cidr when it starts again.
+	e.ok("vm", "start", "keep")
+	if ip := e.inspect("keep").IP; !strings.HasPrefix(ip, "10.201.0.") {
+		t.Fatalf("restarted vm kept %q, want an address in 10.201.0.0/24", ip)
+	}
+	e.ok("vm", "exec", "keep", "--", "ping", "-c", "1", "-W", "5", "10.201.0.1")
+}
