@@ -248,7 +248,12 @@ func TestCorruptInitrdAndEarlyDeath(t *testing.T) {
 	if v := e.inspect("badboot"); v.State != "failed" || v.LastError == "" {
 		t.Fatalf("failed boot not shown as failed: %+v", v)
 	}
+	// What a VM uses cannot be deleted under it.
+	mustContain(t, "image in use", e.fails("image", "delete", "fixture-bare"), "badboot")
+	mustContain(t, "kernel in use", e.fails("kernel", "delete", "no-initrd"), "badboot")
 	e.ok("vm", "delete", "badboot")
+	e.ok("image", "delete", "fixture-bare")
+	e.ok("kernel", "delete", "no-initrd")
 }
 
 // vmm = firecracker on a host without /dev/kvm (every machine here) is an
