@@ -153,3 +153,37 @@ func TestDoctor(t *testing.T) {
 	out = e.ok("doctor", "--json")
 	mustContain(t, "doctor --json", out, `"checks"`, `"vmm"`)
 }
+
+// A user who is not root gets the daemon through sudo; when sudo cannot
+// run it (here: no password, no terminal) the error says what to run.
+func TestNonRootStartsThroughSudo(t *testing.T) {
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv not installed")
+	}
+	if _, err := exec.LookPath("sudo"); err != nil {
+		t.Skip("sudo not installed")
+	}
+	e := newEnv(t)
+	home := filepath.Join(os.TempDir(), filepath.Base(e.home)+"-nobody")
+	os.MkdirAll(home, 0o777)
+	os.Chmod(home, 0o777)
+	t.Cleanup(func() { os.RemoveAll(home) })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := exec.CommandContext(ctx, "ip", "netns", "exec", e.ns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+		filepath.Join(e.bin, "banger"), "vm", "list")
+	c.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + home, "BANGER_HOME=" + home,
+		"BANGERD_BIN=" + filepath.Join(e.bin, "bangerd")}
+	out, err := c.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatal("banger hung waiting for sudo")
+	}
+	if err == nil {
+		t.Fatalf("banger as nobody started a daemon without root:\n%s", out)
+	}
+	mustContain(t, "non-root start error", string(out), "could not be started", "sudo", "sudo bangerd --foreground")
+	t.Logf("as nobody: %s", out)
+	if len(e.procs("bangerd")) != 0 {
+		t.Fatal("a bangerd runs although sudo failed")
+	}
+}
