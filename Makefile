@@ -1,7 +1,7 @@
 # banger: disposable Linux microVMs in one command.
 PREFIX  ?= /usr/local
 GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
-VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+VERSION ?= $(shell git -c safe.directory='*' describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X banger/internal/version.Version=$(VERSION)
 export BANGER_FIXTURES ?= /var/tmp/banger-fixtures
 
