@@ -80,14 +80,38 @@ func debugfsCommands(w *strings.Builder, src, target string, info fs.FileInfo) e
 	return nil
 }
 
+// debugfs runs script against img. debugfs exits 0 even when a command
+// fails, so its stderr is read: anything but the banner and the expected
+// complaints of the rm and mkdir that make CopyIn idempotent is an error.
 func debugfs(ctx context.Context, img, script string) error {
 	cmd := exec.CommandContext(ctx, "debugfs", "-w", "-f", "-", img)
 	cmd.Stdin = strings.NewReader(script)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("debugfs on %s: %w: %s", img, err, bytes.TrimSpace(out))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("debugfs on %s: %w: %s", img, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	if bad := debugfsErrors(stderr.String()); len(bad) > 0 {
+		return fmt.Errorf("debugfs on %s: %s", img, strings.Join(bad, "; "))
 	}
 	return nil
+}
+
+// debugfsErrors returns the lines of debugfs's stderr that report a real
+// failure.
+func debugfsErrors(stderr string) []string {
+	var bad []string
+	for _, line := range strings.Split(stderr, "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "", strings.HasPrefix(line, "debugfs "),
+			strings.HasPrefix(line, "rm: File not found"),
+			strings.Contains(line, "directory already exists"):
+			continue
+		}
+		bad = append(bad, line)
+	}
+	return bad
 }
 
 // ReadFile returns the content of path inside the ext4 image img, or an

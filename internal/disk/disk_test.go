@@ -116,3 +116,15 @@ func TestCopyInAndGrow(t *testing.T) {
 		t.Fatal("content lost by grow")
 	}
 }
+
+// debugfs exits 0 when a command fails; CopyIn must not.
+func TestDebugfsFailureIsAnError(t *testing.T) {
+	img := mkfs(t, "8M")
+	err := debugfs(context.Background(), img, "write /nonexistent/file /x\n")
+	if err == nil {
+		t.Fatal("a failed debugfs write was not reported")
+	}
+	if err := debugfs(context.Background(), img, "mkdir /lost+found\nrm /nope\n"); err != nil {
+		t.Fatalf("the expected complaints of an idempotent copy are errors: %v", err)
+	}
+}
