@@ -47,6 +47,10 @@ type Config struct {
 	// DebianMirror is the http(s) Debian mirror for kernels and images;
 	// empty means the one in the host's apt sources.
 	DebianMirror string `toml:"debian_mirror" json:"debian_mirror"`
+	// ImageMaxBytes caps the file data one image pull may unpack (a
+	// decompression bomb stops there); ImageMaxEntries caps its entries.
+	ImageMaxBytes   int64 `toml:"image_max_bytes" json:"image_max_bytes"`
+	ImageMaxEntries int64 `toml:"image_max_entries" json:"image_max_entries"`
 }
 
 // Default returns the configuration used when config.toml sets nothing.
@@ -61,6 +65,8 @@ func Default() Config {
 		BridgeIP:         netip.MustParseAddr("172.16.0.1"),
 		CIDR:             netip.MustParsePrefix("172.16.0.0/24"),
 		TapPoolSize:      2,
+		ImageMaxBytes:    32 << 30,
+		ImageMaxEntries:  4 << 20,
 	}
 }
 

@@ -78,6 +78,10 @@ func TestLoadEveryKey(t *testing.T) {
 			c.BridgeIP = netip.MustParseAddr("10.0.0.1")
 		}},
 		{"tap_pool_size 0", `tap_pool_size = 0`, func(c *Config) { c.TapPoolSize = 0 }},
+		{"image_max_bytes size", `image_max_bytes = "64M"`, func(c *Config) { c.ImageMaxBytes = 64 << 20 }},
+		{"image_max_bytes GiB", `image_max_bytes = "2GiB"`, func(c *Config) { c.ImageMaxBytes = 2 << 30 }},
+		{"image_max_bytes bytes", `image_max_bytes = 2097152`, func(c *Config) { c.ImageMaxBytes = 2 << 20 }},
+		{"image_max_entries", `image_max_entries = 1000`, func(c *Config) { c.ImageMaxEntries = 1000 }},
 		{"tap_pool_size 64", `tap_pool_size = 64`, func(c *Config) { c.TapPoolSize = 64 }},
 		{"default_dns", `default_dns = ["1.1.1.1", "2606:4700:4700::1111"]`, func(c *Config) {
 			c.DefaultDNS = []netip.Addr{netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("2606:4700:4700::1111")}
@@ -119,6 +123,8 @@ cidr = "192.168.50.0/24"
 tap_pool_size = 4
 default_dns = ["9.9.9.9"]
 debian_mirror = "http://deb.debian.org/debian"
+image_max_bytes = "8G"
+image_max_entries = 100000
 `
 	p := writeConfig(t, body)
 	_, src, err := Load(p)

@@ -35,6 +35,8 @@ var keys = []key{
 	{"default_image_name", applyDefaultImageName, func(c Config) any { return c.DefaultImageName }},
 	{"firecracker_bin", binary("firecracker_bin", false, func(c *Config) *string { return &c.FirecrackerBin }),
 		func(c Config) any { return c.FirecrackerBin }},
+	{"image_max_bytes", applyImageMaxBytes, func(c Config) any { return c.ImageMaxBytes }},
+	{"image_max_entries", applyImageMaxEntries, func(c Config) any { return c.ImageMaxEntries }},
 	{"jailer_bin", binary("jailer_bin", true, func(c *Config) *string { return &c.JailerBin }),
 		func(c Config) any { return c.JailerBin }},
 	{"qemu_bin", binary("qemu_bin", false, func(c *Config) *string { return &c.QEMUBin }),
@@ -314,4 +316,43 @@ func dnsStrings(addrs []netip.Addr) []string {
 		out[i] = a.String()
 	}
 	return out
+}
+
+// applyImageMaxBytes takes an integer number of bytes or a string with a
+// binary unit: "512M", "32G", "1T".
+func applyImageMaxBytes(c *Config, v any) error {
+	const hint = `an integer number of bytes or a size like "32G" (K, M, G, T; at least 1M)`
+	var n int64
+	switch v := v.(type) {
+	case int64:
+		n = v
+	case string:
+		s := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(v)), "B"), "I")
+		mult := int64(1)
+		if i := strings.IndexAny(s, "KMGT"); i >= 0 && i == len(s)-1 {
+			mult = map[byte]int64{'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}[s[i]]
+			s = s[:i]
+		}
+		x, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || x > (1<<62)/mult {
+			return fmt.Errorf("image_max_bytes = %q: expected %s", v, hint)
+		}
+		n = x * mult
+	default:
+		return fmt.Errorf("image_max_bytes: expected %s, got %s", hint, tomlType(v))
+	}
+	if n < 1<<20 {
+		return fmt.Errorf("image_max_bytes = %d: expected %s", n, hint)
+	}
+	c.ImageMaxBytes = n
+	return nil
+}
+
+func applyImageMaxEntries(c *Config, v any) error {
+	n, ok := v.(int64)
+	if !ok || n < 16 {
+		return fmt.Errorf("image_max_entries: expected an integer of at least 16, got %v", v)
+	}
+	c.ImageMaxEntries = n
+	return nil
 }

@@ -80,6 +80,10 @@ func debugfsCommands(w *strings.Builder, src, target string, info fs.FileInfo) e
 	return nil
 }
 
+// Debugfs runs the debugfs script (one command a line) against img,
+// writable, and fails when any command fails.
+func Debugfs(ctx context.Context, img, script string) error { return debugfs(ctx, img, script) }
+
 // debugfs runs script against img. debugfs exits 0 even when a command
 // fails, so its stderr is read: anything but the banner and the expected
 // complaints of the rm and mkdir that make CopyIn idempotent is an error.
@@ -114,19 +118,41 @@ func debugfsErrors(stderr string) []string {
 	return bad
 }
 
+// MaxReadFile is the most ReadFile returns: it reads small files (an
+// os-release, the agent binary), and an image's file may be anything.
+const MaxReadFile = 64 << 20
+
 // ReadFile returns the content of path inside the ext4 image img, or an
-// error when it does not exist.
+// error when it does not exist or is larger than MaxReadFile.
 func ReadFile(ctx context.Context, img, path string) ([]byte, error) {
-	var stdout, stderr bytes.Buffer
+	stdout := &capBuffer{max: MaxReadFile}
+	var stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, "debugfs", "-R", "cat "+path, img)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	cmd.Stdout, cmd.Stderr = stdout, &stderr
+	if err := cmd.Run(); stdout.over {
+		return nil, fmt.Errorf("reading %s in %s: larger than %d MiB", path, img, MaxReadFile>>20)
+	} else if err != nil {
 		return nil, fmt.Errorf("reading %s in %s: %w", path, img, err)
 	}
 	if strings.Contains(stderr.String(), "File not found") {
 		return nil, fmt.Errorf("%s in %s: %w", path, img, fs.ErrNotExist)
 	}
 	return stdout.Bytes(), nil
+}
+
+// capBuffer keeps at most max bytes and fails the write past them.
+type capBuffer struct {
+	bytes.Buffer
+	max  int
+	over bool
+}
+
+func (c *capBuffer) Write(p []byte) (int, error) {
+	if c.Len()+len(p) > c.max {
+		c.over = true
+		return 0, fmt.Errorf("more than %d bytes", c.max)
+	}
+	return c.Buffer.Write(p)
 }
 
 // Exists reports whether path exists inside the ext4 image img (a symlink

@@ -151,8 +151,11 @@ func (s *Store) ImportBundle(ctx context.Context, r io.Reader, size int64, sourc
 		return Image{}, err
 	}
 	defer os.RemoveAll(stage)
-	if hdr, err = tr.Next(); err != nil || hdr.Name != rootfsFile {
+	if hdr, err = tr.Next(); err != nil || hdr.Name != rootfsFile || hdr.Typeflag != tar.TypeReg {
 		return Image{}, fmt.Errorf("%w: %s has no %s", ErrInvalid, source, rootfsFile)
+	}
+	if max := s.Limits.orDefault().Bytes; hdr.Size > max {
+		return Image{}, fmt.Errorf("%w: the bundle's rootfs is %s, more than image_max_bytes (%s)", ErrTooBig, human(hdr.Size), human(max))
 	}
 	if err := writeSparse(filepath.Join(stage, rootfsFile), tr, hdr.Size); err != nil {
 		return Image{}, fmt.Errorf("importing %s: %w", source, err)

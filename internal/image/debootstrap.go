@@ -54,8 +54,16 @@ func (s *Store) PullCatalog(ctx context.Context, e catalog.Entry, o CatalogOptio
 		return Image{}, fmt.Errorf("%w: no Debian mirror for %s", ErrInvalid, e.Name)
 	}
 	bi := buildInfo{Source: "debootstrap " + e.Suite + " " + o.Mirror, KernelRef: e.KernelRef, SizeBytes: o.SizeBytes}
-	return s.build(ctx, o.Name, func(ctx context.Context, tree string) error {
-		return Debootstrap(ctx, e, o.Mirror, tree, o.Progress)
+	return s.build(ctx, o.Name, func(ctx context.Context, r *rootfs, stage string) ([]layerSource, error) {
+		tree := filepath.Join(stage, "tree")
+		if err := os.Mkdir(tree, 0o755); err != nil {
+			return nil, err
+		}
+		if err := Debootstrap(ctx, e, o.Mirror, tree, o.Progress); err != nil {
+			return nil, err
+		}
+		o.Progress("reading the tree", 0, 0)
+		return nil, r.addHostTree(ctx, tree)
 	}, bi, o.Progress)
 }
 

@@ -38,25 +38,6 @@ WantedBy=sysinit.target multi-user.target
 // "systemctl enable" would link, given WantedBy).
 var agentWants = []string{"sysinit.target.wants", "multi-user.target.wants"}
 
-// InjectAgent puts banger's guest agent into the root filesystem tree
-// rootDir: the binary at guest.AgentPath, and, when the tree has systemd,
-// an enabled banger-agent.service. Without systemd nothing else is needed:
-// banger's initrd runs the agent as PID 1 when there is no /sbin/init.
-// It is idempotent.
-func InjectAgent(rootDir, agentBin string) error {
-	return WriteAgentFiles(rootDir, agentBin, HasSystemd(rootDir))
-}
-
-// HasSystemd reports whether the root filesystem tree rootDir has systemd.
-func HasSystemd(rootDir string) bool {
-	for _, p := range []string{"usr/lib/systemd/systemd", "lib/systemd/systemd"} {
-		if st, err := os.Stat(filepath.Join(rootDir, p)); err == nil && st.Mode().IsRegular() {
-			return true
-		}
-	}
-	return false
-}
-
 // WriteAgentFiles writes the agent's files under tree, which may be a
 // whole root filesystem or an overlay to copy into one later: the binary
 // (0755) and, when systemd is true, the unit and its enablement links.

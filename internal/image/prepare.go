@@ -1,11 +1,14 @@
 package image
 
 import (
+	"archive/tar"
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
+	"path"
 	"strings"
 
 	"banger/internal/guest"
@@ -61,33 +64,33 @@ ExecStart=` + SSHDInstaller + `
 WantedBy=multi-user.target
 `
 
-// PrepareTree puts banger's pieces into the root filesystem tree root:
-// the agent (with its systemd unit, or a respawn line in a busybox or
-// sysvinit inittab), and, when the tree has no sshd, a first-boot
-// installer for it. Trees without an init system need nothing more:
-// banger's initrd runs the agent as PID 1. It refuses trees whose
-// directories that banger writes to are symlinks leading out of root.
-func PrepareTree(root, agentBin string) (TreeInfo, error) {
-	info := TreeInfo{Distro: osRelease(root), HasSSHD: existsInRoot(root, "usr/sbin/sshd") || existsInRoot(root, "sbin/sshd")}
+// prepare puts banger's pieces into the image's tree: the agent (with its
+// systemd unit, or a respawn line in a busybox or sysvinit inittab), an
+// Include of sshd_config.d in an sshd_config without one (banger's
+// per-VM sshd settings go there), and, when the image has no sshd, a
+// first-boot installer for it. Images without an init system need
+// nothing more: banger's initrd runs the agent as PID 1. Everything is an
+// edit of the in-memory tree: an image's symlinks lead only to other
+// places in the image.
+func (r *rootfs) prepare(ctx context.Context, agentBin string) (TreeInfo, error) {
+	info := TreeInfo{Distro: r.osRelease(ctx), HasSSHD: r.isFile("usr/sbin/sshd") || r.isFile("sbin/sshd")}
 	switch {
-	case HasSystemd(root):
+	case r.hasSystemd():
 		info.Init = "systemd"
-	case isBusybox(root, "sbin/init"):
+	case r.isBusybox("sbin/init"):
 		info.Init = "busybox"
-	case existsInRoot(root, "sbin/init") && existsInRoot(root, "etc/inittab"):
+	case r.isFile("sbin/init") && r.exists("etc/inittab"):
 		info.Init = "sysvinit"
 	}
-	dirs := []string{"usr/lib/banger"}
-	if info.Init == "systemd" {
-		dirs = append(dirs, "etc/systemd/system")
-	}
-	for _, d := range dirs {
-		if err := safeDir(root, d); err != nil {
-			return TreeInfo{}, err
-		}
-	}
-	if err := InjectAgent(root, agentBin); err != nil {
+	if err := r.putFile(guest.AgentPath, &fileData{hostPath: agentBin}, 0o755); err != nil {
 		return TreeInfo{}, fmt.Errorf("injecting agent: %w", err)
+	}
+	if info.Init == "systemd" {
+		for _, wants := range agentWants {
+			if err := r.enableUnit(AgentUnitName, agentUnit, wants); err != nil {
+				return TreeInfo{}, fmt.Errorf("enabling agent unit: %w", err)
+			}
+		}
 	}
 	var lines []string
 	switch info.Init {
@@ -97,12 +100,12 @@ func PrepareTree(root, agentBin string) (TreeInfo, error) {
 		lines = append(lines, "bgr:2345:respawn:"+guest.AgentPath)
 	}
 	if !info.HasSSHD {
-		if err := writeAtomicBytes(filepath.Join(root, SSHDInstaller), []byte(installSSHD), 0o755); err != nil {
+		if err := r.putFile(SSHDInstaller, &fileData{body: []byte(installSSHD)}, 0o755); err != nil {
 			return TreeInfo{}, err
 		}
 		switch info.Init {
 		case "systemd":
-			if err := enableUnit(root, sshdUnitName, sshdUnit, "multi-user.target.wants"); err != nil {
+			if err := r.enableUnit(sshdUnitName, sshdUnit, "multi-user.target.wants"); err != nil {
 				return TreeInfo{}, err
 			}
 		case "busybox":
@@ -111,35 +114,33 @@ func PrepareTree(root, agentBin string) (TreeInfo, error) {
 			lines = append(lines, "bgs:2345:once:"+SSHDInstaller)
 		}
 	}
-	if err := addInittab(root, info.Init, lines); err != nil {
+	if err := r.addInittab(ctx, info.Init, lines); err != nil {
+		return TreeInfo{}, err
+	}
+	if err := r.includeSSHDDropIns(ctx); err != nil {
 		return TreeInfo{}, err
 	}
 	return info, nil
 }
 
-func enableUnit(root, name, body, wants string) error {
-	dir := filepath.Join(root, "etc/systemd/system")
-	if err := writeAtomicBytes(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+func (r *rootfs) enableUnit(name, body, wants string) error {
+	if err := r.putFile("etc/systemd/system/"+name, &fileData{body: []byte(body)}, 0o644); err != nil {
 		return err
 	}
-	return relink("/etc/systemd/system/"+name, filepath.Join(dir, wants, name))
+	return r.putSymlink("/etc/systemd/system/"+name, "etc/systemd/system/"+wants+"/"+name)
 }
 
 // addInittab appends lines to /etc/inittab, once. A busybox tree without
 // one gets busybox's defaults written out first.
-func addInittab(root, init string, lines []string) error {
+func (r *rootfs) addInittab(ctx context.Context, init string, lines []string) error {
 	if len(lines) == 0 {
 		return nil
 	}
-	if err := safeDir(root, "etc"); err != nil {
-		return err
-	}
-	p := filepath.Join(root, "etc/inittab")
-	cur, err := os.ReadFile(p)
+	cur, err := r.readSmall(ctx, "etc/inittab")
 	if errors.Is(err, fs.ErrNotExist) && init == "busybox" {
 		cur = []byte("::sysinit:/etc/init.d/rcS\n::ctrlaltdel:/sbin/reboot\n::shutdown:/bin/umount -a -r\n")
 	} else if err != nil {
-		return fmt.Errorf("reading /etc/inittab: %w", err)
+		return fmt.Errorf("reading the image's /etc/inittab: %w", err)
 	}
 	out := string(cur)
 	if out != "" && !strings.HasSuffix(out, "\n") {
@@ -150,67 +151,148 @@ func addInittab(root, init string, lines []string) error {
 			out += l + "\n"
 		}
 	}
-	return writeAtomicBytes(p, []byte(out), 0o644)
+	return r.putFile("etc/inittab", &fileData{body: []byte(out)}, 0o644)
 }
 
-// safeDir makes sure writing under root/rel with host paths lands where
-// the guest will see it: the directory is created (resolved inside root)
-// and must resolve to the same place on the host.
-func safeDir(root, rel string) error {
-	f := NewFlattener(root)
-	dir, _, err := f.resolveParent(rel+"/x", true)
+// sshdInclude is the line that makes sshd read banger's drop-in.
+const sshdInclude = "Include /etc/ssh/sshd_config.d/*.conf"
+
+// includeSSHDDropIns adds sshdInclude at the top of an sshd_config that
+// does not read sshd_config.d (sshd takes the first value of each
+// setting, so the drop-ins must come first).
+func (r *rootfs) includeSSHDDropIns(ctx context.Context) error {
+	cur, err := r.readSmall(ctx, "etc/ssh/sshd_config")
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
-		return fmt.Errorf("preparing /%s: %w", rel, err)
+		return fmt.Errorf("reading the image's /etc/ssh/sshd_config: %w", err)
 	}
-	host, err := filepath.EvalSymlinks(filepath.Join(root, rel))
-	if want := filepath.Join(root, dir); err != nil || host != want {
-		return fmt.Errorf("%w: /%s is a symlink banger cannot follow safely", ErrUnsafeEntry, rel)
+	for _, l := range strings.Split(string(cur), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 && strings.EqualFold(f[0], "include") && strings.Contains(l, "sshd_config.d") {
+			return nil
+		}
 	}
+	body := "# added by banger: per-VM settings live in sshd_config.d\n" + sshdInclude + "\n\n" + string(cur)
+	return r.putFile("etc/ssh/sshd_config", &fileData{body: []byte(body)}, 0o644)
+}
+
+// readSmall returns the content of the regular file at rel (symlinks
+// followed inside the image) when banger kept it while reading the
+// layers and it is at most captureMax bytes.
+func (r *rootfs) readSmall(ctx context.Context, rel string) ([]byte, error) {
+	n, real, err := r.lookup(rel, true)
+	if err != nil {
+		return nil, err
+	}
+	if n.file == nil {
+		return nil, fmt.Errorf("/%s is not a regular file", real)
+	}
+	f := n.file
+	if f.size > captureMax {
+		return nil, fmt.Errorf("/%s is larger than %d KiB", real, captureMax>>10)
+	}
+	if int64(len(f.body)) != f.size {
+		b, err := r.fetch(ctx, f)
+		if err != nil {
+			return nil, fmt.Errorf("reading /%s: %w", real, err)
+		}
+		f.body = b
+	}
+	return f.body, nil
+}
+
+// fetch reads a small file the layers were not kept for while they were
+// read: from its layer again, or from banger's host tree.
+func (r *rootfs) fetch(ctx context.Context, f *fileData) ([]byte, error) {
+	if f.hostPath != "" {
+		return readCapped(f.hostPath)
+	}
+	if f.layer < 1 || f.layer > len(r.layers) {
+		return nil, fmt.Errorf("no layer %d", f.layer)
+	}
+	var out []byte
+	err := r.layers[f.layer-1].each(ctx, func(n int, _ *tar.Header, body io.Reader) error {
+		if n < f.entry {
+			return nil
+		}
+		b, err := io.ReadAll(io.LimitReader(body, captureMax+1))
+		out = b
+		if err != nil {
+			return err
+		}
+		return errStop
+	})
+	if err == nil && int64(len(out)) != f.size {
+		err = fmt.Errorf("layer %d changed while the image was built", f.layer)
+	}
+	return out, err
+}
+
+// putFile puts a regular file at rel, owned by root, replacing what is
+// there; a symlink there is followed inside the image. Missing parents
+// are made 0755.
+func (r *rootfs) putFile(rel string, f *fileData, mode int64) error {
+	if f.hostPath != "" {
+		st, err := os.Stat(f.hostPath)
+		if err != nil {
+			return err
+		}
+		f.size = st.Size()
+	} else {
+		f.size = int64(len(f.body))
+	}
+	if n, real, err := r.lookup(rel, true); err == nil {
+		if n.isDir() {
+			return fmt.Errorf("/%s is a directory in the image", real)
+		}
+		rel = real
+	}
+	return r.put(rel, &node{hdr: tar.Header{Typeflag: tar.TypeReg, Mode: mode, ModTime: now()}, file: f})
+}
+
+// putSymlink makes link a symlink to target, replacing what is there.
+func (r *rootfs) putSymlink(target, link string) error {
+	return r.put(link, &node{hdr: tar.Header{Typeflag: tar.TypeSymlink, Linkname: target, Mode: 0o777, ModTime: now()}})
+}
+
+func (r *rootfs) put(rel string, n *node) error {
+	parent, name, err := r.resolveParent(rel, true, false)
+	if err != nil {
+		return fmt.Errorf("/%s: %w", rel, err)
+	}
+	if old := parent.dir.children[name]; old != nil && old.isDir() {
+		return fmt.Errorf("/%s is a directory in the image", join(parent.path, name))
+	}
+	parent.dir.children[name] = n
 	return nil
 }
 
-// resolveInRoot resolves rel inside root, following every symlink as if
-// root were "/". It returns the host path.
-func resolveInRoot(root, rel string) (string, error) {
-	f := NewFlattener(root)
-	for range maxSymlinks {
-		dir, name, err := f.resolveParent(rel, false)
-		if err != nil {
-			return "", err
-		}
-		p := filepath.Join(root, dir, name)
-		target, err := os.Readlink(p)
-		if err != nil {
-			return p, nil // not a symlink (or missing: the caller's Stat says)
-		}
-		if !strings.HasPrefix(target, "/") {
-			target = join(dir, target)
-		}
-		rel = target
-	}
-	return "", fmt.Errorf("/%s: too many levels of symlinks", rel)
+func (r *rootfs) exists(rel string) bool {
+	_, _, err := r.lookup(rel, true)
+	return err == nil
 }
 
-func existsInRoot(root, rel string) bool {
-	p, err := resolveInRoot(root, rel)
-	if err != nil {
-		return false
-	}
-	st, err := os.Stat(p)
-	return err == nil && !st.IsDir()
+// isFile reports whether rel is a regular file, symlinks followed.
+func (r *rootfs) isFile(rel string) bool {
+	n, _, err := r.lookup(rel, true)
+	return err == nil && n.file != nil
 }
 
-func isBusybox(root, rel string) bool {
-	p, err := resolveInRoot(root, rel)
-	return err == nil && filepath.Base(p) == "busybox" && existsInRoot(root, rel)
+func (r *rootfs) hasSystemd() bool {
+	return r.isFile("usr/lib/systemd/systemd") || r.isFile("lib/systemd/systemd")
 }
 
-func osRelease(root string) string {
+func (r *rootfs) isBusybox(rel string) bool {
+	n, real, err := r.lookup(rel, true)
+	return err == nil && n.file != nil && path.Base(real) == "busybox"
+}
+
+func (r *rootfs) osRelease(ctx context.Context) string {
 	for _, rel := range []string{"etc/os-release", "usr/lib/os-release"} {
-		if p, err := resolveInRoot(root, rel); err == nil {
-			if b, err := os.ReadFile(p); err == nil {
-				return parseOSRelease(b)
-			}
+		if b, err := r.readSmall(ctx, rel); err == nil {
+			return parseOSRelease(b)
 		}
 	}
 	return ""

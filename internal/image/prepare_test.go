@@ -3,7 +3,6 @@ package image
 import (
 	"archive/tar"
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,8 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-func TestPrepareTree(t *testing.T) {
-	needRoot(t)
+func TestPrepare(t *testing.T) {
 	agent := filepath.Join(t.TempDir(), "agent")
 	os.WriteFile(agent, []byte("agent"), 0o755)
 	osr := ent{name: "etc/os-release", body: "ID=debian\nVERSION_CODENAME=bookworm\n"}
@@ -39,51 +37,95 @@ func TestPrepareTree(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			root := t.TempDir()
-			if err := Flatten(context.Background(), root, layer(t, tt.ents...)); err != nil {
-				t.Fatal(err)
-			}
-			got, err := PrepareTree(root, agent)
+			layers := memLayers(layer(t, tt.ents...))
+			r, err := build(t, Limits{}, layers)
 			if err != nil {
 				t.Fatal(err)
+			}
+			got, err := r.prepare(context.Background(), agent)
+			if err != nil {
+				t.Fatal(err)
+			}
+			files := map[string]string{}
+			for _, l := range listing(t, r, layers) {
+				name, rest, _ := strings.Cut(l, " ")
+				files[name] = rest
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("TreeInfo (-want +got):\n%s", diff)
 			}
 			for _, f := range tt.files {
-				if _, err := os.Lstat(filepath.Join(root, f)); err != nil {
-					t.Errorf("%s missing: %v", f, err)
+				if _, ok := files[f]; !ok {
+					t.Errorf("%s missing", f)
 				}
 			}
-			b, _ := os.ReadFile(filepath.Join(root, "etc/inittab"))
-			if !strings.Contains(string(b), tt.inittab) {
-				t.Errorf("inittab = %q, want it to contain %q", b, tt.inittab)
+			if !strings.Contains(files["etc/inittab"], tt.inittab) {
+				t.Errorf("inittab = %q, want it to contain %q", files["etc/inittab"], tt.inittab)
 			}
-			if tt.want.Init == "" {
-				if _, err := os.Stat(filepath.Join(root, "etc/inittab")); err == nil {
-					t.Errorf("an image without init got an inittab")
-				}
+			if _, ok := files["etc/inittab"]; tt.want.Init == "" && ok {
+				t.Errorf("an image without init got an inittab")
 			}
 		})
 	}
 }
 
-// An image whose /usr/lib is an absolute symlink must not make banger
-// write to the host's /usr/lib.
-func TestPrepareTreeRefusesHostSymlinks(t *testing.T) {
-	needRoot(t)
+// Hostile shapes: banger's edits follow an image's symlinks only inside
+// the image, files it reads must be small regular files, and nothing on
+// the host is read or written.
+func TestPrepareHostileImages(t *testing.T) {
 	agent := filepath.Join(t.TempDir(), "agent")
 	os.WriteFile(agent, []byte("agent"), 0o755)
-	outside := t.TempDir()
-	root := t.TempDir()
-	os.MkdirAll(filepath.Join(root, "usr"), 0o755)
-	os.Symlink(outside, filepath.Join(root, "usr/lib")) // what a hostile tree could hold
-	_, err := PrepareTree(root, agent)
-	if !errors.Is(err, ErrUnsafeEntry) {
-		t.Fatalf("err = %v, want ErrUnsafeEntry", err)
+	busybox := []ent{{name: "bin/busybox", body: "x"}, {name: "sbin/init", typ: tar.TypeSymlink, link: "/bin/busybox"}}
+	tests := []struct {
+		name  string
+		ents  []ent
+		err   string            // "" when it must succeed
+		files map[string]string // path -> listing line after the name
+	}{
+		{"inittab symlinked to the host's shadow", append(busybox, ent{name: "etc/inittab", typ: tar.TypeSymlink, link: "/etc/shadow"}), "",
+			map[string]string{"etc/inittab": "-rw-r--r-- 0:0 ::sysinit:/etc/init.d/rcS\n"}},
+		{"inittab symlinked inside the image", append(busybox, ent{name: "etc/inittab", typ: tar.TypeSymlink, link: "../real"}, ent{name: "real", body: "::sysinit:/x\n"}), "",
+			map[string]string{"etc/inittab": "Lrwxrwxrwx 0:0 -> ../real", "real": "-rw-r--r-- 0:0 ::sysinit:/x\n::respawn:"}},
+		{"inittab as a char device", append(busybox, ent{name: "etc/inittab", typ: tar.TypeChar, major: 1, minor: 5}), "/etc/inittab is not a regular file", nil},
+		{"inittab as a fifo", append(busybox, ent{name: "etc/inittab", typ: tar.TypeFifo}), "/etc/inittab is not a regular file", nil},
+		{"huge inittab", append(busybox, ent{name: "etc/inittab", body: strings.Repeat("#", captureMax+1)}), "larger than 64 KiB", nil},
+		{"os-release as a char device", append(busybox, ent{name: "etc/os-release", typ: tar.TypeChar, major: 1, minor: 5}), "",
+			map[string]string{"etc/os-release": "Dcrw-r--r-- 0:0 1:5"}},
+		{"os-release as a block device", append(busybox, ent{name: "etc/os-release", typ: tar.TypeBlock, major: 8, minor: 0}), "", nil},
+		{"wants dir symlinked to a host dir", []ent{{name: "lib/systemd/systemd", body: "x"},
+			{name: "etc/systemd/system/multi-user.target.wants", typ: tar.TypeSymlink, link: "/hostdir"}}, "",
+			map[string]string{"hostdir/banger-agent.service": "Lrwxrwxrwx 0:0 -> /etc/systemd/system/banger-agent.service"}},
+		{"usr/lib symlinked out of the root", []ent{{name: "usr/lib", typ: tar.TypeSymlink, link: "../../../../tmp"}}, "goes through symlink", nil},
+		{"sshd_config without include", []ent{{name: "usr/sbin/sshd", body: "x"}, {name: "etc/ssh/sshd_config", body: "PermitRootLogin yes\n"}}, "",
+			map[string]string{"etc/ssh/sshd_config": "-rw-r--r-- 0:0 # added by banger: per-VM settings live in sshd_config.d\n" + sshdInclude + "\n\nPermitRootLogin yes\n"}},
 	}
-	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
-		t.Errorf("banger wrote outside the tree: %v", ents)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			layers := memLayers(layer(t, tt.ents...))
+			r, err := build(t, Limits{}, layers)
+			if err == nil {
+				_, err = r.prepare(context.Background(), agent)
+			}
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err = %v, want one mentioning %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			files := map[string]string{}
+			for _, l := range listing(t, r, layers) {
+				name, rest, _ := strings.Cut(l, " ")
+				files[name] = rest
+			}
+			for p, want := range tt.files {
+				if got := files[p]; !strings.HasPrefix(got, want) {
+					t.Errorf("%s = %q, want %q", p, got, want)
+				}
+			}
+		})
 	}
 }
 

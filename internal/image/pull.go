@@ -4,14 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 )
 
 // PullOptions says what to pull and how.
@@ -70,8 +74,12 @@ func (s *Store) PullOCI(ctx context.Context, o PullOptions) (Image, error) {
 	if err := fetchLayers(ctx, cache, layers, o.Parallel, progress); err != nil {
 		return Image{}, fmt.Errorf("pulling %s: %w", ref, err)
 	}
-	return s.build(ctx, o.Name, func(ctx context.Context, tree string) error {
-		return unpackLayers(ctx, cache, layers, tree, progress)
+	srcs, err := blobLayers(cache, layers)
+	if err != nil {
+		return Image{}, err
+	}
+	return s.build(ctx, o.Name, func(ctx context.Context, r *rootfs, _ string) ([]layerSource, error) {
+		return srcs, r.readLayers(ctx, srcs, progress)
 	}, buildInfo{Source: ref.String(), Digest: digest.String(), KernelRef: o.KernelRef, SizeBytes: o.SizeBytes}, progress)
 }
 
@@ -94,29 +102,23 @@ func fetchLayers(ctx context.Context, cache BlobCache, layers []v1.Layer, parall
 	return g.Wait()
 }
 
-func unpackLayers(ctx context.Context, cache BlobCache, layers []v1.Layer, tree string, progress Progress) error {
-	f := NewFlattener(tree)
+// blobLayers are the cached layers as sources for a build.
+func blobLayers(cache BlobCache, layers []v1.Layer) ([]layerSource, error) {
+	out := make([]layerSource, len(layers))
 	for i, l := range layers {
 		h, err := l.Digest()
 		if err != nil {
-			return err
+			return nil, err
 		}
-		progress("unpacking layers", int64(i), int64(len(layers)))
-		tr, verify, closeFn, err := cache.Open(h)
-		if err != nil {
-			return err
-		}
-		err = f.Apply(ctx, tr)
-		if err == nil {
-			err = verify()
-		}
-		closeFn()
-		if err != nil {
-			return fmt.Errorf("layer %s: %w", h, err)
-		}
+		out[i] = tarLayer{open: func() (io.Reader, func() error, func(), error) {
+			rd, verify, closeFn, err := cache.Open(h)
+			if err != nil {
+				return nil, nil, nil, fmt.Errorf("layer %s: %w", h, err)
+			}
+			return rd, verify, closeFn, nil
+		}}
 	}
-	progress("unpacking layers", int64(len(layers)), int64(len(layers)))
-	return f.Finish()
+	return out, nil
 }
 
 // buildInfo is what a build knows up front for the manifest.
@@ -125,11 +127,15 @@ type buildInfo struct {
 	SizeBytes                 int64
 }
 
-// build fills a staging tree with fill, puts banger's pieces in, makes
-// the ext4 and commits the image, replacing an existing one. The staging
-// directory lives in the store (same filesystem, dot-named so List skips
-// it) and is removed whatever happens.
-func (s *Store) build(ctx context.Context, name string, fill func(ctx context.Context, tree string) error, bi buildInfo, progress Progress) (Image, error) {
+// fillFunc fills the tree of a build, using stage for scratch space, and
+// returns the layers its file contents are read from.
+type fillFunc func(ctx context.Context, r *rootfs, stage string) ([]layerSource, error)
+
+// build fills a tree with fill, puts banger's pieces in, makes the ext4
+// and commits the image, replacing an existing one. The staging directory
+// lives in the store (same filesystem, dot-named so List skips it) and is
+// removed whatever happens.
+func (s *Store) build(ctx context.Context, name string, fill fillFunc, bi buildInfo, progress Progress) (Image, error) {
 	if s.AgentBin == "" {
 		return Image{}, fmt.Errorf("banger-agent not found; reinstall banger (sudo make install)")
 	}
@@ -140,30 +146,28 @@ func (s *Store) build(ctx context.Context, name string, fill func(ctx context.Co
 	return im, err
 }
 
-func (s *Store) buildIn(ctx context.Context, name string, fill func(ctx context.Context, tree string) error, bi buildInfo, progress Progress) (Image, error) {
+func (s *Store) buildIn(ctx context.Context, name string, fill fillFunc, bi buildInfo, progress Progress) (Image, error) {
 	stage, err := s.stage(name)
 	if err != nil {
 		return Image{}, err
 	}
 	defer removeStage(stage)
-	tree := filepath.Join(stage, "tree")
-	if err := os.Mkdir(tree, 0o755); err != nil {
-		return Image{}, err
-	}
-	if err := fill(ctx, tree); err != nil {
+	r := newRootfs(s.Limits)
+	layers, err := fill(ctx, r, stage)
+	if err != nil {
 		return Image{}, err
 	}
 	progress("injecting banger's pieces", 0, 0)
-	info, err := PrepareTree(tree, s.AgentBin)
+	info, err := r.prepare(ctx, s.AgentBin)
 	if err != nil {
 		return Image{}, err
 	}
 	progress("building ext4", 0, 0)
-	size, err := BuildExt4(ctx, tree, filepath.Join(stage, rootfsFile), bi.SizeBytes)
+	size, err := buildExt4(ctx, r, layers, filepath.Join(stage, rootfsFile), bi.SizeBytes)
 	if err != nil {
 		return Image{}, err
 	}
-	if err := os.RemoveAll(tree); err != nil {
+	if err := removeTree(filepath.Join(stage, "tree")); err != nil {
 		return Image{}, err
 	}
 	im := Image{
@@ -179,17 +183,53 @@ func (s *Store) buildIn(ctx context.Context, name string, fill func(ctx context.
 	return s.Get(name)
 }
 
+// removeTree removes a host tree a fill made, after unmounting what a
+// builder left mounted in it.
+func removeTree(tree string) error {
+	unmountUnder(tree)
+	if mountedUnder(tree) {
+		return fmt.Errorf("%s: still mounted after debootstrap; unmount it and pull again", tree)
+	}
+	return os.RemoveAll(tree)
+}
+
 // commitReplace commits stage as im, replacing an image of that name.
+// The two directories are swapped in one step (renameat2 with
+// RENAME_EXCHANGE), so a crash leaves either image in place, never
+// neither; the old one is then in the staging directory, which is
+// removed now or, after a crash, by RemoveStale.
 func (s *Store) commitReplace(stage string, im Image) error {
 	dir := filepath.Join(s.Dir, im.Name)
-	if _, err := os.Stat(dir); err == nil {
-		trash := filepath.Join(s.Dir, ".trash-"+im.Name+"-"+randHex())
-		if err := os.Rename(dir, trash); err != nil {
-			return err
-		}
-		defer os.RemoveAll(trash)
+	if _, err := os.Lstat(dir); err != nil {
+		return s.commit(stage, im)
 	}
-	return s.commit(stage, im)
+	if err := s.writeManifest(stage, im); err != nil {
+		return err
+	}
+	err := unix.Renameat2(unix.AT_FDCWD, stage, unix.AT_FDCWD, dir, unix.RENAME_EXCHANGE)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		return s.replaceByTrash(stage, dir, im)
+	}
+	if err != nil {
+		return err
+	}
+	return syncDir(s.Dir)
+}
+
+// replaceByTrash replaces where the filesystem cannot swap: the old image
+// is moved to a trash directory first, which RemoveStale puts back if a
+// crash comes before the new one is in place.
+func (s *Store) replaceByTrash(stage, dir string, im Image) error {
+	trash := filepath.Join(s.Dir, ".trash-"+im.Name+"-"+randHex())
+	if err := os.Rename(dir, trash); err != nil {
+		return err
+	}
+	if err := os.Rename(stage, dir); err != nil {
+		os.Rename(trash, dir)
+		return err
+	}
+	os.RemoveAll(trash)
+	return syncDir(s.Dir)
 }
 
 // removeStage removes a staging directory, after unmounting anything a
@@ -203,11 +243,24 @@ func removeStage(stage string) {
 	os.RemoveAll(stage)
 }
 
-// RemoveStale removes staging and trash directories in the store, and
-// partial blobs in the blob cache dir, last changed before since: what a
-// daemon killed mid-pull left behind. Pass the daemon's start time, so
-// work in progress in this process is never touched.
+// RemoveStale removes staging directories in the store, and partial
+// blobs in the blob cache dir, last changed before since: what a daemon
+// killed mid-pull left behind. A trash directory whose image is missing
+// (a crash mid-replace) is put back; others are removed. Pass the
+// daemon's start time, so work in progress in this process is never
+// touched.
 func (s *Store) RemoveStale(since time.Time, cacheDir string) {
+	trash, _ := filepath.Glob(filepath.Join(s.Dir, ".trash-*"))
+	for _, p := range trash {
+		base := strings.TrimPrefix(filepath.Base(p), ".trash-")
+		name := base[:max(0, strings.LastIndexByte(base, '-'))]
+		if ValidName(name) != nil {
+			continue
+		}
+		if _, err := os.Lstat(filepath.Join(s.Dir, name)); errors.Is(err, fs.ErrNotExist) {
+			os.Rename(p, filepath.Join(s.Dir, name))
+		}
+	}
 	for _, g := range []string{filepath.Join(s.Dir, ".tmp-*"), filepath.Join(s.Dir, ".trash-*"), filepath.Join(cacheDir, "sha256", ".tmp-*")} {
 		m, _ := filepath.Glob(g)
 		for _, p := range m {

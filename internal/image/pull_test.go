@@ -12,9 +12,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -60,7 +62,7 @@ func newTestRegistry(t *testing.T) *testRegistry {
 	return tr
 }
 
-func tarLayer(t *testing.T, ents ...ent) v1.Layer {
+func ociLayer(t *testing.T, ents ...ent) v1.Layer {
 	t.Helper()
 	b := layer(t, ents...).Bytes()
 	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
@@ -137,7 +139,7 @@ func noLeftovers(t *testing.T, s *Store, cache string) {
 func TestPullOCI(t *testing.T) {
 	needTools(t)
 	reg := newTestRegistry(t)
-	base := tarLayer(t,
+	base := ociLayer(t,
 		ent{name: "etc/", typ: tar.TypeDir},
 		ent{name: "etc/os-release", body: "ID=alpine\nVERSION_ID=3.20.3\n"},
 		ent{name: "bin/", typ: tar.TypeDir},
@@ -145,7 +147,7 @@ func TestPullOCI(t *testing.T) {
 		ent{name: "sbin/init", typ: tar.TypeSymlink, link: "/bin/busybox"},
 		ent{name: "gone", body: "x"},
 	)
-	top := tarLayer(t, ent{name: ".wh.gone"}, ent{name: "home/u/f", body: "mine", uid: 1000, gid: 1000})
+	top := ociLayer(t, ent{name: ".wh.gone"}, ent{name: "home/u/f", body: "mine", uid: 1000, gid: 1000})
 	ref := reg.push(t, "team/dev:1", testImage(t, "amd64", base, top))
 	s, cache := testStore(t)
 	var phases []string
@@ -170,6 +172,7 @@ func TestPullOCI(t *testing.T) {
 	if got := debugfsCat(t, im.Rootfs, "/home/u/f"); got != "mine" {
 		t.Errorf("/home/u/f = %q", got)
 	}
+	checkExt4(t, im.Rootfs)
 	noLeftovers(t, s, cache)
 	// A second pull is a no-op; with Refresh it rebuilds from the cache.
 	again, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, CacheDir: cache})
@@ -187,8 +190,8 @@ func debugfsCat(t *testing.T, img, p string) string {
 func TestPullOCIBadInput(t *testing.T) {
 	needTools(t)
 	reg := newTestRegistry(t)
-	good := tarLayer(t, ent{name: "a", body: "a"})
-	evil := tarLayer(t, ent{name: "up", typ: tar.TypeSymlink, link: "../.."}, ent{name: "up/evil", body: "x"})
+	good := ociLayer(t, ent{name: "a", body: "a"})
+	evil := ociLayer(t, ent{name: "up", typ: tar.TypeSymlink, link: "../.."}, ent{name: "up/evil", body: "x"})
 	ref := reg.push(t, "ok:1", testImage(t, "amd64", good))
 	armIdx := mutate.AppendManifests(empty.Index,
 		mutate.IndexAddendum{Add: testImage(t, "arm64", good), Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}},
@@ -198,7 +201,7 @@ func TestPullOCIBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	evilRef := reg.push(t, "evil:1", testImage(t, "amd64", good, evil))
-	badLayer := tarLayer(t, ent{name: "b", body: strings.Repeat("b", 4096)})
+	badLayer := ociLayer(t, ent{name: "b", body: strings.Repeat("b", 4096)})
 	badRef := reg.push(t, "bad:1", testImage(t, "amd64", good, badLayer))
 	badDigest, _ := badLayer.Digest()
 
@@ -237,13 +240,13 @@ func TestPullOCIBadInput(t *testing.T) {
 func TestPullOCICanceled(t *testing.T) {
 	needTools(t)
 	reg := newTestRegistry(t)
-	l1, l2 := tarLayer(t, ent{name: "a", body: "a"}), tarLayer(t, ent{name: "b", body: "b"})
+	l1, l2 := ociLayer(t, ent{name: "a", body: "a"}), ociLayer(t, ent{name: "b", body: "b"})
 	ref := reg.push(t, "c:1", testImage(t, "amd64", l1, l2))
 	s, cache := testStore(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	_, err := s.PullOCI(ctx, PullOptions{Ref: ref, KernelRef: "k", CacheDir: cache, Progress: func(p string, _, _ int64) {
-		if p == "unpacking layers" {
+		if p == "reading layers" {
 			cancel()
 		}
 	}})
@@ -268,7 +271,7 @@ func TestPullOCICanceled(t *testing.T) {
 func TestBundleRoundTrip(t *testing.T) {
 	needTools(t)
 	reg := newTestRegistry(t)
-	ref := reg.push(t, "b:1", testImage(t, "amd64", tarLayer(t, ent{name: "a", body: "a"})))
+	ref := reg.push(t, "b:1", testImage(t, "amd64", ociLayer(t, ent{name: "a", body: "a"})))
 	s, cache := testStore(t)
 	im, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, KernelRef: "k", CacheDir: cache})
 	if err != nil {
@@ -309,7 +312,7 @@ func fileSHA(t *testing.T, p string) string {
 func TestPullOCIDiskFull(t *testing.T) {
 	needTools(t)
 	reg := newTestRegistry(t)
-	big := tarLayer(t, ent{name: "big", body: strings.Repeat("x", 24<<20)})
+	big := ociLayer(t, ent{name: "big", body: strings.Repeat("x", 24<<20)})
 	ref := reg.push(t, "big:1", testImage(t, "amd64", big))
 	for _, tt := range []struct {
 		name string
@@ -331,5 +334,72 @@ func TestPullOCIDiskFull(t *testing.T) {
 			}
 			noLeftovers(t, s, cache)
 		})
+	}
+}
+
+// A refresh swaps the new image in; a daemon killed mid-replace (the old
+// image moved aside, the new one not yet in place) gets the old one back
+// at its next start.
+func TestReplaceAndCrashRecovery(t *testing.T) {
+	needTools(t)
+	reg := newTestRegistry(t)
+	ref := reg.push(t, "r:1", testImage(t, "amd64", ociLayer(t, ent{name: "a", body: "a"})))
+	s, cache := testStore(t)
+	old, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, KernelRef: "k", CacheDir: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref2 := reg.push(t, "r:1", testImage(t, "amd64", ociLayer(t, ent{name: "b", body: "b"})))
+	im, err := s.PullOCI(context.Background(), PullOptions{Ref: ref2, Name: old.Name, KernelRef: "k", CacheDir: cache, Refresh: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if im.Digest == old.Digest || debugfsCat(t, im.Rootfs, "/b") != "b" {
+		t.Errorf("refresh kept the old image: %+v", im)
+	}
+	noLeftovers(t, s, cache)
+
+	trash := filepath.Join(s.Dir, ".trash-"+im.Name+"-0badc0de")
+	if err := os.Rename(filepath.Join(s.Dir, im.Name), trash); err != nil {
+		t.Fatal(err)
+	}
+	s.RemoveStale(time.Now(), cache)
+	if got, err := s.Get(im.Name); err != nil || got.Digest != im.Digest {
+		t.Fatalf("after recovery: %+v, %v; want the image moved aside back", got, err)
+	}
+	noLeftovers(t, s, cache)
+}
+
+// checkExt4 checks a built image is a clean, writable ext4 with a journal,
+// spare inodes and no trace of the inode reserve.
+func checkExt4(t *testing.T, img string) {
+	t.Helper()
+	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
+		t.Errorf("e2fsck -fn: %v\n%s", err, out)
+	}
+	out, _ := exec.Command("dumpe2fs", "-h", img).Output()
+	sb := string(out)
+	for _, want := range []string{"has_journal", "extent", "volume name:   rootfs"} {
+		if !strings.Contains(sb, want) {
+			t.Errorf("superblock lacks %q:\n%s", want, sb)
+		}
+	}
+	if strings.Contains(sb, "read-only") {
+		t.Errorf("image is read-only:\n%s", sb)
+	}
+	var free int
+	for _, l := range strings.Split(sb, "\n") {
+		if v, ok := strings.CutPrefix(l, "Free inodes:"); ok {
+			free, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	if free < 16384 {
+		t.Errorf("%d free inodes, want at least 16384", free)
+	}
+	if got := debugfsCat(t, img, "/"+padDir+"/0"); got != "" {
+		t.Errorf("inode reserve left in the image")
+	}
+	if out, _ := exec.Command("debugfs", "-R", "ls /", img).CombinedOutput(); strings.Contains(string(out), padDir) {
+		t.Errorf("inode reserve directory left in the image:\n%s", out)
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"banger/internal/disk"
 )
 
@@ -51,6 +53,7 @@ const (
 type Store struct {
 	Dir      string
 	AgentBin string // static banger-agent injected into images
+	Limits   Limits // what one image build may hold; zero means DefaultLimits
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
@@ -187,8 +190,22 @@ func (s *Store) stage(name string) (string, error) {
 	return os.MkdirTemp(s.Dir, ".tmp-"+name+"-")
 }
 
-// commit writes the manifest and renames the staging directory into place.
+// commit writes the manifest and renames the staging directory into
+// place, with what it holds on disk first.
 func (s *Store) commit(stage string, im Image) error {
+	if err := s.writeManifest(stage, im); err != nil {
+		return err
+	}
+	if err := os.Rename(stage, filepath.Join(s.Dir, im.Name)); err != nil {
+		return fmt.Errorf("%q: %w", im.Name, ErrExist)
+	}
+	return syncDir(s.Dir)
+}
+
+// writeManifest writes im's manifest into stage and syncs the stage's
+// files, so a power loss after the rename cannot leave a committed image
+// with a torn disk or manifest.
+func (s *Store) writeManifest(stage string, im Image) error {
 	b, err := json.MarshalIndent(im, "", "  ")
 	if err != nil {
 		return err
@@ -196,10 +213,30 @@ func (s *Store) commit(stage string, im Image) error {
 	if err := os.WriteFile(filepath.Join(stage, manifestFile), b, 0o644); err != nil {
 		return err
 	}
-	if err := os.Rename(stage, filepath.Join(s.Dir, im.Name)); err != nil {
-		return fmt.Errorf("%q: %w", im.Name, ErrExist)
+	for _, name := range []string{rootfsFile, manifestFile} {
+		if err := syncFile(filepath.Join(stage, name)); err != nil {
+			return err
+		}
 	}
-	return nil
+	return syncDir(stage)
+}
+
+func syncFile(p string) error {
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // inject puts banger's pieces into the ext4 image img.
