@@ -74,13 +74,17 @@ func Run(ctx context.Context, opts Options) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s := &Server{opts: opts, log: opts.Logger, store: st, started: time.Now(), shutdown: cancel}
-	s.images = &image.Store{Dir: filepath.Join(opts.Dirs.State, "images"), AgentBin: opts.AgentBin}
+	s.images = &image.Store{Dir: filepath.Join(opts.Dirs.State, "images"), AgentBin: opts.AgentBin,
+		Limits: image.Limits{Bytes: opts.Config.ImageMaxBytes, Entries: opts.Config.ImageMaxEntries}}
 	s.kernels = &kernel.Store{
 		Dir:      filepath.Join(opts.Dirs.State, "kernels"),
 		CacheDir: filepath.Join(opts.Dirs.Cache, "downloads"),
 		AgentBin: opts.AgentBin,
 		Logger:   opts.Logger,
 	}
+	// What a daemon killed mid-pull left: staging trees (and debootstrap's
+	// mounts in them), partial blobs, an image moved aside mid-replace.
+	s.images.RemoveStale(s.started, filepath.Join(opts.Dirs.Cache, "oci"))
 	drivers, def := newDrivers(opts.Config, opts.Logger)
 	s.log.Info("vmm chosen", "vmm", def.VMM, "accel", def.Accel, "reason", def.Reason)
 	s.vms = newVMManager(s, drivers, def.VMM)
