@@ -5,7 +5,7 @@ VERSION ?= $(shell git -c safe.directory='*' describe --always --dirty 2>/dev/nu
 LDFLAGS := -X banger/internal/version.Version=$(VERSION)
 export BANGER_FIXTURES ?= /var/tmp/banger-fixtures
 
-.PHONY: help build install deps test unit e2e fixtures bench soak lint clean
+.PHONY: help build install deps test unit e2e fixtures bench soak fuzz lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,13 @@ bench: build fixtures ## benchmarks: banger against the bare tool, side by side
 
 soak: build fixtures ## boot N times (SOAK=50) and report hangs, median and p95 time to agent-ready
 	BANGER_E2E=1 BANGER_BIN_DIR=$(CURDIR)/bin BANGER_SOAK=$${SOAK:-50} $(GO) test -count=1 -timeout 60m -v -run TestSoak ./test/e2e/
+
+FUZZTIME ?= 60s
+fuzz: ## run each fuzz target for FUZZTIME (default 60s)
+	@for t in $$($(GO) test -list '^Fuzz' ./internal/image | grep ^Fuzz); do \
+		echo "fuzz: $$t for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./internal/image || exit 1; \
+	done
 
 lint: ## gofmt, go vet, and golangci-lint when installed
 	@test -z "$$(gofmt -l cmd internal test)" || (gofmt -l cmd internal test; exit 1)

@@ -391,7 +391,7 @@ func (e *env) cancelPull(ref, name string) {
 	var seen []string
 	for sc.Scan() {
 		seen = append(seen, sc.Text())
-		if strings.Contains(sc.Text(), "unpacking layers") {
+		if strings.Contains(sc.Text(), "reading layers") {
 			cmd.Process.Signal(syscall.SIGINT)
 			break
 		}
