@@ -188,18 +188,11 @@ func writeOwn(tw *tar.Writer, h tar.Header, f *fileData) error {
 		_, err := tw.Write(f.body)
 		return err
 	}
-	in, err := os.OpenFile(f.hostPath, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	in, st, err := openRegular(f.hostPath)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file", f.hostPath)
-	}
 	h.Size, h.Format = st.Size(), tar.FormatPAX
 	if err := tw.WriteHeader(&h); err != nil {
 		return err

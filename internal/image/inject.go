@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"banger/internal/guest"
 )
 
@@ -64,22 +66,33 @@ func WriteAgentFiles(tree, agentBin string, systemd bool) error {
 
 // copyAtomic copies src to dst with mode, atomically.
 func copyAtomic(src, dst string, mode os.FileMode) error {
-	in, err := os.Open(src)
+	in, _, err := openRegular(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file", src)
-	}
 	return writeAtomicWith(dst, mode, func(w io.Writer) error {
 		_, err := io.Copy(w, in)
 		return err
 	})
+}
+
+// openRegular opens p for reading without following a symlink, and only
+// when it is a regular file.
+func openRegular(p string) (*os.File, os.FileInfo, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := f.Stat()
+	if err == nil && !st.Mode().IsRegular() {
+		err = fmt.Errorf("%s is not a regular file", p)
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, st, nil
 }
 
 func writeAtomicBytes(dst string, data []byte, mode os.FileMode) error {

@@ -46,11 +46,7 @@ func TestPrepare(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			files := map[string]string{}
-			for _, l := range listing(t, r, layers) {
-				name, rest, _ := strings.Cut(l, " ")
-				files[name] = rest
-			}
+			files := filesOf(t, r, layers)
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("TreeInfo (-want +got):\n%s", diff)
 			}
@@ -115,11 +111,7 @@ func TestPrepareHostileImages(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			files := map[string]string{}
-			for _, l := range listing(t, r, layers) {
-				name, rest, _ := strings.Cut(l, " ")
-				files[name] = rest
-			}
+			files := filesOf(t, r, layers)
 			for p, want := range tt.files {
 				if got := files[p]; !strings.HasPrefix(got, want) {
 					t.Errorf("%s = %q, want %q", p, got, want)
@@ -150,4 +142,15 @@ func TestDefaultName(t *testing.T) {
 			}
 		})
 	}
+}
+
+// filesOf is listing as a map from path to the rest of its line.
+func filesOf(t *testing.T, r *rootfs, layers []layerSource) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	for _, l := range listing(t, r, layers) {
+		name, rest, _ := strings.Cut(l, " ")
+		files[name] = rest
+	}
+	return files
 }
