@@ -99,7 +99,7 @@ func dialVM(t *testing.T, ctx context.Context, sock string) *guest.Client {
 	for {
 		conn, err := net.Dial("unix", sock)
 		if err == nil {
-			c, _ := guest.NewClient(conn, testLogger(t))
+			c, _ := guest.NewClient(conn, testKey, testLogger(t))
 			hctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 			_, err = c.Hello(hctx)
 			cancel()

@@ -145,6 +145,8 @@ func (m *vmManager) waitReady(ctx context.Context, v store.VM, mc vmm.Machine, t
 			WithHint(fmt.Sprintf("see the console log: banger vm logs %s", v.Name))
 	case errors.Is(err, guest.ErrVersionMismatch):
 		return api.Errorf(api.Conflict, "vm %q: %v", v.Name, err)
+	case errors.Is(err, guest.ErrUnauthenticated):
+		return unauthenticated(v, err)
 	}
 	return api.Errorf(api.Timeout, "vm %q did not become ready within %s: the guest agent never answered", v.Name, timeout).
 		WithHint(fmt.Sprintf("the guest may still be booting, or its agent (or sshd) may not start; see banger vm logs %s. "+
@@ -173,9 +175,13 @@ func (m *vmManager) agent(ctx context.Context, id string) (*guest.Client, error)
 	if mc == nil {
 		return nil, api.Errorf(api.Conflict, "vm is not running").WithHint("start it with banger vm start")
 	}
+	key, err := m.agentKey(ctx, id)
+	if err != nil {
+		return nil, err
+	}
 	var last error
 	for {
-		a, info, err := m.dialAgent(ctx, mc)
+		a, info, err := m.dialAgent(ctx, mc, key)
 		if err == nil {
 			m.mu.Lock()
 			if old := m.agents[id]; old != nil {
@@ -186,7 +192,7 @@ func (m *vmManager) agent(ctx context.Context, id string) (*guest.Client, error)
 			m.markAnswered(ctx, id)
 			return a, nil
 		}
-		if errors.Is(err, guest.ErrVersionMismatch) || errors.Is(err, vmm.ErrNotRunning) {
+		if errors.Is(err, guest.ErrVersionMismatch) || errors.Is(err, guest.ErrUnauthenticated) || errors.Is(err, vmm.ErrNotRunning) {
 			return nil, err
 		}
 		last = err
@@ -198,12 +204,12 @@ func (m *vmManager) agent(ctx context.Context, id string) (*guest.Client, error)
 	}
 }
 
-func (m *vmManager) dialAgent(ctx context.Context, mc vmm.Machine) (*guest.Client, guest.Info, error) {
+func (m *vmManager) dialAgent(ctx context.Context, mc vmm.Machine, key []byte) (*guest.Client, guest.Info, error) {
 	conn, err := mc.DialAgent(ctx)
 	if err != nil {
 		return nil, guest.Info{}, err
 	}
-	a, err := guest.NewClient(conn, m.s.log)
+	a, err := guest.NewClient(conn, key, m.s.log)
 	if err != nil {
 		conn.Close()
 		return nil, guest.Info{}, err

@@ -228,12 +228,16 @@ func (m *vmManager) get(ctx context.Context, name string) (store.VM, error) {
 	return v, err
 }
 
-// specFor builds the boot spec of v.
+// specFor builds the boot spec of v. A VM made before agent keys existed
+// gets one here, on its seed drive.
 func (m *vmManager) specFor(v store.VM) (vmm.Spec, error) {
 	kb, err := m.s.kernels.Get(v.Kernel)
 	if err != nil {
 		return vmm.Spec{}, api.Errorf(api.NotFound, "kernel %q of vm %q is not installed", v.Kernel, v.Name).
 			WithHint("pull it with: banger kernel pull " + v.Kernel)
+	}
+	if err := ensureAgentKey(v); err != nil {
+		return vmm.Spec{}, err
 	}
 	spec := vmm.Spec{
 		ID: v.ID, Name: v.Name, Dir: v.Dir, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,

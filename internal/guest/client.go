@@ -44,6 +44,7 @@ func (w slogWriter) Write(p []byte) (int, error) {
 // is safe for concurrent use; each call runs on its own yamux stream.
 type Client struct {
 	conn   net.Conn
+	key    []byte
 	logger *slog.Logger
 	ready  chan struct{} // closed once the handshake has ended
 	sess   *yamux.Session
@@ -51,15 +52,19 @@ type Client struct {
 	done   chan struct{} // closed once the session is over
 }
 
-// NewClient starts talking to the agent over conn. It returns at once:
-// the handshake (which waits for the agent to come up) runs in the
-// background, and calls wait for it within their own context. Closing the
-// Client closes conn. A nil logger discards logs.
-func NewClient(conn net.Conn, logger *slog.Logger) (*Client, error) {
+// NewClient starts talking to the agent over conn, proving knowledge of
+// the VM's agent key (KeySize bytes) and checking that the agent knows it
+// too. It returns at once: the handshake (which waits for the agent to
+// come up) runs in the background, and calls wait for it within their own
+// context. Closing the Client closes conn. A nil logger discards logs.
+func NewClient(conn net.Conn, key []byte, logger *slog.Logger) (*Client, error) {
+	if len(key) != KeySize {
+		return nil, fmt.Errorf("agent key of %d bytes, want %d", len(key), KeySize)
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{conn: conn, logger: logger, ready: make(chan struct{}), done: make(chan struct{})}
+	c := &Client{conn: conn, key: append([]byte(nil), key...), logger: logger, ready: make(chan struct{}), done: make(chan struct{})}
 	go c.handshake()
 	return c, nil
 }
@@ -67,12 +72,16 @@ func NewClient(conn net.Conn, logger *slog.Logger) (*Client, error) {
 // handshake resynchronises with the agent, then starts the yamux session.
 func (c *Client) handshake() {
 	defer close(c.ready)
-	r, err := connectGuest(c.conn)
+	r, err := connectGuest(c.conn, c.key)
 	if err == nil {
 		c.sess, err = yamux.Client(readConn{Conn: c.conn, r: r}, YamuxConfig(c.logger))
 	}
 	if err != nil {
-		c.err = fmt.Errorf("%w (handshake: %v)", ErrConnectionLost, err)
+		if errors.Is(err, ErrUnauthenticated) || errors.Is(err, ErrVersionMismatch) {
+			c.err = fmt.Errorf("agent handshake: %w", err)
+		} else {
+			c.err = fmt.Errorf("%w (handshake: %v)", ErrConnectionLost, err)
+		}
 		c.conn.Close()
 		close(c.done)
 		return
