@@ -46,7 +46,7 @@ func (m *vmManager) start(ctx context.Context, name string, readyTimeout time.Du
 	spec.Cmdline += " " + netArgs
 	os.Remove(spec.ConsoleLog) // each boot's log starts fresh
 	p("booting "+driver.Name(), 0, 0)
-	mc, err := driver.Start(ctx, spec)
+	mc, err := m.bootVMM(ctx, driver, v, &spec)
 	if err != nil {
 		m.s.net.detach(context.WithoutCancel(ctx), v.ID)
 		v.State, v.LastError = api.StateFailed, err.Error()
@@ -54,6 +54,7 @@ func (m *vmManager) start(ctx context.Context, name string, readyTimeout time.Du
 		return api.VM{}, fmt.Errorf("starting vm %q: %w", name, err)
 	}
 	v.State, v.LastError, v.Spec, v.Handle = api.StateStarting, "", marshal(spec), marshal(mc.Handle())
+	v.VsockCID = spec.VsockCID
 	if err := m.s.store.UpdateVM(ctx, v); err != nil {
 		mc.Kill()
 		return api.VM{}, err

@@ -241,7 +241,11 @@ func (m *Machine) waitQMP(ctx context.Context) error {
 		}
 		if m.exited() {
 			<-m.done
-			return fmt.Errorf("qemu exited during start (%s): %w\n%s", m.status, vmm.ErrNotRunning, logTail(m.paths.Log, 20))
+			tail := logTail(m.paths.Log, 20)
+			if cidRefused(tail) {
+				return fmt.Errorf("vsock cid %d: %w\n%s", m.spec.VsockCID, vmm.ErrCIDInUse, tail)
+			}
+			return fmt.Errorf("qemu exited during start (%s): %w\n%s", m.status, vmm.ErrNotRunning, tail)
 		}
 		select {
 		case <-ctx.Done():
