@@ -138,11 +138,33 @@ func (c *Client) OpenStream(ctx context.Context) (net.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s, err := sess.OpenStream()
-	if err != nil {
-		return nil, fmt.Errorf("opening agent stream: %w", lostErr(err))
+	// yamux's OpenStream takes no context: it can wait for a free SYN slot
+	// (a guest that never acks) or for the transport to take the SYN (a
+	// guest that never reads). Run it aside and give up when ctx is done;
+	// a stream that opens after that is closed.
+	type opened struct {
+		s   *yamux.Stream
+		err error
 	}
-	return s, nil
+	ch := make(chan opened, 1)
+	go func() {
+		s, err := sess.OpenStream()
+		ch <- opened{s, err}
+	}()
+	select {
+	case o := <-ch:
+		if o.err != nil {
+			return nil, fmt.Errorf("opening agent stream: %w", lostErr(o.err))
+		}
+		return o.s, nil
+	case <-ctx.Done():
+		go func() {
+			if o := <-ch; o.s != nil {
+				o.s.Close()
+			}
+		}()
+		return nil, fmt.Errorf("opening agent stream: %w", ctx.Err())
+	}
 }
 
 // call is one operation's stream. Its context watcher unblocks reads and
