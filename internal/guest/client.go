@@ -87,10 +87,24 @@ func (c *Client) handshake() {
 		return
 	}
 	c.logger.Debug("agent session started")
+	go c.refuseGuestStreams()
 	go func() {
 		<-c.sess.CloseChan()
 		close(c.done)
 	}()
+}
+
+// refuseGuestStreams ends the session when the agent opens a stream of
+// its own: the protocol has none, and each one the host left unaccepted
+// could hold a stream window of guest data in the daemon's memory.
+func (c *Client) refuseGuestStreams() {
+	st, err := c.sess.AcceptStream()
+	if err != nil {
+		return
+	}
+	c.logger.Warn("guest agent opened a stream; closing its session")
+	st.Close()
+	c.sess.Close()
 }
 
 // readConn reads from r (the handshake's leftover, then the conn).
@@ -259,6 +273,9 @@ func (c *Client) Hello(ctx context.Context) (Info, error) {
 		return Info{}, errors.New("hello: agent sent no info")
 	}
 	info := *resp.Hello
+	info.AgentVersion = truncated(info.AgentVersion, MaxInfoField)
+	info.KernelRelease = truncated(info.KernelRelease, MaxInfoField)
+	info.Hostname = truncated(info.Hostname, MaxInfoField)
 	if info.ProtocolVersion != ProtocolVersion {
 		return info, &VersionError{Guest: info.ProtocolVersion, Host: ProtocolVersion}
 	}

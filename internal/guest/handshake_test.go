@@ -224,3 +224,64 @@ func TestHandshakeImpostorAgent(t *testing.T) {
 		t.Fatalf("hello to an impostor = %v, want no session (deadline exceeded)", err)
 	}
 }
+
+// TestGuestOpenedStreamEndsSession: the agent may not open streams to the
+// host; doing so ends its session.
+func TestGuestOpenedStreamEndsSession(t *testing.T) {
+	hostConn, guestConn := net.Pipe()
+	defer guestConn.Close()
+	go func() {
+		r, err := AcceptHost(guestConn, testKey)
+		if err != nil {
+			return
+		}
+		sess, err := yamux.Server(readConn{Conn: guestConn, r: r}, YamuxConfig(nil))
+		if err != nil {
+			return
+		}
+		if st, err := sess.OpenStream(); err == nil {
+			st.Write(bytes.Repeat([]byte("x"), 64<<10))
+		}
+		<-sess.CloseChan()
+	}()
+	c, err := NewClient(hostConn, testKey, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("session kept after the guest opened a stream")
+	}
+}
+
+func TestGuestStringsAreCapped(t *testing.T) {
+	long := strings.Repeat("x", 1<<20-100)
+	var buf bytes.Buffer
+	_ = NewFrameWriter(&buf).WriteJSON(FrameError, RemoteError{Kind: KindInternal, Message: long})
+	f, err := ReadFrame(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var re *RemoteError
+	if !errors.As(DecodeError(f), &re) || len(re.Message) > MaxErrorMessage+20 || !strings.HasSuffix(re.Message, "[truncated]") {
+		t.Fatalf("error message of %d bytes kept", len(re.Message))
+	}
+
+	c := fakeAgent(t, func(_ net.Conn, st net.Conn) {
+		_, _ = ReadFrame(st)
+		_ = NewFrameWriter(st).WriteJSON(FrameResponse, Response{Hello: &Info{
+			ProtocolVersion: ProtocolVersion, Hostname: long[:200000], AgentVersion: long[:5000], KernelRelease: long[:300],
+		}})
+	})
+	info, err := c.Hello(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, v := range map[string]string{"hostname": info.Hostname, "agent": info.AgentVersion, "kernel": info.KernelRelease} {
+		if len(v) > MaxInfoField+20 {
+			t.Errorf("%s of %d bytes kept", name, len(v))
+		}
+	}
+}

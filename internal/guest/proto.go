@@ -153,6 +153,22 @@ type RemoteError struct {
 
 func (e *RemoteError) Error() string { return "guest: " + e.Message }
 
+// Caps on what the host keeps of strings a guest sends.
+const (
+	// MaxErrorMessage is the longest RemoteError message kept.
+	MaxErrorMessage = 4 << 10
+	// MaxInfoField is the longest Info string kept.
+	MaxInfoField = 256
+)
+
+// truncated cuts s to at most n bytes, marking the cut.
+func truncated(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + " [truncated]"
+}
+
 // Is lets errors.Is(err, fs.ErrNotExist) match a KindNotExist error.
 func (e *RemoteError) Is(target error) bool {
 	return target == fs.ErrNotExist && e.Kind == KindNotExist
