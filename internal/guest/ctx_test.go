@@ -44,4 +44,3 @@ func TestOpenStreamRespectsContext(t *testing.T) {
 		}
 	}
 }
-
