@@ -47,6 +47,9 @@ type Config struct {
 	// DebianMirror is the http(s) Debian mirror for kernels and images;
 	// empty means the one in the host's apt sources.
 	DebianMirror string `toml:"debian_mirror" json:"debian_mirror"`
+	// ConsoleLogMaxMiB caps each VM's console log (console.log plus its
+	// older half console.log.1), in MiB.
+	ConsoleLogMaxMiB int `toml:"console_log_max_mib" json:"console_log_max_mib"`
 }
 
 // Default returns the configuration used when config.toml sets nothing.
@@ -61,6 +64,7 @@ func Default() Config {
 		BridgeIP:         netip.MustParseAddr("172.16.0.1"),
 		CIDR:             netip.MustParsePrefix("172.16.0.0/24"),
 		TapPoolSize:      2,
+		ConsoleLogMaxMiB: 8,
 	}
 }
 

@@ -78,6 +78,7 @@ func TestLoadEveryKey(t *testing.T) {
 			c.BridgeIP = netip.MustParseAddr("10.0.0.1")
 		}},
 		{"tap_pool_size 0", `tap_pool_size = 0`, func(c *Config) { c.TapPoolSize = 0 }},
+		{"console_log_max_mib", `console_log_max_mib = 64`, func(c *Config) { c.ConsoleLogMaxMiB = 64 }},
 		{"tap_pool_size 64", `tap_pool_size = 64`, func(c *Config) { c.TapPoolSize = 64 }},
 		{"default_dns", `default_dns = ["1.1.1.1", "2606:4700:4700::1111"]`, func(c *Config) {
 			c.DefaultDNS = []netip.Addr{netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("2606:4700:4700::1111")}
@@ -119,6 +120,7 @@ cidr = "192.168.50.0/24"
 tap_pool_size = 4
 default_dns = ["9.9.9.9"]
 debian_mirror = "http://deb.debian.org/debian"
+console_log_max_mib = 16
 `
 	p := writeConfig(t, body)
 	_, src, err := Load(p)

@@ -57,6 +57,8 @@ func TestLoadBadValues(t *testing.T) {
 		{"cidr too big", `cidr = "10.0.0.0/7"`, 1, "cidr", "must have a prefix length from /8 to /30"},
 		{"cidr host bits", `cidr = "10.0.0.1/24"`, 1, "cidr", `has host bits set; did you mean "10.0.0.0/24"?`},
 		{"cidr excludes default bridge_ip", "bridge_ip = \"172.16.0.1\"\ncidr = \"10.0.0.0/24\"", 1, "bridge_ip", "outside cidr 10.0.0.0/24"},
+		{"console_log_max_mib zero", `console_log_max_mib = 0`, 1, "console_log_max_mib", "console_log_max_mib = 0: must be from 1 to 1024"},
+		{"console_log_max_mib string", `console_log_max_mib = "8M"`, 1, "console_log_max_mib", "expected an integer from 1 to 1024, got string"},
 		{"tap_pool_size string", `tap_pool_size = "2"`, 1, "tap_pool_size", "tap_pool_size: expected an integer from 0 to 64, got string"},
 		{"tap_pool_size float", `tap_pool_size = 2.0`, 1, "tap_pool_size", "expected an integer from 0 to 64, got float"},
 		{"tap_pool_size negative", `tap_pool_size = -1`, 1, "tap_pool_size", "tap_pool_size = -1: must be from 0 to 64"},

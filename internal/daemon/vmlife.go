@@ -44,7 +44,7 @@ func (m *vmManager) start(ctx context.Context, name string, readyTimeout time.Du
 	}
 	spec.NICs = []vmm.NIC{{ID: "eth0", Tap: tap, MAC: lease.MAC}}
 	spec.Cmdline += " " + netArgs
-	os.Remove(spec.ConsoleLog) // each boot's log starts fresh
+	vmm.RemoveConsoleLog(spec.ConsoleLog) // each boot's log starts fresh
 	p("booting "+driver.Name(), 0, 0)
 	mc, err := m.bootVMM(ctx, driver, v, &spec)
 	if err != nil {

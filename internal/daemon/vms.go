@@ -244,7 +244,8 @@ func (m *vmManager) specFor(v store.VM) (vmm.Spec, error) {
 	spec := vmm.Spec{
 		ID: v.ID, Name: v.Name, Dir: v.Dir, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
 		Kernel: kb.Kernel, Initrd: kb.Initrd, ConsoleLog: filepath.Join(v.Dir, "console.log"),
-		Drives: []vmm.Drive{{ID: "root", Path: filepath.Join(v.Dir, "rootfs.ext4"), Root: true}},
+		ConsoleLogMax: int64(m.s.opts.Config.ConsoleLogMaxMiB) << 20,
+		Drives:        []vmm.Drive{{ID: "root", Path: filepath.Join(v.Dir, "rootfs.ext4"), Root: true}},
 	}
 	modulesDev := ""
 	if kb.Modules != "" {

@@ -84,6 +84,9 @@ type Spec struct {
 	Drives     []Drive `json:"drives"`
 	NICs       []NIC   `json:"nics,omitempty"`
 	ConsoleLog string  `json:"console_log"` // serial console output goes here
+	// ConsoleLogMax caps ConsoleLog and its older half ConsoleLog.1
+	// together, in bytes (0: DefaultConsoleLogMax). See ConsoleLog.
+	ConsoleLogMax int64 `json:"console_log_max,omitempty"`
 	// VsockCID is the guest's vsock context id (3 or more), unique on the
 	// host; drivers that reach the agent over AF_VSOCK require it.
 	VsockCID uint32 `json:"vsock_cid,omitempty"`

@@ -14,8 +14,11 @@ import (
 const (
 	qmpSocketName   = "qmp.sock"
 	agentSocketName = "agent.sock"
-	pidFileName     = "qemu.pid"
-	logFileName     = "qemu.log" // QEMU's own stdout and stderr
+	// consoleSocketName is the serial console: QEMU serves it, the driver
+	// copies it into the capped console log (vmm.ConsoleLog).
+	consoleSocketName = "console.sock"
+	pidFileName       = "qemu.pid"
+	logFileName       = "qemu.log" // QEMU's own stdout and stderr
 )
 
 // agentPortName is the virtio-serial port name the guest agent looks for
@@ -27,15 +30,16 @@ const maxUnixPath = 107
 
 // paths are the per-VM files the driver uses.
 type paths struct {
-	QMP, Agent, PID, Log string
+	QMP, Agent, Console, PID, Log string
 }
 
 func pathsFor(dir string) paths {
 	return paths{
-		QMP:   filepath.Join(dir, qmpSocketName),
-		Agent: filepath.Join(dir, agentSocketName),
-		PID:   filepath.Join(dir, pidFileName),
-		Log:   filepath.Join(dir, logFileName),
+		QMP:     filepath.Join(dir, qmpSocketName),
+		Agent:   filepath.Join(dir, agentSocketName),
+		Console: filepath.Join(dir, consoleSocketName),
+		PID:     filepath.Join(dir, pidFileName),
+		Log:     filepath.Join(dir, logFileName),
 	}
 }
 
@@ -79,7 +83,7 @@ func validateSpec(s vmm.Spec) error {
 			errs = append(errs, fmt.Errorf("drive %q: path is empty", d.ID))
 		}
 	}
-	if p := pathsFor(s.Dir); len(p.Agent) > maxUnixPath || len(p.QMP) > maxUnixPath {
+	if p := pathsFor(s.Dir); len(p.Agent) > maxUnixPath || len(p.QMP) > maxUnixPath || len(p.Console) > maxUnixPath {
 		errs = append(errs, fmt.Errorf("dir %q is too long for a unix socket path", s.Dir))
 	}
 	return errors.Join(errs...)
@@ -113,7 +117,11 @@ func (l launch) args() []string {
 	}
 	a = append(a, "-append", l.cmdline())
 	a = append(a,
-		"-chardev", "file,id=console,append=on,path="+opt(s.ConsoleLog),
+		// The console goes to a socket the driver reads into a capped,
+		// rotating log; wait=on holds the guest until the driver is
+		// connected, so no early output is lost. While nobody is
+		// connected (no daemon) QEMU drops the output.
+		"-chardev", "socket,id=console,path="+opt(l.paths.Console)+",server=on,wait=on",
 		"-serial", "chardev:console",
 		"-qmp", "unix:"+opt(l.paths.QMP)+",server=on,wait=off",
 	)

@@ -23,6 +23,7 @@ const (
 	dataAgent     = "agent"
 	dataTransport = "transport"
 	dataAccel     = "accel"
+	dataConsole   = "console" // "socket" when the console is read from console.sock
 )
 
 // killWait bounds how long Kill waits for the process to go after SIGKILL.
@@ -45,6 +46,9 @@ type Machine struct {
 
 	qmpMu sync.Mutex // guards qmp; held while (re)dialing
 	qmp   *qmpClient
+
+	consoleMu sync.Mutex    // guards console
+	console   chan struct{} // closed when the console copy ends; nil before it starts
 }
 
 var (
@@ -85,9 +89,11 @@ func (m *Machine) watch(cmd *exec.Cmd) {
 		m.qmp.close()
 	}
 	m.qmpMu.Unlock()
+	m.drainConsole()
 	// QEMU leaves its server sockets behind when killed.
 	os.Remove(m.paths.QMP)
 	os.Remove(m.paths.Agent)
+	os.Remove(m.paths.Console)
 	os.Remove(m.paths.PID)
 	m.status = exitStatus(err)
 	if cmd == nil {
@@ -114,6 +120,7 @@ func (m *Machine) Handle() vmm.Handle {
 			dataAgent:     m.paths.Agent,
 			dataTransport: string(m.transport),
 			dataAccel:     string(m.accel),
+			dataConsole:   "socket",
 		},
 	}
 }
