@@ -144,7 +144,7 @@ func (m *vmManager) handleLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-time.After(200 * time.Millisecond):
 		}
-		c.reopenIfRotated()
+		c.catchUp()
 	}
 }
 

@@ -14,11 +14,8 @@ import (
 const (
 	qmpSocketName   = "qmp.sock"
 	agentSocketName = "agent.sock"
-	// consoleSocketName is the serial console: QEMU serves it, the driver
-	// copies it into the capped console log (vmm.ConsoleLog).
-	consoleSocketName = "console.sock"
-	pidFileName       = "qemu.pid"
-	logFileName       = "qemu.log" // QEMU's own stdout and stderr
+	pidFileName     = "qemu.pid"
+	logFileName     = "qemu.log" // QEMU's own stdout and stderr
 )
 
 // agentPortName is the virtio-serial port name the guest agent looks for
@@ -30,16 +27,15 @@ const maxUnixPath = 107
 
 // paths are the per-VM files the driver uses.
 type paths struct {
-	QMP, Agent, Console, PID, Log string
+	QMP, Agent, PID, Log string
 }
 
 func pathsFor(dir string) paths {
 	return paths{
-		QMP:     filepath.Join(dir, qmpSocketName),
-		Agent:   filepath.Join(dir, agentSocketName),
-		Console: filepath.Join(dir, consoleSocketName),
-		PID:     filepath.Join(dir, pidFileName),
-		Log:     filepath.Join(dir, logFileName),
+		QMP:   filepath.Join(dir, qmpSocketName),
+		Agent: filepath.Join(dir, agentSocketName),
+		PID:   filepath.Join(dir, pidFileName),
+		Log:   filepath.Join(dir, logFileName),
 	}
 }
 
@@ -83,7 +79,7 @@ func validateSpec(s vmm.Spec) error {
 			errs = append(errs, fmt.Errorf("drive %q: path is empty", d.ID))
 		}
 	}
-	if p := pathsFor(s.Dir); len(p.Agent) > maxUnixPath || len(p.QMP) > maxUnixPath || len(p.Console) > maxUnixPath {
+	if p := pathsFor(s.Dir); len(p.Agent) > maxUnixPath || len(p.QMP) > maxUnixPath {
 		errs = append(errs, fmt.Errorf("dir %q is too long for a unix socket path", s.Dir))
 	}
 	return errors.Join(errs...)
@@ -117,11 +113,9 @@ func (l launch) args() []string {
 	}
 	a = append(a, "-append", l.cmdline())
 	a = append(a,
-		// The console goes to a socket the driver reads into a capped,
-		// rotating log; wait=on holds the guest until the driver is
-		// connected, so no early output is lost. While nobody is
-		// connected (no daemon) QEMU drops the output.
-		"-chardev", "socket,id=console,path="+opt(l.paths.Console)+",server=on,wait=on",
+		// The guest's console, appended to a file the driver keeps
+		// under its cap (vmm.TrimConsoleFile).
+		"-chardev", "file,id=console,append=on,path="+opt(s.ConsoleLog),
 		"-serial", "chardev:console",
 		"-qmp", "unix:"+opt(l.paths.QMP)+",server=on,wait=off",
 	)

@@ -53,7 +53,7 @@ func TestArgs(t *testing.T) {
 	wantInOrder := []string{
 		"-M microvm,accel=tcg,acpi=on -cpu max -smp 2 -m 512M -nodefaults -no-user-config -nographic -no-reboot",
 		"-kernel /k/vmlinux -initrd /k/initrd -append console=ttyS0 panic=1",
-		"-chardev socket,id=console,path=/run/vm,,1/console.sock,server=on,wait=on -serial chardev:console",
+		"-chardev file,id=console,append=on,path=/run/vm,,1/console.log -serial chardev:console",
 		"-qmp unix:/run/vm,,1/qmp.sock,server=on,wait=off",
 		"-drive id=vd0,file=/img/root.ext4,format=raw,if=none,discard=unmap -device virtio-blk-device,drive=vd0",
 		"-drive id=vd1,file=/k/mod,,ules.img,format=raw,if=none,readonly=on -device virtio-blk-device,drive=vd1",

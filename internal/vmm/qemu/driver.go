@@ -8,13 +8,11 @@
 // kernel, without which about one microvm boot in four hangs.
 //
 // Files in the VM directory (vmm.Spec.Dir): qmp.sock (QMP), agent.sock
-// (the virtio-serial agent channel), console.sock (the serial console),
-// qemu.pid and qemu.log (QEMU's own stdout and stderr, truncated on each
-// Start). The driver copies the serial console from console.sock into
-// vmm.Spec.ConsoleLog, a vmm.ConsoleLog capped at Spec.ConsoleLogMax
-// (rotating to ConsoleLog.1); QEMU itself writes no unbounded file.
-// While no daemon reads the console (between a daemon's exit and the
-// next one's Adopt), QEMU drops its output.
+// (the virtio-serial agent channel), qemu.pid and qemu.log (QEMU's own
+// stdout and stderr, truncated on each Start). The serial console is
+// appended to vmm.Spec.ConsoleLog, which the Machine keeps under
+// Spec.ConsoleLogMax with vmm.TrimConsoleFile (its older half in
+// ConsoleLog.1) while the daemon runs.
 //
 // Without /dev/vhost-vsock the guest agent is reached through a
 // virtserialport named "banger.agent" (guest: /dev/vportNp1 whose sysfs
@@ -25,7 +23,6 @@ package qemu
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -145,18 +142,10 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	}
 	os.Remove(l.paths.QMP) // stale sockets from a crashed run
 	os.Remove(l.paths.Agent)
-	os.Remove(l.paths.Console)
 
 	m, err := d.spawn(bin, l)
 	if err != nil {
 		return nil, err
-	}
-	if err := m.attachConsole(ctx); err != nil {
-		if errors.Is(err, vmm.ErrNotRunning) && ctx.Err() == nil {
-			err = m.waitQMP(ctx) // QEMU exited: its log says why
-		}
-		m.Kill()
-		return nil, fmt.Errorf("starting qemu for vm %q: %w", spec.Name, err)
 	}
 	if err := m.waitQMP(ctx); err != nil {
 		m.Kill()
@@ -242,14 +231,6 @@ func (d *Driver) Adopt(ctx context.Context, spec vmm.Spec, h vmm.Handle) (vmm.Ma
 	m.qmpMu.Lock()
 	m.qmp = c
 	m.qmpMu.Unlock()
-	if h.Data[dataConsole] == "socket" {
-		// The console was dropped while no daemon read it; read on.
-		cctx, cancel := context.WithTimeout(ctx, adoptQMPTimeout)
-		if err := m.attachConsole(cctx); err != nil {
-			m.log.Warn("console not reattached", "err", err)
-		}
-		cancel()
-	}
 	m.log.Info("qemu adopted")
 	return m, nil
 }

@@ -23,7 +23,6 @@ const (
 	dataAgent     = "agent"
 	dataTransport = "transport"
 	dataAccel     = "accel"
-	dataConsole   = "console" // "socket" when the console is read from console.sock
 )
 
 // killWait bounds how long Kill waits for the process to go after SIGKILL.
@@ -46,9 +45,6 @@ type Machine struct {
 
 	qmpMu sync.Mutex // guards qmp; held while (re)dialing
 	qmp   *qmpClient
-
-	consoleMu sync.Mutex    // guards console
-	console   chan struct{} // closed when the console copy ends; nil before it starts
 }
 
 var (
@@ -69,6 +65,9 @@ func newMachine(log *slog.Logger, spec vmm.Spec, pid, pidfd int, cmd *exec.Cmd) 
 		done:  make(chan struct{}),
 	}
 	go m.watch(cmd)
+	// QEMU appends the console to a file it keeps open: trim it from
+	// here while this daemon runs.
+	go vmm.TrimConsoleFile(spec.ConsoleLog, spec.ConsoleLogMax, m.done)
 	return m
 }
 
@@ -89,11 +88,9 @@ func (m *Machine) watch(cmd *exec.Cmd) {
 		m.qmp.close()
 	}
 	m.qmpMu.Unlock()
-	m.drainConsole()
 	// QEMU leaves its server sockets behind when killed.
 	os.Remove(m.paths.QMP)
 	os.Remove(m.paths.Agent)
-	os.Remove(m.paths.Console)
 	os.Remove(m.paths.PID)
 	m.status = exitStatus(err)
 	if cmd == nil {
@@ -120,7 +117,6 @@ func (m *Machine) Handle() vmm.Handle {
 			dataAgent:     m.paths.Agent,
 			dataTransport: string(m.transport),
 			dataAccel:     string(m.accel),
-			dataConsole:   "socket",
 		},
 	}
 }
