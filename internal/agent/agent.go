@@ -36,7 +36,13 @@ type Server struct {
 	procs    procTable
 	version  int    // protocol version spoken; guest.ProtocolVersion but in tests
 	keyFile  string // the VM's agent key; guest.AgentKeyPath but in tests
+	// handshakes holds a token per connection still authenticating, so
+	// unauthenticated peers cannot pile up goroutines.
+	handshakes chan struct{}
 }
+
+// maxHandshakes bounds the connections authenticating at once.
+const maxHandshakes = 16
 
 // NewServer returns a Server. powerOff is called after a Shutdown request
 // has been answered; it should not return when it succeeds.
@@ -45,7 +51,8 @@ func NewServer(logger *slog.Logger, powerOff func() error) *Server {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return &Server{logger: logger, powerOff: powerOff, procs: procTable{pids: map[int]bool{}},
-		version: guest.ProtocolVersion, keyFile: guest.AgentKeyPath}
+		version: guest.ProtocolVersion, keyFile: guest.AgentKeyPath,
+		handshakes: make(chan struct{}, maxHandshakes)}
 }
 
 // key reads the VM's agent key. It is read for every handshake, so a key
@@ -113,14 +120,24 @@ func (t *procTable) forget(pid int) {
 
 // ServeConn serves one host connection (a vsock connection, or a test's
 // socket): the handshake, then a yamux session until the host goes away
-// or ctx is done. A host that fails authentication gets nothing. It
-// closes conn, and returns nil when the host left.
+// or ctx is done. A host that fails authentication (or does not finish
+// within handshakeTimeout, or comes while maxHandshakes others are
+// authenticating) gets nothing. It closes conn, and returns nil when the
+// host left.
 func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser, peer string) error {
+	select {
+	case s.handshakes <- struct{}{}:
+	default:
+		conn.Close()
+		s.logger.Warn("refused a connection: too many handshakes in progress", "peer", peer)
+		return errors.New("too many handshakes in progress")
+	}
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	stop := context.AfterFunc(hctx, func() { conn.Close() })
 	r, err := s.accept(conn, peer)
 	stopped := stop()
 	cancel()
+	<-s.handshakes
 	if err == nil && !stopped {
 		err = errors.New("handshake timed out")
 	}

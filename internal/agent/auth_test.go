@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -132,5 +133,35 @@ func TestReadKeyFile(t *testing.T) {
 		if _, err := ReadKeyFile(p); err == nil {
 			t.Errorf("%s key accepted", name)
 		}
+	}
+}
+
+// TestServeConnBoundsHandshakes: silent peers cannot pile up; once
+// maxHandshakes are waiting, more are closed at once, and the right host
+// is served again when they go.
+func TestServeConnBoundsHandshakes(t *testing.T) {
+	s := newTestServer(t, nil)
+	var silent []net.Conn
+	for range maxHandshakes {
+		h, g := socketPair(t)
+		silent = append(silent, h)
+		go s.ServeConn(t.Context(), g, "silent")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(s.handshakes) < maxHandshakes && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, g := socketPair(t)
+	if err := s.ServeConn(t.Context(), g, "one too many"); err == nil || !strings.Contains(err.Error(), "too many") {
+		t.Fatalf("connection past the limit: %v", err)
+	}
+	for _, h := range silent {
+		h.Close()
+	}
+	for len(s.handshakes) > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if herr, serr := helloConn(t, s, testKey); herr != nil || serr != nil {
+		t.Fatalf("after the silent peers left: hello %v, agent %v", herr, serr)
 	}
 }
