@@ -6,13 +6,16 @@ package agent
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/yamux"
 	"golang.org/x/sys/unix"
@@ -21,14 +24,25 @@ import (
 	buildversion "banger/internal/version"
 )
 
+// handshakeTimeout bounds how long a connection may take to authenticate
+// (a variable for tests).
+var handshakeTimeout = 30 * time.Second
+
 // Server answers agent requests. It is safe for concurrent use: every
 // session and stream is served on its own goroutines.
 type Server struct {
 	logger   *slog.Logger
 	powerOff func() error
 	procs    procTable
-	version  int // protocol version spoken; guest.ProtocolVersion but in tests
+	version  int    // protocol version spoken; guest.ProtocolVersion but in tests
+	keyFile  string // the VM's agent key; guest.AgentKeyPath but in tests
+	// handshakes holds a token per connection still authenticating, so
+	// unauthenticated peers cannot pile up goroutines.
+	handshakes chan struct{}
 }
+
+// maxHandshakes bounds the connections authenticating at once.
+const maxHandshakes = 16
 
 // NewServer returns a Server. powerOff is called after a Shutdown request
 // has been answered; it should not return when it succeeds.
@@ -36,7 +50,48 @@ func NewServer(logger *slog.Logger, powerOff func() error) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{logger: logger, powerOff: powerOff, procs: procTable{pids: map[int]bool{}}, version: guest.ProtocolVersion}
+	return &Server{logger: logger, powerOff: powerOff, procs: procTable{pids: map[int]bool{}},
+		version: guest.ProtocolVersion, keyFile: guest.AgentKeyPath,
+		handshakes: make(chan struct{}, maxHandshakes)}
+}
+
+// key reads the VM's agent key. It is read for every handshake, so a key
+// that appears later is used without a restart. Without a key every host
+// is refused.
+func (s *Server) key() []byte {
+	k, err := ReadKeyFile(s.keyFile)
+	if err != nil {
+		s.logger.Error("no usable agent key: refusing every host", "err", err)
+		return nil
+	}
+	return k
+}
+
+// ReadKeyFile reads an agent key file: KeySize bytes as hex.
+func ReadKeyFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 4*guest.KeySize))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	k, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(k) != guest.KeySize {
+		return nil, fmt.Errorf("%s: not a hex key of %d bytes", path, guest.KeySize)
+	}
+	return k, nil
+}
+
+// accept runs the handshake on conn and logs a peer that fails it.
+func (s *Server) accept(rw io.ReadWriter, peer string) (io.Reader, error) {
+	r, err := guest.AcceptHost(rw, s.key())
+	if errors.Is(err, guest.ErrUnauthenticated) {
+		s.logger.Warn("refused an unauthenticated host", "peer", peer, "err", err)
+	}
+	return r, err
 }
 
 // procTable records the processes exec started, so that an init-mode
@@ -65,11 +120,27 @@ func (t *procTable) forget(pid int) {
 
 // ServeConn serves one host connection (a vsock connection, or a test's
 // socket): the handshake, then a yamux session until the host goes away
-// or ctx is done. It closes conn, and returns nil when the host left.
-func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) error {
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	r, err := guest.AcceptHost(conn)
-	stop()
+// or ctx is done. A host that fails authentication (or does not finish
+// within handshakeTimeout, or comes while maxHandshakes others are
+// authenticating) gets nothing. It closes conn, and returns nil when the
+// host left.
+func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser, peer string) error {
+	select {
+	case s.handshakes <- struct{}{}:
+	default:
+		conn.Close()
+		s.logger.Warn("refused a connection: too many handshakes in progress", "peer", peer)
+		return errors.New("too many handshakes in progress")
+	}
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	stop := context.AfterFunc(hctx, func() { conn.Close() })
+	r, err := s.accept(conn, peer)
+	stopped := stop()
+	cancel()
+	<-s.handshakes
+	if err == nil && !stopped {
+		err = errors.New("handshake timed out")
+	}
 	if err != nil {
 		conn.Close()
 		if ctx.Err() != nil {

@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/hex"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -55,14 +58,14 @@ func startAgent(t *testing.T, version int) *testAgent {
 	t.Helper()
 	hostConn, guestConn := socketPair(t)
 	ta := &testAgent{hostConn: hostConn, powered: make(chan struct{})}
-	ta.srv = NewServer(testLogger(t), func() error { close(ta.powered); return nil })
+	ta.srv = newTestServer(t, func() error { close(ta.powered); return nil })
 	if version != 0 {
 		ta.srv.version = version
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	served := make(chan error, 1)
-	go func() { served <- ta.srv.ServeConn(ctx, guestConn) }()
-	c, err := guest.NewClient(hostConn, testLogger(t))
+	go func() { served <- ta.srv.ServeConn(ctx, guestConn, "test") }()
+	c, err := guest.NewClient(hostConn, testKey, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,6 +80,20 @@ func startAgent(t *testing.T, version int) *testAgent {
 		}
 	})
 	return ta
+}
+
+// testKey is the agent key of test servers.
+var testKey = bytes.Repeat([]byte{0x42}, guest.KeySize)
+
+// newTestServer is NewServer with testKey in a key file of its own.
+func newTestServer(t *testing.T, powerOff func() error) *Server {
+	t.Helper()
+	s := NewServer(testLogger(t), powerOff)
+	s.keyFile = filepath.Join(t.TempDir(), "agent.key")
+	if err := os.WriteFile(s.keyFile, []byte(hex.EncodeToString(testKey)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // callCtx is a context that fails a test which would otherwise hang.

@@ -6,6 +6,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"debug/elf"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -14,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -74,6 +77,11 @@ func TestQEMUVirtioSerial(t *testing.T) {
 	start := time.Now()
 	c := dialVM(t, ctx, sock)
 	t.Logf("agent ready %v after qemu started", time.Since(start))
+
+	// A host without the VM's key gets nothing: no session, no exec.
+	c.Close()
+	refusedWithoutKey(t, ctx, func() (net.Conn, error) { return net.Dial("unix", sock) })
+	c = dialVM(t, ctx, sock)
 	vmExec(t, ctx, c, []string{"sh", "-c", "exit 42"}, false, 42, "")
 	vmExec(t, ctx, c, []string{"sh", "-c", "kill -9 $$"}, false, 137, "")
 	vmExec(t, ctx, c, []string{"sh", "-c", "test -t 0 && stty size"}, true, 0, "33 99\r\n")
@@ -83,6 +91,7 @@ func TestQEMUVirtioSerial(t *testing.T) {
 	c.Close()
 	c = dialVM(t, ctx, sock)
 	vmExec(t, ctx, c, []string{"cat", "/etc/hostname"}, false, 0, "smokevm\n")
+	vmExec(t, ctx, c, []string{"test", "-e", "/root/pwned"}, false, 1, "")
 
 	if err := c.Shutdown(ctx); err != nil {
 		t.Fatal(err)
@@ -94,12 +103,33 @@ func TestQEMUVirtioSerial(t *testing.T) {
 	}
 }
 
+// refusedWithoutKey checks that a booted agent refuses a host with the
+// wrong key, and that the exec it would send never runs.
+func refusedWithoutKey(t *testing.T, ctx context.Context, dial func() (net.Conn, error)) {
+	t.Helper()
+	conn, err := dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := guest.NewClient(conn, bytes.Repeat([]byte{7}, guest.KeySize), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err = c.Exec(hctx, guest.ExecRequest{Argv: []string{"sh", "-c", "echo pwned > /root/pwned"}}, nil, io.Discard, io.Discard)
+	if !errors.Is(err, guest.ErrUnauthenticated) {
+		t.Fatalf("exec with a wrong key = %v, want ErrUnauthenticated", err)
+	}
+}
+
 func dialVM(t *testing.T, ctx context.Context, sock string) *guest.Client {
 	t.Helper()
 	for {
 		conn, err := net.Dial("unix", sock)
 		if err == nil {
-			c, _ := guest.NewClient(conn, testLogger(t))
+			c, _ := guest.NewClient(conn, testKey, testLogger(t))
 			hctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 			_, err = c.Hello(hctx)
 			cancel()
@@ -190,7 +220,11 @@ func hostTSCkHz(t *testing.T) string {
 // virtio modules, busybox, /etc/hostname.
 func buildSmokeInitrd(t *testing.T, dir, kernelRoot, busybox string) string {
 	t.Helper()
-	files := map[string][]byte{"etc/hostname": []byte("smokevm\n")}
+	files := map[string][]byte{
+		"etc/hostname": []byte("smokevm\n"),
+		// What banger's initrd writes from the seed drive.
+		strings.TrimPrefix(guest.AgentKeyPath, "/"): []byte(hex.EncodeToString(testKey) + "\n"),
+	}
 	modes := map[string]fs.FileMode{}
 	initBin := filepath.Join(dir, "init")
 	build := exec.Command("go", "build", "-o", initBin, "./testdata/vminit")
@@ -205,7 +239,8 @@ func buildSmokeInitrd(t *testing.T, dir, kernelRoot, busybox string) string {
 		}
 		files[dst], modes[dst] = b, 0o755
 	}
-	want := map[string]bool{"virtio.ko": true, "virtio_ring.ko": true, "virtio_mmio.ko": true, "virtio_console.ko": true}
+	want := map[string]bool{"virtio.ko": true, "virtio_ring.ko": true, "virtio_mmio.ko": true, "virtio_console.ko": true,
+		"vsock.ko": true, "vmw_vsock_virtio_transport_common.ko": true, "vmw_vsock_virtio_transport.ko": true}
 	_ = filepath.WalkDir(filepath.Join(kernelRoot, "lib", "modules"), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && want[d.Name()] {
 			b, rerr := os.ReadFile(p)
@@ -251,7 +286,12 @@ func writeCpio(t *testing.T, w io.Writer, files map[string][]byte, modes map[str
 	for _, d := range []string{"bin", "etc", "mods", "proc", "sys", "dev", "root", "tmp", "run"} {
 		dirs[d] = true
 	}
+	sorted := make([]string, 0, len(dirs))
 	for d := range dirs {
+		sorted = append(sorted, d)
+	}
+	sort.Strings(sorted) // parents first
+	for _, d := range sorted {
 		entry(d, 0o040755, nil)
 	}
 	for name, data := range files {

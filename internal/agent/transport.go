@@ -102,7 +102,7 @@ func (s *Server) servePortOnce(ctx context.Context, port io.ReadWriteCloser) err
 	stop := context.AfterFunc(ctx, func() { port.Close() })
 	defer stop()
 	idle := &idlePort{ctx: ctx, port: port, waiting: true}
-	r, err := guest.AcceptHost(idle)
+	r, err := s.accept(idle, "virtio-serial")
 	if err != nil {
 		port.Close()
 		if ctx.Err() != nil {

@@ -17,7 +17,7 @@ import (
 // servePort runs s.ServePort with open until the test ends.
 func servePort(t *testing.T, open func(context.Context) (io.ReadWriteCloser, error)) {
 	t.Helper()
-	s := NewServer(testLogger(t), nil)
+	s := newTestServer(t, nil)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() {
@@ -37,7 +37,7 @@ func servePort(t *testing.T, open func(context.Context) (io.ReadWriteCloser, err
 // useAgent runs a hello and an exec over conn, then closes the client.
 func useAgent(t *testing.T, conn net.Conn, round int) {
 	t.Helper()
-	c, err := guest.NewClient(conn, testLogger(t))
+	c, err := guest.NewClient(conn, testKey, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +247,7 @@ func TestReconnectWithoutEOF(t *testing.T) {
 
 	// Host 1 starts a command and leaves mid-frame, without the guest
 	// noticing.
-	c1, err := guest.NewClient(q.plug(t), testLogger(t))
+	c1, err := guest.NewClient(q.plug(t), testKey, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,35 +32,44 @@ func listenVsock(port uint32) (*vsockListener, error) {
 	return &vsockListener{f: os.NewFile(uintptr(fd), fmt.Sprintf("vsock:%d", port))}, nil
 }
 
-// accept waits for the next connection; Close unblocks it.
-func (l *vsockListener) accept() (*os.File, error) {
+// accept waits for the next connection and names its peer; Close
+// unblocks it.
+func (l *vsockListener) accept() (*os.File, string, error) {
 	rc, err := l.f.SyscallConn()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	var nfd int
+	var sa unix.Sockaddr
 	var aerr error
 	err = rc.Read(func(fd uintptr) bool {
-		nfd, _, aerr = unix.Accept4(int(fd), unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
+		nfd, sa, aerr = unix.Accept4(int(fd), unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
 		return !errors.Is(aerr, unix.EAGAIN)
 	})
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if aerr != nil {
-		return nil, aerr
+		return nil, "", aerr
 	}
-	return os.NewFile(uintptr(nfd), "vsock-conn"), nil
+	peer := "vsock"
+	if vm, ok := sa.(*unix.SockaddrVM); ok {
+		peer = fmt.Sprintf("vsock cid %d port %d", vm.CID, vm.Port)
+	}
+	return os.NewFile(uintptr(nfd), "vsock-conn"), peer, nil
 }
 
 func (l *vsockListener) Close() error { return l.f.Close() }
 
-// serveVsock serves every vsock connection as its own session.
+// serveVsock serves every vsock connection as its own session. Any local
+// user of the host can connect to a guest's vsock port, so each
+// connection must pass the authenticated handshake before anything is
+// served; a peer that fails gets nothing and is logged.
 func (s *Server) serveVsock(ctx context.Context, l *vsockListener) {
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
 	for {
-		c, err := l.accept()
+		c, peer, err := l.accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, os.ErrClosed) {
 				return
@@ -70,7 +79,7 @@ func (s *Server) serveVsock(ctx context.Context, l *vsockListener) {
 			continue
 		}
 		go func() {
-			if err := s.ServeConn(ctx, c); err != nil && ctx.Err() == nil {
+			if err := s.ServeConn(ctx, c, peer); err != nil && ctx.Err() == nil {
 				s.logger.Warn("vsock session", "err", err)
 			}
 		}()

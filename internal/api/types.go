@@ -42,6 +42,7 @@ type VM struct {
 	ConsoleLog string    `json:"console_log"`
 	LastError  string    `json:"last_error,omitempty"`
 	Agent      string    `json:"agent,omitempty"` // agent version once it answered
+	VsockCID   uint32    `json:"vsock_cid,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
 }
 

@@ -51,6 +51,9 @@ type Config struct {
 	// decompression bomb stops there); ImageMaxEntries caps its entries.
 	ImageMaxBytes   int64 `toml:"image_max_bytes" json:"image_max_bytes"`
 	ImageMaxEntries int64 `toml:"image_max_entries" json:"image_max_entries"`
+	// ConsoleLogMaxMiB caps each VM's console log (console.log plus its
+	// older half console.log.1), in MiB.
+	ConsoleLogMaxMiB int `toml:"console_log_max_mib" json:"console_log_max_mib"`
 }
 
 // Default returns the configuration used when config.toml sets nothing.
@@ -67,6 +70,7 @@ func Default() Config {
 		TapPoolSize:      2,
 		ImageMaxBytes:    32 << 30,
 		ImageMaxEntries:  4 << 20,
+		ConsoleLogMaxMiB: 8,
 	}
 }
 

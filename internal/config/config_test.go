@@ -82,6 +82,7 @@ func TestLoadEveryKey(t *testing.T) {
 		{"image_max_bytes GiB", `image_max_bytes = "2GiB"`, func(c *Config) { c.ImageMaxBytes = 2 << 30 }},
 		{"image_max_bytes bytes", `image_max_bytes = 2097152`, func(c *Config) { c.ImageMaxBytes = 2 << 20 }},
 		{"image_max_entries", `image_max_entries = 1000`, func(c *Config) { c.ImageMaxEntries = 1000 }},
+		{"console_log_max_mib", `console_log_max_mib = 64`, func(c *Config) { c.ConsoleLogMaxMiB = 64 }},
 		{"tap_pool_size 64", `tap_pool_size = 64`, func(c *Config) { c.TapPoolSize = 64 }},
 		{"default_dns", `default_dns = ["1.1.1.1", "2606:4700:4700::1111"]`, func(c *Config) {
 			c.DefaultDNS = []netip.Addr{netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("2606:4700:4700::1111")}
@@ -125,6 +126,7 @@ default_dns = ["9.9.9.9"]
 debian_mirror = "http://deb.debian.org/debian"
 image_max_bytes = "8G"
 image_max_entries = 100000
+console_log_max_mib = 16
 `
 	p := writeConfig(t, body)
 	_, src, err := Load(p)

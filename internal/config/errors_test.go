@@ -60,6 +60,8 @@ func TestLoadBadValues(t *testing.T) {
 		{"image_max_bytes word", `image_max_bytes = "lots"`, 1, "image_max_bytes", `image_max_bytes = "lots": expected an integer number of bytes or a size like "32G"`},
 		{"image_max_bytes tiny", `image_max_bytes = 10`, 1, "image_max_bytes", "image_max_bytes = 10: expected"},
 		{"image_max_entries string", `image_max_entries = "x"`, 1, "image_max_entries", "image_max_entries: expected an integer of at least 16"},
+		{"console_log_max_mib zero", `console_log_max_mib = 0`, 1, "console_log_max_mib", "console_log_max_mib = 0: must be from 1 to 1024"},
+		{"console_log_max_mib string", `console_log_max_mib = "8M"`, 1, "console_log_max_mib", "expected an integer from 1 to 1024, got string"},
 		{"tap_pool_size string", `tap_pool_size = "2"`, 1, "tap_pool_size", "tap_pool_size: expected an integer from 0 to 64, got string"},
 		{"tap_pool_size float", `tap_pool_size = 2.0`, 1, "tap_pool_size", "expected an integer from 0 to 64, got float"},
 		{"tap_pool_size negative", `tap_pool_size = -1`, 1, "tap_pool_size", "tap_pool_size = -1: must be from 0 to 64"},

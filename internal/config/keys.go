@@ -30,6 +30,7 @@ var keys = []key{
 	{"bridge_ip", applyBridgeIP, func(c Config) any { return c.BridgeIP.String() }},
 	{"bridge_name", applyBridgeName, func(c Config) any { return c.BridgeName }},
 	{"cidr", applyCIDR, func(c Config) any { return c.CIDR.String() }},
+	{"console_log_max_mib", applyConsoleLogMax, func(c Config) any { return c.ConsoleLogMaxMiB }},
 	{"debian_mirror", applyDebianMirror, func(c Config) any { return c.DebianMirror }},
 	{"default_dns", applyDefaultDNS, func(c Config) any { return dnsStrings(c.DefaultDNS) }},
 	{"default_image_name", applyDefaultImageName, func(c Config) any { return c.DefaultImageName }},
@@ -197,6 +198,21 @@ func applyCIDR(c *Config, v any) error {
 		return fmt.Errorf("cidr: %q has host bits set; did you mean %q?", s, p.Masked().String())
 	}
 	c.CIDR = p
+	return nil
+}
+
+// MaxConsoleLogMiB is the largest console_log_max_mib accepted.
+const MaxConsoleLogMiB = 1024
+
+func applyConsoleLogMax(c *Config, v any) error {
+	n, ok := v.(int64)
+	if !ok {
+		return fmt.Errorf("console_log_max_mib: expected an integer from 1 to %d, got %s", MaxConsoleLogMiB, tomlType(v))
+	}
+	if n < 1 || n > MaxConsoleLogMiB {
+		return fmt.Errorf("console_log_max_mib = %d: must be from 1 to %d", n, MaxConsoleLogMiB)
+	}
+	c.ConsoleLogMaxMiB = int(n)
 	return nil
 }
 

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -32,15 +33,21 @@ PermitRootLogin prohibit-password
 
 // prepareGuest makes the per-VM pieces the guest gets at its first boot,
 // as a seed drive (a plain tar on a read-only disk that banger's initrd
-// copies into the root; no filesystem work on the host): a fresh SSH host key (kept in the VM's directory so banger
-// can pin it), the user's key in root's authorized_keys, and an sshd
-// drop-in that allows key logins only.
+// copies into the root; no filesystem work on the host): a fresh SSH host
+// key (kept in the VM's directory so banger can pin it), the user's key in
+// root's authorized_keys, an sshd drop-in that allows key logins only, and
+// the VM's agent key (also kept in the VM's directory, 0600), without
+// which the guest agent serves nobody.
 func (m *vmManager) prepareGuest(ctx context.Context, v store.VM, im image.Image, rootfs string) error {
 	userPub, err := m.userKey()
 	if err != nil {
 		return err
 	}
 	host, err := sshkeys.Generate("root@" + v.Name)
+	if err != nil {
+		return err
+	}
+	key, keyEntry, err := newAgentKeySeed()
 	if err != nil {
 		return err
 	}
@@ -54,9 +61,13 @@ func (m *vmManager) prepareGuest(ctx context.Context, v store.VM, im image.Image
 		{"etc/ssh/ssh_host_ed25519_key.pub", 0o644, host.Public + "\n"},
 		{"etc/ssh/sshd_config.d/banger.conf", 0o644, sshdDropIn},
 		{"root/.ssh/authorized_keys", 0o600, userPub + "\n"},
+		keyEntry,
 	}
 	if err := writeSeed(filepath.Join(v.Dir, seedFileName), files); err != nil {
 		return fmt.Errorf("writing ssh keys for vm %q: %w", v.Name, err)
+	}
+	if err := saveAgentKey(v.Dir, key); err != nil {
+		return fmt.Errorf("vm %q: %w", v.Name, err)
 	}
 	if err := os.WriteFile(filepath.Join(v.Dir, hostKeyFile), []byte(host.Public+"\n"), 0o644); err != nil {
 		return fmt.Errorf("saving host key of vm %q: %w", v.Name, err)
@@ -121,30 +132,25 @@ type seedFile struct {
 	data string
 }
 
-// writeSeed writes the seed tar: root-owned entries, directories first.
+// writeSeed writes the seed tar (0600, it holds keys; replaced
+// atomically): root-owned entries, directories first.
 func writeSeed(path string, files []seedFile) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	tw := tar.NewWriter(f)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
 	for _, e := range files {
 		hdr := &tar.Header{Name: e.path, Mode: int64(e.mode), Typeflag: tar.TypeReg, Size: int64(len(e.data))}
 		if e.data == "" {
 			hdr.Typeflag, hdr.Size = tar.TypeDir, 0
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
-			f.Close()
 			return err
 		}
 		if _, err := io.WriteString(tw, e.data); err != nil {
-			f.Close()
 			return err
 		}
 	}
 	if err := tw.Close(); err != nil {
-		f.Close()
 		return err
 	}
-	return f.Close()
+	return writeFileAtomic(path, buf.Bytes(), 0o600)
 }

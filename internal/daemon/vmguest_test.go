@@ -3,6 +3,7 @@ package daemon
 import (
 	"archive/tar"
 	"context"
+	"encoding/hex"
 	"io"
 	"os"
 	"path/filepath"
@@ -62,6 +63,7 @@ func TestPrepareGuest(t *testing.T) {
 		{"etc/ssh/ssh_host_ed25519_key.pub", hostPub, 0o644},
 		{"etc/ssh/ssh_host_ed25519_key", "BEGIN OPENSSH PRIVATE KEY", 0o600},
 		{"etc/ssh/sshd_config.d/banger.conf", "PasswordAuthentication no", 0o644},
+		{"var/lib/banger/agent.key", hex.EncodeToString(mustKey(t, v)), 0o600},
 	} {
 		h := got[tc.path]
 		if h == nil || !strings.Contains(content[tc.path], tc.want) || h.Mode != tc.mode || h.Uid != 0 {
@@ -71,4 +73,17 @@ func TestPrepareGuest(t *testing.T) {
 	if h := got["root/.ssh"]; h == nil || h.Typeflag != tar.TypeDir || h.Mode != 0o700 {
 		t.Errorf("root/.ssh: %+v", h)
 	}
+}
+
+func mustKey(t *testing.T, v store.VM) []byte {
+	t.Helper()
+	k, err := loadAgentKey(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(filepath.Join(v.Dir, agentKeyFile))
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("agent.key mode %v, want 0600", st.Mode().Perm())
+	}
+	return k
 }

@@ -16,6 +16,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/guest"
+	"banger/internal/vmm"
 )
 
 func (m *vmManager) routes(mux *http.ServeMux) {
@@ -98,8 +99,9 @@ func (m *vmManager) handleDelete(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"deleted": r.PathValue("name")})
 }
 
-// handleLogs sends the console log; with follow=true it keeps sending new
-// output until the client leaves or the VM stops.
+// handleLogs sends the console log (its older half console.log.1 first,
+// when it has rotated); with follow=true it keeps sending new output,
+// across rotations, until the client leaves or the VM stops.
 func (m *vmManager) handleLogs(w http.ResponseWriter, r *http.Request) {
 	v, err := m.get(r.Context(), r.PathValue("name"))
 	if err != nil {
@@ -107,7 +109,8 @@ func (m *vmManager) handleLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
-	f, err := os.Open(filepath.Join(v.Dir, "console.log"))
+	path := filepath.Join(v.Dir, "console.log")
+	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		if !follow {
 			writeErr(w, api.Errorf(api.NotFound, "vm %q has no console log yet (it has not been started)", v.Name))
@@ -116,31 +119,24 @@ func (m *vmManager) handleLogs(w http.ResponseWriter, r *http.Request) {
 	} else if err != nil {
 		writeErr(w, err)
 		return
-	} else {
-		defer f.Close()
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
+	c := &consoleFollower{w: w, path: path, f: f}
+	defer c.close()
+	if old, err := os.Open(vmm.RotatedPath(path)); err == nil {
+		_, _ = io.Copy(w, old)
+		old.Close()
+	}
 	fl, _ := w.(http.Flusher)
-	buf := make([]byte, 32<<10)
 	for {
-		if f != nil {
-			for {
-				n, rerr := f.Read(buf)
-				if n > 0 {
-					if _, err := w.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-				if rerr != nil {
-					break
-				}
-			}
+		if err := c.copyAvailable(); err != nil {
+			return
 		}
 		if fl != nil {
 			fl.Flush()
 		}
-		if !follow || (m.machine(v.ID) == nil && f != nil) {
+		if !follow || (m.machine(v.ID) == nil && c.f != nil) {
 			return
 		}
 		select {
@@ -148,12 +144,7 @@ func (m *vmManager) handleLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-time.After(200 * time.Millisecond):
 		}
-		if f == nil {
-			f, _ = os.Open(filepath.Join(v.Dir, "console.log"))
-			if f != nil {
-				defer f.Close()
-			}
-		}
+		c.catchUp()
 	}
 }
 

@@ -44,9 +44,9 @@ func (m *vmManager) start(ctx context.Context, name string, readyTimeout time.Du
 	}
 	spec.NICs = []vmm.NIC{{ID: "eth0", Tap: tap, MAC: lease.MAC}}
 	spec.Cmdline += " " + netArgs
-	os.Remove(spec.ConsoleLog) // each boot's log starts fresh
+	vmm.RemoveConsoleLog(spec.ConsoleLog) // each boot's log starts fresh
 	p("booting "+driver.Name(), 0, 0)
-	mc, err := driver.Start(ctx, spec)
+	mc, err := m.bootVMM(ctx, driver, v, &spec)
 	if err != nil {
 		m.s.net.detach(context.WithoutCancel(ctx), v.ID)
 		v.State, v.LastError = api.StateFailed, err.Error()
@@ -54,6 +54,7 @@ func (m *vmManager) start(ctx context.Context, name string, readyTimeout time.Du
 		return api.VM{}, fmt.Errorf("starting vm %q: %w", name, err)
 	}
 	v.State, v.LastError, v.Spec, v.Handle = api.StateStarting, "", marshal(spec), marshal(mc.Handle())
+	v.VsockCID = spec.VsockCID
 	if err := m.s.store.UpdateVM(ctx, v); err != nil {
 		mc.Kill()
 		return api.VM{}, err
@@ -145,6 +146,8 @@ func (m *vmManager) waitReady(ctx context.Context, v store.VM, mc vmm.Machine, t
 			WithHint(fmt.Sprintf("see the console log: banger vm logs %s", v.Name))
 	case errors.Is(err, guest.ErrVersionMismatch):
 		return api.Errorf(api.Conflict, "vm %q: %v", v.Name, err)
+	case errors.Is(err, guest.ErrUnauthenticated):
+		return unauthenticated(v, err)
 	}
 	return api.Errorf(api.Timeout, "vm %q did not become ready within %s: the guest agent never answered", v.Name, timeout).
 		WithHint(fmt.Sprintf("the guest may still be booting, or its agent (or sshd) may not start; see banger vm logs %s. "+
@@ -173,9 +176,13 @@ func (m *vmManager) agent(ctx context.Context, id string) (*guest.Client, error)
 	if mc == nil {
 		return nil, api.Errorf(api.Conflict, "vm is not running").WithHint("start it with banger vm start")
 	}
+	key, err := m.agentKey(ctx, id)
+	if err != nil {
+		return nil, err
+	}
 	var last error
 	for {
-		a, info, err := m.dialAgent(ctx, mc)
+		a, info, err := m.dialAgent(ctx, mc, key)
 		if err == nil {
 			m.mu.Lock()
 			if old := m.agents[id]; old != nil {
@@ -186,7 +193,7 @@ func (m *vmManager) agent(ctx context.Context, id string) (*guest.Client, error)
 			m.markAnswered(ctx, id)
 			return a, nil
 		}
-		if errors.Is(err, guest.ErrVersionMismatch) || errors.Is(err, vmm.ErrNotRunning) {
+		if errors.Is(err, guest.ErrVersionMismatch) || errors.Is(err, guest.ErrUnauthenticated) || errors.Is(err, vmm.ErrNotRunning) {
 			return nil, err
 		}
 		last = err
@@ -198,12 +205,12 @@ func (m *vmManager) agent(ctx context.Context, id string) (*guest.Client, error)
 	}
 }
 
-func (m *vmManager) dialAgent(ctx context.Context, mc vmm.Machine) (*guest.Client, guest.Info, error) {
+func (m *vmManager) dialAgent(ctx context.Context, mc vmm.Machine, key []byte) (*guest.Client, guest.Info, error) {
 	conn, err := mc.DialAgent(ctx)
 	if err != nil {
 		return nil, guest.Info{}, err
 	}
-	a, err := guest.NewClient(conn, m.s.log)
+	a, err := guest.NewClient(conn, key, m.s.log)
 	if err != nil {
 		conn.Close()
 		return nil, guest.Info{}, err

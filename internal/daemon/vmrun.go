@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"fmt"
 	"net/http"
 	"path"
@@ -99,8 +98,8 @@ func (m *vmManager) handleGetWorkspace(w http.ResponseWriter, r *http.Request) {
 	defer s.Close()
 	s.CloseStdin()
 	w.Header().Set("Content-Type", "application/x-tar")
-	var stderr bytes.Buffer
-	st, err := s.Wait(w, &stderr)
+	stderr := &cappedBuffer{max: maxGuestStderr}
+	st, err := s.Wait(w, stderr)
 	if err == nil && st.Code != 0 {
 		err = fmt.Errorf("guest tar exited %d: %s", st.Code, strings.TrimSpace(stderr.String()))
 	}
@@ -108,4 +107,32 @@ func (m *vmManager) handleGetWorkspace(w http.ResponseWriter, r *http.Request) {
 		m.s.log.Warn("workspace export broke off", "vm", r.PathValue("name"), "dir", dir, "err", err)
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// maxGuestStderr is how much of a guest command's stderr the daemon keeps
+// for an error message.
+const maxGuestStderr = 4 << 10
+
+// cappedBuffer keeps the first max bytes written to it and counts the
+// rest: the guest decides how much it writes, the daemon how much it
+// keeps.
+type cappedBuffer struct {
+	max     int
+	b       []byte
+	dropped int64
+}
+
+func (c *cappedBuffer) Write(p []byte) (int, error) {
+	n := min(len(p), c.max-len(c.b))
+	c.b = append(c.b, p[:n]...)
+	c.dropped += int64(len(p) - n)
+	return len(p), nil
+}
+
+// String is what was kept, with a marker when more was written.
+func (c *cappedBuffer) String() string {
+	if c.dropped == 0 {
+		return string(c.b)
+	}
+	return fmt.Sprintf("%s... [%d more bytes not kept]", c.b, c.dropped)
 }

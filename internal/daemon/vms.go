@@ -202,6 +202,7 @@ func (m *vmManager) view(v store.VM) api.VM {
 		ID: v.ID, Name: v.Name, State: v.State, Image: v.Image, Kernel: v.Kernel, VMM: v.VMM,
 		VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB, DiskBytes: v.DiskBytes, DiskMethod: v.DiskMethod,
 		Dir: v.Dir, ConsoleLog: filepath.Join(v.Dir, "console.log"), LastError: v.LastError, CreatedAt: v.CreatedAt,
+		VsockCID: v.VsockCID,
 	}
 	if d, ok := m.drivers[v.VMM]; ok {
 		out.Accel = string(d.Features().Accel)
@@ -228,17 +229,23 @@ func (m *vmManager) get(ctx context.Context, name string) (store.VM, error) {
 	return v, err
 }
 
-// specFor builds the boot spec of v.
+// specFor builds the boot spec of v. A VM made before agent keys existed
+// gets one here, on its seed drive. The vsock context id is set by
+// bootVMM.
 func (m *vmManager) specFor(v store.VM) (vmm.Spec, error) {
 	kb, err := m.s.kernels.Get(v.Kernel)
 	if err != nil {
 		return vmm.Spec{}, api.Errorf(api.NotFound, "kernel %q of vm %q is not installed", v.Kernel, v.Name).
 			WithHint("pull it with: banger kernel pull " + v.Kernel)
 	}
+	if err := ensureAgentKey(v); err != nil {
+		return vmm.Spec{}, err
+	}
 	spec := vmm.Spec{
 		ID: v.ID, Name: v.Name, Dir: v.Dir, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
 		Kernel: kb.Kernel, Initrd: kb.Initrd, ConsoleLog: filepath.Join(v.Dir, "console.log"),
-		Drives: []vmm.Drive{{ID: "root", Path: filepath.Join(v.Dir, "rootfs.ext4"), Root: true}},
+		ConsoleLogMax: int64(m.s.opts.Config.ConsoleLogMaxMiB) << 20,
+		Drives:        []vmm.Drive{{ID: "root", Path: filepath.Join(v.Dir, "rootfs.ext4"), Root: true}},
 	}
 	modulesDev := ""
 	if kb.Modules != "" {
@@ -251,6 +258,32 @@ func (m *vmManager) specFor(v store.VM) (vmm.Spec, error) {
 		spec.Cmdline += " banger.seed=/dev/vd" + string(rune('a'+len(spec.Drives)-1))
 	}
 	return spec, nil
+}
+
+// maxCIDRetries bounds how many context ids a start tries when the host
+// refuses them.
+const maxCIDRetries = 16
+
+// bootVMM starts the VMM of v with spec, after giving spec v's vsock
+// context id (allocated in the state on first use, then kept; unique
+// among this daemon's VMs). When the host refuses the id because another
+// VM on the host holds it, v gets another and the start is retried.
+func (m *vmManager) bootVMM(ctx context.Context, d vmm.Driver, v store.VM, spec *vmm.Spec) (vmm.Machine, error) {
+	avoid := map[uint32]bool{}
+	for {
+		cid, err := m.s.store.AllocateCID(ctx, v.ID, avoid)
+		if err != nil {
+			return nil, err
+		}
+		spec.VsockCID = cid
+		mc, err := d.Start(ctx, *spec)
+		if errors.Is(err, vmm.ErrCIDInUse) && len(avoid) < maxCIDRetries {
+			m.s.log.Info("vsock cid taken on the host; trying another", "vm", v.Name, "cid", cid)
+			avoid[cid] = true
+			continue
+		}
+		return mc, err
+	}
 }
 
 func marshal(v any) string {

@@ -44,6 +44,7 @@ func (w slogWriter) Write(p []byte) (int, error) {
 // is safe for concurrent use; each call runs on its own yamux stream.
 type Client struct {
 	conn   net.Conn
+	key    []byte
 	logger *slog.Logger
 	ready  chan struct{} // closed once the handshake has ended
 	sess   *yamux.Session
@@ -51,15 +52,19 @@ type Client struct {
 	done   chan struct{} // closed once the session is over
 }
 
-// NewClient starts talking to the agent over conn. It returns at once:
-// the handshake (which waits for the agent to come up) runs in the
-// background, and calls wait for it within their own context. Closing the
-// Client closes conn. A nil logger discards logs.
-func NewClient(conn net.Conn, logger *slog.Logger) (*Client, error) {
+// NewClient starts talking to the agent over conn, proving knowledge of
+// the VM's agent key (KeySize bytes) and checking that the agent knows it
+// too. It returns at once: the handshake (which waits for the agent to
+// come up) runs in the background, and calls wait for it within their own
+// context. Closing the Client closes conn. A nil logger discards logs.
+func NewClient(conn net.Conn, key []byte, logger *slog.Logger) (*Client, error) {
+	if len(key) != KeySize {
+		return nil, fmt.Errorf("agent key of %d bytes, want %d", len(key), KeySize)
+	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{conn: conn, logger: logger, ready: make(chan struct{}), done: make(chan struct{})}
+	c := &Client{conn: conn, key: append([]byte(nil), key...), logger: logger, ready: make(chan struct{}), done: make(chan struct{})}
 	go c.handshake()
 	return c, nil
 }
@@ -67,21 +72,39 @@ func NewClient(conn net.Conn, logger *slog.Logger) (*Client, error) {
 // handshake resynchronises with the agent, then starts the yamux session.
 func (c *Client) handshake() {
 	defer close(c.ready)
-	r, err := connectGuest(c.conn)
+	r, err := connectGuest(c.conn, c.key)
 	if err == nil {
 		c.sess, err = yamux.Client(readConn{Conn: c.conn, r: r}, YamuxConfig(c.logger))
 	}
 	if err != nil {
-		c.err = fmt.Errorf("%w (handshake: %v)", ErrConnectionLost, err)
+		if errors.Is(err, ErrUnauthenticated) || errors.Is(err, ErrVersionMismatch) {
+			c.err = fmt.Errorf("agent handshake: %w", err)
+		} else {
+			c.err = fmt.Errorf("%w (handshake: %v)", ErrConnectionLost, err)
+		}
 		c.conn.Close()
 		close(c.done)
 		return
 	}
 	c.logger.Debug("agent session started")
+	go c.refuseGuestStreams()
 	go func() {
 		<-c.sess.CloseChan()
 		close(c.done)
 	}()
+}
+
+// refuseGuestStreams ends the session when the agent opens a stream of
+// its own: the protocol has none, and each one the host left unaccepted
+// could hold a stream window of guest data in the daemon's memory.
+func (c *Client) refuseGuestStreams() {
+	st, err := c.sess.AcceptStream()
+	if err != nil {
+		return
+	}
+	c.logger.Warn("guest agent opened a stream; closing its session")
+	st.Close()
+	c.sess.Close()
 }
 
 // readConn reads from r (the handshake's leftover, then the conn).
@@ -129,11 +152,33 @@ func (c *Client) OpenStream(ctx context.Context) (net.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s, err := sess.OpenStream()
-	if err != nil {
-		return nil, fmt.Errorf("opening agent stream: %w", lostErr(err))
+	// yamux's OpenStream takes no context: it can wait for a free SYN slot
+	// (a guest that never acks) or for the transport to take the SYN (a
+	// guest that never reads). Run it aside and give up when ctx is done;
+	// a stream that opens after that is closed.
+	type opened struct {
+		s   *yamux.Stream
+		err error
 	}
-	return s, nil
+	ch := make(chan opened, 1)
+	go func() {
+		s, err := sess.OpenStream()
+		ch <- opened{s, err}
+	}()
+	select {
+	case o := <-ch:
+		if o.err != nil {
+			return nil, fmt.Errorf("opening agent stream: %w", lostErr(o.err))
+		}
+		return o.s, nil
+	case <-ctx.Done():
+		go func() {
+			if o := <-ch; o.s != nil {
+				o.s.Close()
+			}
+		}()
+		return nil, fmt.Errorf("opening agent stream: %w", ctx.Err())
+	}
 }
 
 // call is one operation's stream. Its context watcher unblocks reads and
@@ -228,6 +273,9 @@ func (c *Client) Hello(ctx context.Context) (Info, error) {
 		return Info{}, errors.New("hello: agent sent no info")
 	}
 	info := *resp.Hello
+	info.AgentVersion = truncated(info.AgentVersion, MaxInfoField)
+	info.KernelRelease = truncated(info.KernelRelease, MaxInfoField)
+	info.Hostname = truncated(info.Hostname, MaxInfoField)
 	if info.ProtocolVersion != ProtocolVersion {
 		return info, &VersionError{Guest: info.ProtocolVersion, Host: ProtocolVersion}
 	}

@@ -190,12 +190,16 @@ func DecodeJSON(f Frame, want FrameType, v any) error {
 	return nil
 }
 
-// DecodeError turns a FrameError into a *RemoteError.
+// DecodeError turns a FrameError into a *RemoteError. A message longer
+// than MaxErrorMessage is cut (the guest may be hostile; the message ends
+// up in API errors and logs).
 func DecodeError(f Frame) error {
 	var re RemoteError
 	if err := json.Unmarshal(f.Payload, &re); err != nil {
 		return fmt.Errorf("decoding error frame: %w", err)
 	}
+	re.Kind = truncated(re.Kind, MaxInfoField)
+	re.Message = truncated(re.Message, MaxErrorMessage)
 	return &re
 }
 

@@ -131,7 +131,7 @@ func TestRemoteErrorKinds(t *testing.T) {
 		t.Errorf("plain error became %+v", re)
 	}
 	err := error(&VersionError{Guest: 2, Host: 1})
-	want := "guest agent speaks protocol v2, bangerd speaks v1; rebuild the image with this banger (banger image pull --refresh ...)"
+	want := "guest agent speaks protocol v2, bangerd speaks v1; rebuild the image with this banger (banger image pull --refresh ...) and recreate the vm"
 	if err.Error() != want || !errors.Is(err, ErrVersionMismatch) {
 		t.Errorf("version error = %q", err)
 	}
@@ -143,7 +143,7 @@ func fakeAgent(t *testing.T, handle func(guestConn net.Conn, st net.Conn)) *Clie
 	t.Helper()
 	hostConn, guestConn := net.Pipe()
 	go func() {
-		r, err := AcceptHost(guestConn)
+		r, err := AcceptHost(guestConn, testKey)
 		if err != nil {
 			return
 		}
@@ -160,7 +160,7 @@ func fakeAgent(t *testing.T, handle func(guestConn net.Conn, st net.Conn)) *Clie
 			go handle(guestConn, st)
 		}
 	}()
-	c, err := NewClient(hostConn, nil)
+	c, err := NewClient(hostConn, testKey, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,6 +170,8 @@ func fakeAgent(t *testing.T, handle func(guestConn net.Conn, st net.Conn)) *Clie
 	})
 	return c
 }
+
+var testKey = bytes.Repeat([]byte{0x42}, KeySize)
 
 func TestCallsRespectContext(t *testing.T) {
 	c := fakeAgent(t, func(_ net.Conn, st net.Conn) {

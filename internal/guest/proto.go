@@ -11,11 +11,17 @@ import (
 // it on any incompatible change. The Hello exchange (a FrameRequest with
 // op "hello" answered by a FrameResponse carrying "hello.protocol_version")
 // must never change shape, so that any two versions can tell each other
-// apart.
-const ProtocolVersion = 1
+// apart. Version 2 added the authenticated handshake.
+const ProtocolVersion = 2
 
 // AgentPath is where the agent binary lives in a guest's root filesystem.
 const AgentPath = "/usr/lib/banger/banger-agent"
+
+// AgentKeyPath is where the agent reads its VM's key in the guest: hex,
+// KeySize bytes, root-only. banger's initrd writes it from the seed drive
+// before the guest's init starts; the agent refuses every host while it
+// is missing.
+const AgentKeyPath = "/var/lib/banger/agent.key"
 
 // SerialPortName is the name of the virtio-serial port the agent looks
 // for (/sys/class/virtio-ports/*/name).
@@ -147,6 +153,22 @@ type RemoteError struct {
 
 func (e *RemoteError) Error() string { return "guest: " + e.Message }
 
+// Caps on what the host keeps of strings a guest sends.
+const (
+	// MaxErrorMessage is the longest RemoteError message kept.
+	MaxErrorMessage = 4 << 10
+	// MaxInfoField is the longest Info string kept.
+	MaxInfoField = 256
+)
+
+// truncated cuts s to at most n bytes, marking the cut.
+func truncated(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + " [truncated]"
+}
+
 // Is lets errors.Is(err, fs.ErrNotExist) match a KindNotExist error.
 func (e *RemoteError) Is(target error) bool {
 	return target == fs.ErrNotExist && e.Kind == KindNotExist
@@ -177,7 +199,7 @@ type VersionError struct {
 
 func (e *VersionError) Error() string {
 	return fmt.Sprintf("guest agent speaks protocol v%d, bangerd speaks v%d; "+
-		"rebuild the image with this banger (banger image pull --refresh ...)", e.Guest, e.Host)
+		"rebuild the image with this banger (banger image pull --refresh ...) and recreate the vm", e.Guest, e.Host)
 }
 
 // Unwrap returns ErrVersionMismatch.

@@ -1,5 +1,5 @@
 // Package store keeps bangerd's state in a SQLite database (modernc.org/sqlite,
-// no cgo): VMs, images, kernels and IP leases. Every write is a transaction,
+// no cgo): VMs (with their vsock context ids), images, kernels and IP leases. Every write is a transaction,
 // so a crash at any point loses nothing already acknowledged.
 package store
 
@@ -88,6 +88,10 @@ var migrations = []string{
 		created_at INTEGER NOT NULL
 	);
 	CREATE INDEX leases_vm ON leases(vm_id);`,
+	// 3: each VM's vsock context id, unique among this daemon's VMs;
+	// 0 means none assigned yet.
+	`ALTER TABLE vms ADD COLUMN vsock_cid INTEGER NOT NULL DEFAULT 0;
+	CREATE UNIQUE INDEX vms_vsock_cid ON vms(vsock_cid) WHERE vsock_cid != 0;`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

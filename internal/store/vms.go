@@ -24,18 +24,19 @@ type VM struct {
 	Spec       string // JSON of vmm.Spec
 	Handle     string // JSON of vmm.Handle
 	LastError  string
+	VsockCID   uint32 // set only by AllocateCID; 0: none yet
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
 }
 
 const vmColumns = `id, name, state, image, kernel, vmm, vcpus, memory_mib, disk_bytes, dir,
-	disk_method, spec, handle, last_error, created_at, updated_at`
+	disk_method, spec, handle, last_error, vsock_cid, created_at, updated_at`
 
 func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
 	var v VM
 	var created, updated int64
 	err := sc.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPUs, &v.MemoryMiB,
-		&v.DiskBytes, &v.Dir, &v.DiskMethod, &v.Spec, &v.Handle, &v.LastError, &created, &updated)
+		&v.DiskBytes, &v.Dir, &v.DiskMethod, &v.Spec, &v.Handle, &v.LastError, &v.VsockCID, &created, &updated)
 	v.CreatedAt = time.Unix(0, created)
 	v.UpdatedAt = time.Unix(0, updated)
 	return v, err
@@ -45,7 +46,7 @@ func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
 func (s *Store) CreateVM(ctx context.Context, v VM) error {
 	now := time.Now().UnixNano()
 	_, err := s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?)`,
 		v.ID, v.Name, v.State, v.Image, v.Kernel, v.VMM, v.VCPUs, v.MemoryMiB, v.DiskBytes, v.Dir,
 		v.DiskMethod, nz(v.Spec), nz(v.Handle), v.LastError, now, now)
 	if isUniqueViolation(err) {

@@ -18,6 +18,10 @@ var (
 	// ErrUnavailable reports that the VMM cannot run on this host (missing
 	// binary, no /dev/kvm, ...). The wrapped message says how to fix it.
 	ErrUnavailable = errors.New("vmm unavailable")
+	// ErrCIDInUse reports that the host refused Spec.VsockCID because
+	// another VM on the host (of any VMM or user) holds it. Start fails
+	// with it before the guest runs; retry with another context id.
+	ErrCIDInUse = errors.New("vsock context id in use on this host")
 )
 
 // Accel is the kind of CPU virtualization a driver uses.
@@ -80,7 +84,12 @@ type Spec struct {
 	Drives     []Drive `json:"drives"`
 	NICs       []NIC   `json:"nics,omitempty"`
 	ConsoleLog string  `json:"console_log"` // serial console output goes here
-	VsockCID   uint32  `json:"vsock_cid,omitempty"`
+	// ConsoleLogMax caps ConsoleLog and its older half ConsoleLog.1
+	// together, in bytes (0: DefaultConsoleLogMax). See ConsoleLog.
+	ConsoleLogMax int64 `json:"console_log_max,omitempty"`
+	// VsockCID is the guest's vsock context id (3 or more), unique on the
+	// host; drivers that reach the agent over AF_VSOCK require it.
+	VsockCID uint32 `json:"vsock_cid,omitempty"`
 }
 
 // Handle is what the daemon persists about a running VMM so that a new

@@ -139,9 +139,17 @@ func (m *machine) removeFiles() {
 }
 
 // watchExit starts the goroutine that, once firecracker has exited,
-// removes its sockets (and the jail with its links) and closes m.done.
+// removes its sockets (and the jail with its links) and closes m.done,
+// and the one that keeps the console log under its cap meanwhile.
 func (m *machine) watchExit() {
 	m.done = make(chan struct{})
+	consolePath := m.spec.ConsoleLog
+	if consolePath == "" {
+		consolePath = filepath.Join(m.spec.Dir, "console.log")
+	}
+	// Firecracker writes the console to its stdout, a file it keeps:
+	// trim it from here while this daemon runs.
+	go vmm.TrimConsoleFile(consolePath, m.spec.ConsoleLogMax, m.proc.done)
 	go func() {
 		<-m.proc.done
 		for _, p := range []string{m.lay.apiSock, m.lay.vsock} {

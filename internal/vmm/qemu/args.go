@@ -113,6 +113,8 @@ func (l launch) args() []string {
 	}
 	a = append(a, "-append", l.cmdline())
 	a = append(a,
+		// The guest's console, appended to a file the driver keeps
+		// under its cap (vmm.TrimConsoleFile).
 		"-chardev", "file,id=console,append=on,path="+opt(s.ConsoleLog),
 		"-serial", "chardev:console",
 		"-qmp", "unix:"+opt(l.paths.QMP)+",server=on,wait=off",

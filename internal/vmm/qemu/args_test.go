@@ -2,6 +2,8 @@ package qemu
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -122,5 +124,27 @@ func TestFeatures(t *testing.T) {
 	}
 	if d.Name() != "qemu" {
 		t.Errorf("Name = %q", d.Name())
+	}
+}
+
+// TestStartCIDInUse: when vhost-vsock refuses the guest cid (another VM
+// on the host holds it), Start says so with vmm.ErrCIDInUse, so the
+// daemon can pick another. A stand-in QEMU prints what QEMU 7.2 prints.
+func TestStartCIDInUse(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "qemu-system-x86_64")
+	script := "#!/bin/sh\necho 'qemu-system-x86_64: -device vhost-vsock-device,guest-cid=3: vhost-vsock: unable to set guest cid: Address already in use' >&2\nexit 1\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := New(Options{Bin: bin, TSCkHz: 1, Transport: vmm.TransportVsock})
+	spec := vmm.Spec{Dir: filepath.Join(dir, "vm"), VCPUs: 1, MemoryMiB: 64, Kernel: "/k", ConsoleLog: dir + "/c.log", VsockCID: 3}
+	_, err := d.Start(t.Context(), spec)
+	if !errors.Is(err, vmm.ErrCIDInUse) {
+		t.Fatalf("Start = %v, want ErrCIDInUse", err)
+	}
+	spec.VsockCID = 0
+	if _, err := d.Start(t.Context(), spec); err == nil || !strings.Contains(err.Error(), "vsock cid 0") {
+		t.Fatalf("Start without a cid = %v, want a refusal", err)
 	}
 }

@@ -10,7 +10,9 @@
 // Files in the VM directory (vmm.Spec.Dir): qmp.sock (QMP), agent.sock
 // (the virtio-serial agent channel), qemu.pid and qemu.log (QEMU's own
 // stdout and stderr, truncated on each Start). The serial console is
-// appended to vmm.Spec.ConsoleLog, so earlier boots stay readable.
+// appended to vmm.Spec.ConsoleLog, which the Machine keeps under
+// Spec.ConsoleLogMax with vmm.TrimConsoleFile (its older half in
+// ConsoleLog.1) while the daemon runs.
 //
 // Without /dev/vhost-vsock the guest agent is reached through a
 // virtserialport named "banger.agent" (guest: /dev/vportNp1 whose sysfs
@@ -115,7 +117,7 @@ func (d *Driver) Features() vmm.Features {
 }
 
 // Start boots spec and returns once QEMU answers on QMP. The serial
-// console is appended to spec.ConsoleLog; QEMU's own output goes to
+// console is appended to spec.ConsoleLog (capped); QEMU's own output goes to
 // qemu.log in spec.Dir and its tail is part of the error when QEMU exits
 // at once. On error no process or socket is left behind.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {

@@ -65,6 +65,9 @@ func newMachine(log *slog.Logger, spec vmm.Spec, pid, pidfd int, cmd *exec.Cmd) 
 		done:  make(chan struct{}),
 	}
 	go m.watch(cmd)
+	// QEMU appends the console to a file it keeps open: trim it from
+	// here while this daemon runs.
+	go vmm.TrimConsoleFile(spec.ConsoleLog, spec.ConsoleLogMax, m.done)
 	return m
 }
 
@@ -241,7 +244,11 @@ func (m *Machine) waitQMP(ctx context.Context) error {
 		}
 		if m.exited() {
 			<-m.done
-			return fmt.Errorf("qemu exited during start (%s): %w\n%s", m.status, vmm.ErrNotRunning, logTail(m.paths.Log, 20))
+			tail := logTail(m.paths.Log, 20)
+			if cidRefused(tail) {
+				return fmt.Errorf("vsock cid %d: %w\n%s", m.spec.VsockCID, vmm.ErrCIDInUse, tail)
+			}
+			return fmt.Errorf("qemu exited during start (%s): %w\n%s", m.status, vmm.ErrNotRunning, tail)
 		}
 		select {
 		case <-ctx.Done():

@@ -7,10 +7,19 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
+
+// cidRefused tells from QEMU's output whether vhost-vsock refused the
+// guest cid because another VM on the host holds it (QEMU prints
+// "vhost-vsock: unable to set guest cid: Address already in use").
+func cidRefused(qemuLog string) bool {
+	return strings.Contains(qemuLog, "unable to set guest cid") &&
+		strings.Contains(qemuLog, "Address already in use")
+}
 
 // dialVsock connects to port on the guest with context id cid over
 // AF_VSOCK (QEMU's vhost-vsock-device). The socket is non-blocking and
