@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"os"
@@ -72,18 +73,27 @@ func newNetService(ctx context.Context, s *Server) (*netService, error) {
 
 func (ns *netService) recorded() (netState, error) {
 	var st netState
-	b, err := os.ReadFile(ns.path)
+	f, err := openNoFollow(ns.path, os.O_RDONLY, 0)
 	if err != nil {
 		return st, err
 	}
-	return st, json.Unmarshal(b, &st)
+	defer f.Close()
+	return st, json.NewDecoder(io.LimitReader(f, 1<<16)).Decode(&st)
 }
 
 func (ns *netService) record() error {
 	c := ns.mgr.Config()
 	b, _ := json.Marshal(netState{BridgeName: c.BridgeName, BridgeIP: c.BridgeIP, CIDR: c.CIDR})
 	tmp := ns.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+	f, err := openNoFollow(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return err
 	}
 	return os.Rename(tmp, ns.path)
