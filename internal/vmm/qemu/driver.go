@@ -159,7 +159,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 
 // spawn starts QEMU in its own session with its output in qemu.log.
 func (d *Driver) spawn(bin string, l launch) (*Machine, error) {
-	logf, err := os.OpenFile(l.paths.Log, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	logf, err := os.OpenFile(l.paths.Log, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening qemu log: %w", err)
 	}
