@@ -147,3 +147,8 @@ func orEmpty(prefix, s string) string {
 	}
 	return prefix + s
 }
+
+// VMMUser is the system account VMM processes run as once they have opened
+// their devices (QEMU -runas, the Firecracker jailer's --uid/--gid).
+// make install creates it; bangerd creates it at start when missing.
+const VMMUser = "banger-vmm"

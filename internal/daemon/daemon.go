@@ -42,6 +42,8 @@ type Server struct {
 
 	// shutdown is called to stop Run, e.g. by POST /v1/shutdown.
 	shutdown context.CancelFunc
+	// vmmUser is who VMMs run as; nil: root.
+	vmmUser *vmmUser
 
 	vms     *vmManager
 	net     *netService
@@ -80,7 +82,8 @@ func Run(ctx context.Context, opts Options) error {
 		AgentBin: opts.AgentBin,
 		Logger:   opts.Logger,
 	}
-	drivers, def := newDrivers(opts.Config, opts.Logger)
+	s.vmmUser = ensureVMMUser(ctx, opts.Logger)
+	drivers, def := newDrivers(opts.Config, opts.Logger, s.vmmUser)
 	s.log.Info("vmm chosen", "vmm", def.VMM, "accel", def.Accel, "reason", def.Reason)
 	s.vms = newVMManager(s, drivers, def.VMM)
 	if s.net, err = newNetService(ctx, s); err != nil {

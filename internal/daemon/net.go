@@ -57,10 +57,15 @@ func newNetService(ctx context.Context, s *Server) (*netService, error) {
 			s.log.Warn("network config change refused while VMs run", "why", ns.conflict)
 		}
 	}
-	mgr, err := network.New(network.Config{
+	ncfg := network.Config{
 		BridgeName: use.BridgeName, BridgeIP: use.BridgeIP, CIDR: use.CIDR,
 		PoolSize: cfg.TapPoolSize, Logger: s.log,
-	})
+	}
+	if cfg.JailerBin != "" && s.vmmUser != nil {
+		// The jailed firecracker opens its tap as the vmm user.
+		ncfg.TapOwner, ncfg.TapGroup = uint32(s.vmmUser.uid), uint32(s.vmmUser.gid)
+	}
+	mgr, err := network.New(ncfg)
 	if err != nil {
 		return nil, fmt.Errorf("network settings: %w", err)
 	}

@@ -59,6 +59,11 @@ type Config struct {
 	CIDR       netip.Prefix // guest address range, e.g. 172.16.0.0/24
 	TapPrefix  string       // default DefaultTapPrefix, at most 7 characters
 	PoolSize   int          // number of spare taps FillPool keeps ready
+	// TapOwner and TapGroup own the taps banger creates (TUNSETOWNER):
+	// a VMM that runs as this user (the Firecracker jailer's --uid) can
+	// then open them. Default 0: root, as a VMM that drops privileges only
+	// after opening its tap (QEMU -runas) needs.
+	TapOwner, TapGroup uint32
 	Logger     *slog.Logger // default: discard
 }
 
