@@ -64,7 +64,7 @@ type Config struct {
 	// then open them. Default 0: root, as a VMM that drops privileges only
 	// after opening its tap (QEMU -runas) needs.
 	TapOwner, TapGroup uint32
-	Logger     *slog.Logger // default: discard
+	Logger             *slog.Logger // default: discard
 }
 
 // Manager owns banger's bridge, taps and NAT rules in the network namespace
