@@ -123,6 +123,7 @@ func Run(ctx context.Context, opts Options) error {
 	s.log.Info("bangerd serving", "socket", opts.Dirs.Socket(), "version", version.String(), "pid", os.Getpid())
 	err = g.Wait()
 	s.vms.close()
+	s.net.close()
 	return err
 }
 

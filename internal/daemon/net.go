@@ -34,9 +34,41 @@ type netService struct {
 	path string // network.json
 	dns  []netip.Addr
 
-	mu       sync.Mutex // guards ready and conflict
+	mu       sync.Mutex // guards ready, conflict and claim
 	ready    bool
-	conflict string // why config.toml's network settings are not in force
+	conflict string         // why config.toml's network settings are not in force
+	claim    *network.Claim // this daemon's hold on the namespace's network
+}
+
+// claimed takes the network namespace's claim once (network.TakeClaim):
+// a second daemon on another state directory must not touch the bridge,
+// taps and NAT of the first. The error names the holder.
+func (ns *netService) claimed() error {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	return ns.claimLocked()
+}
+
+func (ns *netService) claimLocked() error {
+	if ns.claim != nil {
+		return nil
+	}
+	c, err := network.TakeClaim(ns.s.opts.Dirs.State)
+	if err != nil {
+		return netErr(err)
+	}
+	ns.claim = c
+	return nil
+}
+
+// close gives the claim up as the daemon stops.
+func (ns *netService) close() {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	if ns.claim != nil {
+		ns.claim.Release()
+		ns.claim = nil
+	}
 }
 
 func newNetService(ctx context.Context, s *Server) (*netService, error) {
@@ -111,6 +143,9 @@ func (ns *netService) ensure(ctx context.Context) error {
 	if ns.ready {
 		return nil
 	}
+	if err := ns.claimLocked(); err != nil {
+		return err
+	}
 	if err := ns.mgr.Setup(ctx); err != nil {
 		return netErr(err)
 	}
@@ -125,7 +160,8 @@ func (ns *netService) ensure(ctx context.Context) error {
 // say what to do.
 func netErr(err error) error {
 	switch {
-	case errors.Is(err, network.ErrExhausted), errors.Is(err, network.ErrOverlap), errors.Is(err, network.ErrNotOurs):
+	case errors.Is(err, network.ErrExhausted), errors.Is(err, network.ErrOverlap), errors.Is(err, network.ErrNotOurs),
+		errors.Is(err, network.ErrClaimed):
 		return api.Errorf(api.Conflict, "%v", err)
 	case errors.Is(err, network.ErrNoTun), errors.Is(err, network.ErrNoNetAdmin):
 		return api.Errorf(api.Unavailable, "%v", err)
@@ -140,6 +176,9 @@ func (ns *netService) lease(ctx context.Context, vmID string) (store.Lease, erro
 	ns.mu.Unlock()
 	if conflict != "" {
 		return store.Lease{}, api.Errorf(api.Conflict, "%s", conflict)
+	}
+	if err := ns.claimed(); err != nil {
+		return store.Lease{}, err
 	}
 	if old, err := ns.s.store.LeaseOf(ctx, vmID); err == nil && !ns.mgr.Config().CIDR.Contains(old.IP) {
 		// The cidr changed while this VM was stopped: it gets a new address.
@@ -195,6 +234,11 @@ func (ns *netService) reconcile(ctx context.Context) error {
 	running, err := ns.s.runningVMIDs(ctx)
 	if err != nil {
 		return err
+	}
+	if err := ns.claimed(); err != nil {
+		// Another daemon's taps: leave them alone.
+		ns.s.log.Warn("not reconciling the network", "err", err)
+		return nil
 	}
 	info, err := ns.mgr.Inspect(ctx)
 	if err != nil || !info.Bridge.Exists {
