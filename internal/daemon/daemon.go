@@ -66,7 +66,11 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer lock.release()
 
-	st, err := store.Open(ctx, filepath.Join(opts.Dirs.State, "state.db"))
+	dbPath := filepath.Join(opts.Dirs.State, "state.db")
+	if err := privateFile(dbPath); err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, dbPath)
 	if err != nil {
 		return err
 	}

@@ -24,7 +24,7 @@ var ErrAlreadyRunning = errors.New("another bangerd is running on this state dir
 type lockFile struct{ f *os.File }
 
 func acquireLock(path string) (*lockFile, error) {
-	f, err := openNoFollow(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := openNoFollow(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening lock %s: %w", path, err)
 	}

@@ -122,7 +122,7 @@ func (ns *netService) record() error {
 	c := ns.mgr.Config()
 	b, _ := json.Marshal(netState{BridgeName: c.BridgeName, BridgeIP: c.BridgeIP, CIDR: c.CIDR})
 	tmp := ns.path + ".tmp"
-	f, err := openNoFollow(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := openNoFollow(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
@@ -261,6 +261,9 @@ type networkView struct {
 	network.Info
 	Leases   []leaseView `json:"leases"`
 	Conflict string      `json:"conflict,omitempty"`
+	// NotOwner says why this daemon may not touch the namespace's network
+	// (another daemon holds it).
+	NotOwner string `json:"not_owner,omitempty"`
 }
 
 type leaseView struct {
@@ -282,6 +285,9 @@ func (s *Server) handleNetwork(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := networkView{Info: info, Leases: []leaseView{}, Conflict: s.net.conflict}
+	if err := s.net.claimed(); err != nil {
+		out.NotOwner = err.Error()
+	}
 	for _, l := range ls {
 		name := l.VMID
 		if v, err := s.store.VMByName(r.Context(), l.VMID); err == nil {

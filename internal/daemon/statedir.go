@@ -82,3 +82,22 @@ func chmodNoFollow(path string, mode fs.FileMode) error {
 	}
 	return os.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode)
 }
+
+// privateFile makes path an existing regular file of mode 0600 (created
+// empty when missing), refusing a symlink. SQLite gives its -wal and -shm
+// files the database's mode, so state.db being 0600 covers them too.
+func privateFile(path string) error {
+	f, err := openNoFollow(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", path)
+	}
+	return f.Chmod(0o600)
+}
