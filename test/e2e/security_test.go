@@ -125,6 +125,21 @@ func TestSecondUserLockedOut(t *testing.T) {
 		t.Fatalf("exec in the confined vm: exit %d, want 127 from the agent: %s", r.code, r.stderr)
 	}
 
+	// vm cp writes through no planted temp file: the old fixed name
+	// dst.banger-tmp, a symlink to a victim here, is left alone.
+	cpDir := t.TempDir()
+	victim := filepath.Join(cpDir, "victim")
+	os.WriteFile(victim, []byte("untouched"), 0o600)
+	dst := filepath.Join(cpDir, "hostname")
+	os.Symlink(victim, dst+".banger-tmp")
+	e.ok("vm", "cp", "sec1:/etc/hostname", dst)
+	if b, _ := os.ReadFile(victim); string(b) != "untouched" {
+		t.Errorf("vm cp wrote through the planted symlink: victim now %q", b)
+	}
+	if b, _ := os.ReadFile(dst); string(b) != "tiny\n" {
+		t.Errorf("vm cp result %q, want the guest's hostname", b)
+	}
+
 	// The socket's directory is closed to the other user.
 	out, code := e.as(other, filepath.Join(e.bin, "banger"), "vm", "list")
 	if code == 0 {
