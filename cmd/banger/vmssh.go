@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -89,6 +90,8 @@ func sshSession(ctx context.Context, c *client.Client, vm, keyPath string, remot
 	}
 	cmd := exec.Command("ssh", args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	// ssh ends with banger, like a hung-up terminal would end it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGHUP}
 	// Ctrl-C reaches ssh as well (same process group); banger itself
 	// only notes it and waits for ssh to end.
 	err = cmd.Run()

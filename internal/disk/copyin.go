@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -84,7 +83,7 @@ func debugfsCommands(w *strings.Builder, src, target string, info fs.FileInfo) e
 // fails, so its stderr is read: anything but the banner and the expected
 // complaints of the rm and mkdir that make CopyIn idempotent is an error.
 func debugfs(ctx context.Context, img, script string) error {
-	cmd := exec.CommandContext(ctx, "debugfs", "-w", "-f", "-", img)
+	cmd := helper(ctx, "debugfs", "-w", "-f", "-", img)
 	cmd.Stdin = strings.NewReader(script)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -118,7 +117,7 @@ func debugfsErrors(stderr string) []string {
 // error when it does not exist.
 func ReadFile(ctx context.Context, img, path string) ([]byte, error) {
 	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "debugfs", "-R", "cat "+path, img)
+	cmd := helper(ctx, "debugfs", "-R", "cat "+path, img)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("reading %s in %s: %w", path, img, err)
@@ -132,6 +131,6 @@ func ReadFile(ctx context.Context, img, path string) ([]byte, error) {
 // Exists reports whether path exists inside the ext4 image img (a symlink
 // counts, whatever it points to).
 func Exists(ctx context.Context, img, path string) bool {
-	out, err := exec.CommandContext(ctx, "debugfs", "-R", "stat "+path, img).CombinedOutput()
+	out, err := helper(ctx, "debugfs", "-R", "stat "+path, img).CombinedOutput()
 	return err == nil && !bytes.Contains(out, []byte("File not found")) && bytes.Contains(out, []byte("Inode:"))
 }
