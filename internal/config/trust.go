@@ -50,6 +50,22 @@ func MkdirTrusted(dir string, mode fs.FileMode) error {
 	if err != nil {
 		return err
 	}
+	if err := CheckTrustedExisting(dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, mode); err != nil {
+		return fmt.Errorf("creating %s: %w", dir, err)
+	}
+	return CheckTrustedDir(dir)
+}
+
+// CheckTrustedExisting is CheckTrustedDir for the deepest part of dir's
+// path that exists: dir itself when it does.
+func CheckTrustedExisting(dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
 	existing := dir
 	for {
 		if _, err := os.Lstat(existing); err == nil || existing == "/" {
@@ -57,13 +73,7 @@ func MkdirTrusted(dir string, mode fs.FileMode) error {
 		}
 		existing = filepath.Dir(existing)
 	}
-	if err := CheckTrustedDir(existing); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(dir, mode); err != nil {
-		return fmt.Errorf("creating %s: %w", dir, err)
-	}
-	return CheckTrustedDir(dir)
+	return CheckTrustedDir(existing)
 }
 
 // CheckTrustedDir checks dir and each of its ancestors: every one must be a

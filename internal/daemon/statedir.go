@@ -44,6 +44,12 @@ func prepareStateDir(dirs config.Dirs) error {
 			return fmt.Errorf("setting mode of %s: %w", p, err)
 		}
 	}
+	// The daemon also writes downloads into the user's cache directory.
+	if dirs.Cache != "" {
+		if err := config.CheckTrustedExisting(dirs.Cache); err != nil {
+			return fmt.Errorf("cache directory: %w", err)
+		}
+	}
 	// Only the user the daemon serves (and root) may reach the socket.
 	if err := os.Lchown(dirs.RunDir(), config.InvokingUID(), config.InvokingGID()); err != nil {
 		return fmt.Errorf("handing %s to uid %d: %w", dirs.RunDir(), config.InvokingUID(), err)
