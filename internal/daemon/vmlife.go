@@ -44,7 +44,12 @@ func (m *vmManager) start(ctx context.Context, name string, readyTimeout time.Du
 	}
 	spec.NICs = []vmm.NIC{{ID: "eth0", Tap: tap, MAC: lease.MAC}}
 	spec.Cmdline += " " + netArgs
-	os.Remove(spec.ConsoleLog) // each boot's log starts fresh
+	// Each boot's log starts fresh, and private: QEMU appends to the file
+	// as it finds it rather than creating it 0644.
+	if f, err := openNoFollow(spec.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600); err == nil {
+		f.Chmod(0o600)
+		f.Close()
+	}
 	p("booting "+driver.Name(), 0, 0)
 	mc, err := driver.Start(ctx, spec)
 	if err != nil {
