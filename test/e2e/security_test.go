@@ -136,7 +136,7 @@ func TestSecondUserLockedOut(t *testing.T) {
 	if b, _ := os.ReadFile(victim); string(b) != "untouched" {
 		t.Errorf("vm cp wrote through the planted symlink: victim now %q", b)
 	}
-	if b, _ := os.ReadFile(dst); string(b) != "tiny\n" {
+	if b, _ := os.ReadFile(dst); string(b) != "sec1\n" {
 		t.Errorf("vm cp result %q, want the guest's hostname", b)
 	}
 
@@ -184,6 +184,18 @@ func TestSecondUserLockedOut(t *testing.T) {
 			t.Errorf("no %s under %s: the test checks too little", want, vmDir)
 		}
 	}
+	// And by their own modes, not only their directory's: regular files
+	// under vms/ are 0600 or tighter, directories 0700.
+	filepath.WalkDir(vmDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		fi, _ := d.Info()
+		if fi != nil && (fi.Mode().IsRegular() || fi.IsDir()) && fi.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s: mode %04o, want nothing for group or others", p, fi.Mode().Perm())
+		}
+		return nil
+	})
 	script := `for f in "$@"; do if [ -d "$f" ]; then ls "$f" >/dev/null 2>&1 && echo "LISTED $f"; elif [ -S "$f" ]; then continue; else head -c1 "$f" >/dev/null 2>&1 && echo "READ $f"; fi; done; echo checked $#`
 	out, _ = e.as(other, append([]string{"sh", "-c", script, "sh"}, paths...)...)
 	if strings.Contains(out, "READ ") || strings.Contains(out, "LISTED ") {
