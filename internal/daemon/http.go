@@ -164,7 +164,10 @@ func withPeer(ctx context.Context, c net.Conn) context.Context {
 func (s *Server) peerCheck(h http.Handler) http.Handler {
 	allowed := map[int]bool{0: true, os.Geteuid(): true, config.InvokingUID(): true}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, _ := r.Context().Value(peerKey{}).(peer)
+		p, ok := r.Context().Value(peerKey{}).(peer)
+		if !ok {
+			p = peer{uid: -1, err: errors.New("no peer credentials")}
+		}
 		if p.err == nil && allowed[p.uid] {
 			h.ServeHTTP(w, r)
 			return
