@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -57,11 +58,13 @@ is the host file's.`,
 				_, err = io.Copy(os.Stdout, rc)
 				return err
 			}
-			tmp := dstPath + ".banger-tmp"
-			f, err := os.Create(tmp)
+			// A fresh, unpredictable name (O_EXCL, mode 0600) in the target's
+			// directory: no planted file or symlink is written through.
+			f, err := os.CreateTemp(filepath.Dir(dstPath), "."+filepath.Base(dstPath)+".banger-tmp-*")
 			if err != nil {
 				return err
 			}
+			tmp := f.Name()
 			if _, err := io.Copy(f, rc); err != nil {
 				f.Close()
 				os.Remove(tmp)

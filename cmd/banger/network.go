@@ -37,6 +37,7 @@ func newNetworkCmd() *cobra.Command {
 				Warnings   []string
 				Leases     []struct{ IP, VM, MAC, Tap string }
 				Conflict   string
+				NotOwner   string `json:"not_owner"`
 			}
 			json.Unmarshal(raw, &v)
 			cmd.Printf("bridge %s (%s) ip %s cidr %s, exists: %t\n", v.Bridge.Name, dash(v.Bridge.State), v.Bridge.IP, v.Bridge.CIDR, v.Bridge.Exists)
@@ -49,6 +50,9 @@ func newNetworkCmd() *cobra.Command {
 			}
 			for _, w := range v.Warnings {
 				cmd.Printf("warning: %s\n", w)
+			}
+			if v.NotOwner != "" {
+				cmd.Printf("network not managed by this daemon: %s\n", v.NotOwner)
 			}
 			if v.Conflict != "" {
 				cmd.Printf("config not in force: %s\n", v.Conflict)

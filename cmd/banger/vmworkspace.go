@@ -50,7 +50,11 @@ ssh when the VM's sshd answers, else through the guest agent
 		Short: "Copy a directory of a running VM back to the host",
 		Long: `Copy the guest directory P into DIR on the host (created when missing),
 replacing files that exist there. Entries that would land outside DIR are
-refused.`,
+refused. Modes are kept less your umask, so the guest cannot leave
+world-writable or setuid files on the host. Symlinks are copied as they
+are: one may point anywhere on the host (extraction never follows it, but
+whatever reads DIR later might), so treat an exported tree like any
+download.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()

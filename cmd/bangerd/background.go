@@ -23,17 +23,19 @@ func background(dirs config.Dirs) int {
 		fmt.Printf("bangerd is already running (pid %d, version %s)\n", v.PID, v.Version)
 		return client.ExitAlreadyRunning
 	}
-	if err := os.MkdirAll(dirs.State, 0o711); err != nil {
+	if err := config.MkdirTrusted(dirs.State, 0o711); err != nil {
 		fmt.Fprintf(os.Stderr, "bangerd: state directory %s: %v (run as root, or set %s to a directory you own)\n", dirs.State, err, config.HomeEnv)
 		return 1
 	}
 	logPath := filepath.Join(dirs.State, "bangerd.log")
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bangerd: state directory %s is not writable: %v (run as root, or set %s to a directory you own)\n", dirs.State, err, config.HomeEnv)
 		return 1
 	}
 	defer logf.Close()
+	// The user the daemon serves may read its log (the CLI points them to it).
+	logf.Chown(config.InvokingUID(), config.InvokingGID())
 	start, _ := logf.Seek(0, 2)
 
 	exe, err := os.Executable()

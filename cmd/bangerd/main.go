@@ -39,7 +39,7 @@ func main() {
 func runForeground(dirs config.Dirs, logFile string, debug bool) int {
 	out := os.Stderr
 	if logFile != "" {
-		f, err := os.OpenFile(logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		f, err := os.OpenFile(logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "bangerd:", err)
 			return 1

@@ -28,16 +28,19 @@ const (
 	Canceled        Code = "canceled"         // 499: the caller went away
 	Timeout         Code = "timeout"          // 504: a bounded wait ran out
 	Internal        Code = "internal"         // 500: a bug or an unexpected failure
+	// PermissionDenied (403): the caller may not use this daemon.
+	PermissionDenied Code = "permission_denied"
 )
 
 var statuses = map[Code]int{
-	NotFound:        http.StatusNotFound,
-	Conflict:        http.StatusConflict,
-	InvalidArgument: http.StatusBadRequest,
-	Unavailable:     http.StatusServiceUnavailable,
-	Canceled:        499,
-	Timeout:         http.StatusGatewayTimeout,
-	Internal:        http.StatusInternalServerError,
+	NotFound:         http.StatusNotFound,
+	Conflict:         http.StatusConflict,
+	InvalidArgument:  http.StatusBadRequest,
+	Unavailable:      http.StatusServiceUnavailable,
+	Canceled:         499,
+	Timeout:          http.StatusGatewayTimeout,
+	Internal:         http.StatusInternalServerError,
+	PermissionDenied: http.StatusForbidden,
 }
 
 // HTTPStatus returns the HTTP status for c.

@@ -19,6 +19,7 @@ const (
 	StateRunning  = "running"  // agent answered
 	StateStopped  = "stopped"  // VMM exited cleanly or was stopped
 	StateFailed   = "failed"   // start or run failed; see LastError and logs
+	StateDeleting = "deleting" // being deleted; a restarted daemon finishes it
 )
 
 // VM is a VM as the API shows it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"banger/internal/api"
 	"banger/internal/config"
 )
 
@@ -33,8 +35,12 @@ func (e *StartError) Error() string {
 // ExitAlreadyRunning and both use the winner.
 func Ensure(ctx context.Context, dirs config.Dirs) (*Client, error) {
 	c := New(dirs.Socket())
-	if err := c.Ping(ctx); err == nil {
+	err := c.Ping(ctx)
+	if err == nil {
 		return c, nil
+	}
+	if err := notYours(dirs, err); err != nil {
+		return nil, err
 	}
 	bin, err := DaemonBinary()
 	if err != nil {
@@ -109,4 +115,19 @@ func DaemonBinary() (string, error) {
 		return p, nil
 	}
 	return "", errors.New("bangerd binary not found beside banger or in PATH (run: sudo make install)")
+}
+
+// notYours turns a ping that failed because this user may not use the
+// daemon of dirs into an error saying so; starting another daemon (through
+// sudo) would not help. Other errors give nil.
+func notYours(dirs config.Dirs, err error) error {
+	var ae *api.Error
+	switch {
+	case errors.As(err, &ae) && ae.Code == api.PermissionDenied:
+		return err
+	case errors.Is(err, fs.ErrPermission):
+		return api.Errorf(api.PermissionDenied, "the bangerd of state directory %s serves another user (%s is not open to you)", dirs.State, dirs.RunDir()).
+			WithHint("use your own state directory: set " + config.HomeEnv + " to a directory you own")
+	}
+	return nil
 }

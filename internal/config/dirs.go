@@ -16,8 +16,12 @@ type Dirs struct {
 	Cache  string // user cache: OCI blobs, downloads
 }
 
+// RunDir holds the daemon's API socket: mode 0700, owned by the user the
+// daemon serves, so no one else can even reach the socket.
+func (d Dirs) RunDir() string { return filepath.Join(d.State, "run") }
+
 // Socket is the daemon's API socket.
-func (d Dirs) Socket() string { return filepath.Join(d.State, "bangerd.sock") }
+func (d Dirs) Socket() string { return filepath.Join(d.RunDir(), "bangerd.sock") }
 
 // Lock is the file the daemon holds locked while it runs.
 func (d Dirs) Lock() string { return filepath.Join(d.State, "bangerd.lock") }

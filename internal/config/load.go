@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"slices"
@@ -54,7 +55,7 @@ func (e *Error) Error() string {
 // problem found is reported (errors.Join of *Error), each naming the file,
 // the line and the key.
 func Load(path string) (Config, Sources, error) {
-	data, err := os.ReadFile(path)
+	data, err := readTrusted(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return Default(), Sources{}, nil
 	}
@@ -62,6 +63,37 @@ func Load(path string) (Config, Sources, error) {
 		return Config{}, nil, fmt.Errorf("reading config: %w", err)
 	}
 	return Parse(path, data)
+}
+
+// maxConfigBytes bounds what Load reads: a config.toml is a few lines.
+const maxConfigBytes = 1 << 20
+
+// readTrusted reads a regular file that only root or the user can change
+// (config values name binaries bangerd runs as root).
+func readTrusted(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if err := checkTrustedFile(path, fi); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxConfigBytes {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxConfigBytes)
+	}
+	return data, nil
 }
 
 // Parse is Load for a file already read; name is used in messages.

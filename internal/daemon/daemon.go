@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -43,6 +42,8 @@ type Server struct {
 
 	// shutdown is called to stop Run, e.g. by POST /v1/shutdown.
 	shutdown context.CancelFunc
+	// vmmUser is who VMMs run as; nil: root.
+	vmmUser *vmmUser
 
 	vms     *vmManager
 	net     *netService
@@ -56,7 +57,7 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if err := prepareStateDir(opts.Dirs.State); err != nil {
+	if err := prepareStateDir(opts.Dirs); err != nil {
 		return err
 	}
 	lock, err := waitLock(ctx, opts.Dirs)
@@ -65,7 +66,11 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer lock.release()
 
-	st, err := store.Open(ctx, filepath.Join(opts.Dirs.State, "state.db"))
+	dbPath := filepath.Join(opts.Dirs.State, "state.db")
+	if err := privateFile(dbPath); err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, dbPath)
 	if err != nil {
 		return err
 	}
@@ -85,7 +90,8 @@ func Run(ctx context.Context, opts Options) error {
 	// What a daemon killed mid-pull left: staging trees (and debootstrap's
 	// mounts in them), partial blobs, an image moved aside mid-replace.
 	s.images.RemoveStale(s.started, filepath.Join(opts.Dirs.Cache, "oci"))
-	drivers, def := newDrivers(opts.Config, opts.Logger)
+	s.vmmUser = ensureVMMUser(ctx, opts.Logger)
+	drivers, def := newDrivers(opts.Config, opts.Logger, s.vmmUser)
 	s.log.Info("vmm chosen", "vmm", def.VMM, "accel", def.Accel, "reason", def.Reason)
 	s.vms = newVMManager(s, drivers, def.VMM)
 	if s.net, err = newNetService(ctx, s); err != nil {
@@ -102,7 +108,11 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: withVersion(s.routes()), BaseContext: func(net.Listener) context.Context { return ctx }}
+	srv := &http.Server{
+		Handler:     withVersion(s.peerCheck(s.routes())),
+		BaseContext: func(net.Listener) context.Context { return ctx },
+		ConnContext: withPeer,
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -121,23 +131,14 @@ func Run(ctx context.Context, opts Options) error {
 	s.log.Info("bangerd serving", "socket", opts.Dirs.Socket(), "version", version.String(), "pid", os.Getpid())
 	err = g.Wait()
 	s.vms.close()
+	s.net.close()
 	return err
 }
 
-func prepareStateDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o711); err != nil {
-		return fmt.Errorf("state directory %s: %w (run as root, or set %s to a directory you own)", dir, err, config.HomeEnv)
-	}
-	probe := filepath.Join(dir, ".write-test")
-	if err := os.WriteFile(probe, nil, 0o600); err != nil {
-		return fmt.Errorf("state directory %s is not writable: %w (run as root, or set %s to a directory you own)", dir, err, config.HomeEnv)
-	}
-	return os.Remove(probe)
-}
-
-// listen opens the API socket. We hold the lock, so any socket file left
-// is stale (from a killed daemon) and is replaced. The socket is 0600 and
-// owned by the user who ran sudo, so only they and root can open it.
+// listen opens the API socket in the run directory (0700, owned by the
+// user the daemon serves). We hold the lock, so any socket file left is
+// stale (from a killed daemon) and is replaced. The socket is 0600 and
+// handed to that user; peerCheck still checks every connection's uid.
 func listen(path string) (net.Listener, error) {
 	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
 		return nil, fmt.Errorf("removing stale socket %s: %w", path, err)
@@ -146,14 +147,12 @@ func listen(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	if err := chmodNoFollow(path, 0o600); err != nil {
 		ln.Close()
 		return nil, err
 	}
-	uid, errU := strconv.Atoi(os.Getenv("SUDO_UID"))
-	gid, errG := strconv.Atoi(os.Getenv("SUDO_GID"))
-	if errU == nil && errG == nil && os.Geteuid() == 0 {
-		if err := os.Chown(path, uid, gid); err != nil {
+	if uid := config.InvokingUID(); os.Geteuid() == 0 && uid != 0 {
+		if err := os.Lchown(path, uid, config.InvokingGID()); err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("handing %s to uid %d: %w", path, uid, err)
 		}

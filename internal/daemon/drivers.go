@@ -13,11 +13,14 @@ import (
 )
 
 // newDrivers constructs both drivers and picks the one new VMs use, the
-// same way banger doctor explains it.
-func newDrivers(cfg config.Config, logger *slog.Logger) (map[string]vmm.Driver, doctor.Choice) {
+// same way banger doctor explains it. With a vmm user, QEMU drops to it
+// (-runas) and the jailer runs firecracker as it; without one they stay
+// root.
+func newDrivers(cfg config.Config, logger *slog.Logger, u *vmmUser) (map[string]vmm.Driver, doctor.Choice) {
+	qo, fo := driverOptions(cfg, logger, u)
 	drivers := map[string]vmm.Driver{
-		"qemu":        qemu.New(qemu.Options{Bin: cfg.QEMUBin, Logger: logger}),
-		"firecracker": firecracker.New(firecracker.Options{Bin: cfg.FirecrackerBin, JailerBin: cfg.JailerBin, Logger: logger}),
+		"qemu":        qemu.New(qo),
+		"firecracker": firecracker.New(fo),
 	}
 	var kvmErr error
 	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err != nil {
@@ -27,4 +30,15 @@ func newDrivers(cfg config.Config, logger *slog.Logger) (map[string]vmm.Driver, 
 	}
 	fc, _ := exec.LookPath(cfg.FirecrackerBin)
 	return drivers, doctor.Choose(cfg.VMM, kvmErr, fc)
+}
+
+// driverOptions are the drivers' options for cfg and the vmm user u.
+func driverOptions(cfg config.Config, logger *slog.Logger, u *vmmUser) (qemu.Options, firecracker.Options) {
+	qo := qemu.Options{Bin: cfg.QEMUBin, Logger: logger}
+	fo := firecracker.Options{Bin: cfg.FirecrackerBin, JailerBin: cfg.JailerBin, Logger: logger}
+	if u != nil {
+		qo.RunAs = u.name
+		fo.JailerUID, fo.JailerGID = u.uid, u.gid
+	}
+	return qo, fo
 }

@@ -4,10 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
+	"os"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"banger/internal/api"
+	"banger/internal/config"
 	"banger/internal/store"
 	"banger/internal/version"
 	"banger/internal/vmm"
@@ -117,3 +122,59 @@ func (s *stream) finish(v any, err error) {
 
 // progressFunc adapts s to the callback shape the stores use.
 type progressFunc func(phase string, done, total int64)
+
+// peerKey is the context key of the connecting process's credentials.
+type peerKey struct{}
+
+// peer is who is on the other end of an API connection (SO_PEERCRED).
+type peer struct {
+	uid, pid int
+	err      error
+}
+
+// withPeer records the peer's credentials for peerCheck.
+func withPeer(ctx context.Context, c net.Conn) context.Context {
+	p := peer{uid: -1}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		p.err = errors.New("not a unix socket connection")
+		return context.WithValue(ctx, peerKey{}, p)
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		p.err = err
+		return context.WithValue(ctx, peerKey{}, p)
+	}
+	cerr := raw.Control(func(fd uintptr) {
+		var cred *unix.Ucred
+		cred, p.err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if p.err == nil {
+			p.uid, p.pid = int(cred.Uid), int(cred.Pid)
+		}
+	})
+	if cerr != nil {
+		p.err = cerr
+	}
+	return context.WithValue(ctx, peerKey{}, p)
+}
+
+// peerCheck serves only root and the user this daemon serves
+// (config.InvokingUID); everyone else gets 403 with a reason, and a log
+// line.
+func (s *Server) peerCheck(h http.Handler) http.Handler {
+	allowed := map[int]bool{0: true, os.Geteuid(): true, config.InvokingUID(): true}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, ok := r.Context().Value(peerKey{}).(peer)
+		if !ok {
+			p = peer{uid: -1, err: errors.New("no peer credentials")}
+		}
+		if p.err == nil && allowed[p.uid] {
+			h.ServeHTTP(w, r)
+			return
+		}
+		s.log.Warn("refused api connection", "uid", p.uid, "pid", p.pid, "err", p.err, "path", r.URL.Path)
+		writeErr(w, api.Errorf(api.PermissionDenied, "bangerd (state directory %s) serves only root and uid %d, not uid %d",
+			s.opts.Dirs.State, config.InvokingUID(), p.uid).
+			WithHint("run banger as the user who started the daemon, or start your own daemon with BANGER_HOME set to a directory you own"))
+	})
+}

@@ -3,16 +3,16 @@ package daemon
 import (
 	"context"
 	"errors"
-	"net"
-	"time"
-
-	"banger/internal/config"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"banger/internal/config"
 )
 
 // ErrAlreadyRunning reports that another bangerd holds the state directory.
@@ -24,12 +24,14 @@ var ErrAlreadyRunning = errors.New("another bangerd is running on this state dir
 type lockFile struct{ f *os.File }
 
 func acquireLock(path string) (*lockFile, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := openNoFollow(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening lock %s: %w", path, err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		holder, _ := os.ReadFile(path)
+		holder := make([]byte, 32)
+		n, _ := f.ReadAt(holder, 0)
+		holder = holder[:n]
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
 			pid := strings.TrimSpace(string(holder))

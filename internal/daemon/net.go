@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"os"
@@ -33,9 +34,41 @@ type netService struct {
 	path string // network.json
 	dns  []netip.Addr
 
-	mu       sync.Mutex // guards ready and conflict
+	mu       sync.Mutex // guards ready, conflict and claim
 	ready    bool
-	conflict string // why config.toml's network settings are not in force
+	conflict string         // why config.toml's network settings are not in force
+	claim    *network.Claim // this daemon's hold on the namespace's network
+}
+
+// claimed takes the network namespace's claim once (network.TakeClaim):
+// a second daemon on another state directory must not touch the bridge,
+// taps and NAT of the first. The error names the holder.
+func (ns *netService) claimed() error {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	return ns.claimLocked()
+}
+
+func (ns *netService) claimLocked() error {
+	if ns.claim != nil {
+		return nil
+	}
+	c, err := network.TakeClaim(ns.s.opts.Dirs.State)
+	if err != nil {
+		return netErr(err)
+	}
+	ns.claim = c
+	return nil
+}
+
+// close gives the claim up as the daemon stops.
+func (ns *netService) close() {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	if ns.claim != nil {
+		ns.claim.Release()
+		ns.claim = nil
+	}
 }
 
 func newNetService(ctx context.Context, s *Server) (*netService, error) {
@@ -56,10 +89,15 @@ func newNetService(ctx context.Context, s *Server) (*netService, error) {
 			s.log.Warn("network config change refused while VMs run", "why", ns.conflict)
 		}
 	}
-	mgr, err := network.New(network.Config{
+	ncfg := network.Config{
 		BridgeName: use.BridgeName, BridgeIP: use.BridgeIP, CIDR: use.CIDR,
 		PoolSize: cfg.TapPoolSize, Logger: s.log,
-	})
+	}
+	if cfg.JailerBin != "" && s.vmmUser != nil {
+		// The jailed firecracker opens its tap as the vmm user.
+		ncfg.TapOwner, ncfg.TapGroup = uint32(s.vmmUser.uid), uint32(s.vmmUser.gid)
+	}
+	mgr, err := network.New(ncfg)
 	if err != nil {
 		return nil, fmt.Errorf("network settings: %w", err)
 	}
@@ -72,18 +110,27 @@ func newNetService(ctx context.Context, s *Server) (*netService, error) {
 
 func (ns *netService) recorded() (netState, error) {
 	var st netState
-	b, err := os.ReadFile(ns.path)
+	f, err := openNoFollow(ns.path, os.O_RDONLY, 0)
 	if err != nil {
 		return st, err
 	}
-	return st, json.Unmarshal(b, &st)
+	defer f.Close()
+	return st, json.NewDecoder(io.LimitReader(f, 1<<16)).Decode(&st)
 }
 
 func (ns *netService) record() error {
 	c := ns.mgr.Config()
 	b, _ := json.Marshal(netState{BridgeName: c.BridgeName, BridgeIP: c.BridgeIP, CIDR: c.CIDR})
 	tmp := ns.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+	f, err := openNoFollow(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return err
 	}
 	return os.Rename(tmp, ns.path)
@@ -95,6 +142,9 @@ func (ns *netService) ensure(ctx context.Context) error {
 	defer ns.mu.Unlock()
 	if ns.ready {
 		return nil
+	}
+	if err := ns.claimLocked(); err != nil {
+		return err
 	}
 	if err := ns.mgr.Setup(ctx); err != nil {
 		return netErr(err)
@@ -110,7 +160,8 @@ func (ns *netService) ensure(ctx context.Context) error {
 // say what to do.
 func netErr(err error) error {
 	switch {
-	case errors.Is(err, network.ErrExhausted), errors.Is(err, network.ErrOverlap), errors.Is(err, network.ErrNotOurs):
+	case errors.Is(err, network.ErrExhausted), errors.Is(err, network.ErrOverlap), errors.Is(err, network.ErrNotOurs),
+		errors.Is(err, network.ErrClaimed):
 		return api.Errorf(api.Conflict, "%v", err)
 	case errors.Is(err, network.ErrNoTun), errors.Is(err, network.ErrNoNetAdmin):
 		return api.Errorf(api.Unavailable, "%v", err)
@@ -125,6 +176,9 @@ func (ns *netService) lease(ctx context.Context, vmID string) (store.Lease, erro
 	ns.mu.Unlock()
 	if conflict != "" {
 		return store.Lease{}, api.Errorf(api.Conflict, "%s", conflict)
+	}
+	if err := ns.claimed(); err != nil {
+		return store.Lease{}, err
 	}
 	if old, err := ns.s.store.LeaseOf(ctx, vmID); err == nil && !ns.mgr.Config().CIDR.Contains(old.IP) {
 		// The cidr changed while this VM was stopped: it gets a new address.
@@ -181,6 +235,11 @@ func (ns *netService) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := ns.claimed(); err != nil {
+		// Another daemon's taps: leave them alone.
+		ns.s.log.Warn("not reconciling the network", "err", err)
+		return nil
+	}
 	info, err := ns.mgr.Inspect(ctx)
 	if err != nil || !info.Bridge.Exists {
 		return nil
@@ -202,6 +261,9 @@ type networkView struct {
 	network.Info
 	Leases   []leaseView `json:"leases"`
 	Conflict string      `json:"conflict,omitempty"`
+	// NotOwner says why this daemon may not touch the namespace's network
+	// (another daemon holds it).
+	NotOwner string `json:"not_owner,omitempty"`
 }
 
 type leaseView struct {
@@ -223,6 +285,9 @@ func (s *Server) handleNetwork(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := networkView{Info: info, Leases: []leaseView{}, Conflict: s.net.conflict}
+	if err := s.net.claimed(); err != nil {
+		out.NotOwner = err.Error()
+	}
 	for _, l := range ls {
 		name := l.VMID
 		if v, err := s.store.VMByName(r.Context(), l.VMID); err == nil {

@@ -69,7 +69,7 @@ func (m *vmManager) prepareGuest(ctx context.Context, v store.VM, im image.Image
 	if err := saveAgentKey(v.Dir, key); err != nil {
 		return fmt.Errorf("vm %q: %w", v.Name, err)
 	}
-	if err := os.WriteFile(filepath.Join(v.Dir, hostKeyFile), []byte(host.Public+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(v.Dir, hostKeyFile), []byte(host.Public+"\n"), 0o600); err != nil {
 		return fmt.Errorf("saving host key of vm %q: %w", v.Name, err)
 	}
 	return nil

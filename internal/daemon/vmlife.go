@@ -44,7 +44,13 @@ func (m *vmManager) start(ctx context.Context, name string, readyTimeout time.Du
 	}
 	spec.NICs = []vmm.NIC{{ID: "eth0", Tap: tap, MAC: lease.MAC}}
 	spec.Cmdline += " " + netArgs
-	vmm.RemoveConsoleLog(spec.ConsoleLog) // each boot's log starts fresh
+	// Each boot's log starts fresh, and private: QEMU appends to the file
+	// as it finds it rather than creating it 0644.
+	vmm.RemoveConsoleLog(spec.ConsoleLog)
+	if f, err := openNoFollow(spec.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600); err == nil {
+		f.Chmod(0o600)
+		f.Close()
+	}
 	p("booting "+driver.Name(), 0, 0)
 	mc, err := m.bootVMM(ctx, driver, v, &spec)
 	if err != nil {
@@ -297,10 +303,17 @@ func (m *vmManager) delete(ctx context.Context, name string, force bool) error {
 	if err := m.stopLocked(ctx, v, force, 10*time.Second); err != nil {
 		return err
 	}
-	if err := os.RemoveAll(v.Dir); err != nil {
-		return fmt.Errorf("removing %s: %w", v.Dir, err)
+	// Crash-safe order: mark the row, remove the files, then the row. A
+	// daemon killed in between finishes the job at its next start
+	// (adoptAll), so no row ever points at half-removed files.
+	if v, err = m.s.store.VMByName(ctx, v.ID); err != nil {
+		return err
 	}
-	if err := m.s.store.DeleteVM(context.WithoutCancel(ctx), v.ID); err != nil {
+	v.State = api.StateDeleting
+	if err := m.s.store.UpdateVM(context.WithoutCancel(ctx), v); err != nil {
+		return err
+	}
+	if err := m.removeVM(context.WithoutCancel(ctx), v); err != nil {
 		return err
 	}
 	m.mu.Lock()
@@ -317,6 +330,15 @@ func (m *vmManager) adoptAll(ctx context.Context) error {
 		return err
 	}
 	for _, v := range vms {
+		if v.State == api.StateDeleting {
+			// An earlier daemon died while deleting this VM: finish.
+			m.s.log.Info("finishing an interrupted delete", "vm", v.Name)
+			reapOrphans(v.Dir)
+			if err := m.removeVM(ctx, v); err != nil {
+				m.s.log.Error("finishing delete", "vm", v.Name, "err", err)
+			}
+			continue
+		}
 		if v.State == api.StateCreating {
 			// An earlier daemon died while making this VM's disk: the VM
 			// was never handed to anyone, so it goes, lease included.
@@ -385,4 +407,12 @@ func (m *vmManager) markAnswered(ctx context.Context, id string) {
 		v.State, v.LastError = api.StateRunning, ""
 		m.s.store.UpdateVM(context.WithoutCancel(ctx), v)
 	}
+}
+
+// removeVM removes a VM's files, then its record (and lease).
+func (m *vmManager) removeVM(ctx context.Context, v store.VM) error {
+	if err := os.RemoveAll(v.Dir); err != nil {
+		return fmt.Errorf("removing %s: %w", v.Dir, err)
+	}
+	return m.s.store.DeleteVM(ctx, v.ID)
 }

@@ -156,7 +156,7 @@ func unknownImage(name string, valid []string) error {
 }
 
 func (m *vmManager) makeDisk(ctx context.Context, v *store.VM, im image.Image, p progressFunc) error {
-	if err := os.MkdirAll(v.Dir, 0o755); err != nil {
+	if err := os.MkdirAll(v.Dir, 0o700); err != nil {
 		return err
 	}
 	root := filepath.Join(v.Dir, "rootfs.ext4")

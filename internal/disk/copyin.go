@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -88,7 +87,7 @@ func Debugfs(ctx context.Context, img, script string) error { return debugfs(ctx
 // fails, so its stderr is read: anything but the banner and the expected
 // complaints of the rm and mkdir that make CopyIn idempotent is an error.
 func debugfs(ctx context.Context, img, script string) error {
-	cmd := exec.CommandContext(ctx, "debugfs", "-w", "-f", "-", img)
+	cmd := helper(ctx, "debugfs", "-w", "-f", "-", img)
 	cmd.Stdin = strings.NewReader(script)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -127,7 +126,7 @@ const MaxReadFile = 64 << 20
 func ReadFile(ctx context.Context, img, path string) ([]byte, error) {
 	stdout := &capBuffer{max: MaxReadFile}
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "debugfs", "-R", "cat "+path, img)
+	cmd := helper(ctx, "debugfs", "-R", "cat "+path, img)
 	cmd.Stdout, cmd.Stderr = stdout, &stderr
 	if err := cmd.Run(); stdout.over {
 		return nil, fmt.Errorf("reading %s in %s: larger than %d MiB", path, img, MaxReadFile>>20)
@@ -158,6 +157,6 @@ func (c *capBuffer) Write(p []byte) (int, error) {
 // Exists reports whether path exists inside the ext4 image img (a symlink
 // counts, whatever it points to).
 func Exists(ctx context.Context, img, path string) bool {
-	out, err := exec.CommandContext(ctx, "debugfs", "-R", "stat "+path, img).CombinedOutput()
+	out, err := helper(ctx, "debugfs", "-R", "stat "+path, img).CombinedOutput()
 	return err == nil && !bytes.Contains(out, []byte("File not found")) && bytes.Contains(out, []byte("Inode:"))
 }

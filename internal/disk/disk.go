@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,7 +25,8 @@ const (
 // Clone makes dst a copy of src without costing time proportional to the
 // image's size where the filesystem allows: a reflink when supported, else
 // a copy of only the data regions. dst must not exist. On error dst is
-// removed. progress, when not nil, sees bytes copied of the data regions.
+// removed. dst is created 0600: a VM's disk is private to root. progress,
+// when not nil, sees bytes copied of the data regions.
 func Clone(ctx context.Context, src, dst string, progress func(done, total int64)) (string, error) {
 	in, err := os.Open(src)
 	if err != nil {
@@ -35,7 +37,7 @@ func Clone(ctx context.Context, src, dst string, progress func(done, total int64
 	if err != nil {
 		return "", err
 	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return "", err
 	}
@@ -137,14 +139,24 @@ func Grow(ctx context.Context, path string, size int64) error {
 	}
 	// resize2fs wants a freshly checked filesystem. e2fsck exits 1 when it
 	// fixed something, which is fine here.
-	if out, err := exec.CommandContext(ctx, "e2fsck", "-fy", path).CombinedOutput(); err != nil {
+	if out, err := helper(ctx, "e2fsck", "-fy", path).CombinedOutput(); err != nil {
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() > 1 {
 			return fmt.Errorf("checking %s: %w: %s", path, err, bytes.TrimSpace(out))
 		}
 	}
-	if out, err := exec.CommandContext(ctx, "resize2fs", path).CombinedOutput(); err != nil {
+	if out, err := helper(ctx, "resize2fs", path).CombinedOutput(); err != nil {
 		return fmt.Errorf("resizing %s: %w: %s", path, err, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// helper is a short-lived tool run on an image (debugfs, e2fsck,
+// resize2fs). It is killed when ctx is done, and also when the daemon
+// dies (Pdeathsig), so no helper outlives the request it served. VMMs,
+// which must survive a daemon restart, are not started this way.
+func helper(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
 }

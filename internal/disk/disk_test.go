@@ -128,3 +128,22 @@ func TestDebugfsFailureIsAnError(t *testing.T) {
 		t.Fatalf("the expected complaints of an idempotent copy are errors: %v", err)
 	}
 }
+
+func TestCloneIsPrivate(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	if err := os.WriteFile(src, []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(dir, "dst")
+	if _, err := Clone(context.Background(), src, dst, nil); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("clone mode %04o, want 0600", fi.Mode().Perm())
+	}
+}

@@ -174,11 +174,23 @@ func checkIPForward(o Options) Check {
 		c.Status, c.Detail = StatusWarn, fmt.Sprintf("cannot read %s: %v", o.IPForwardPath, unwrapPath(err))
 		c.Fix = "none needed: banger enables it when the first VM starts (sudo sysctl -w net.ipv4.ip_forward=1 to do it now)"
 	case v == "1":
-		c.Status, c.Detail = StatusOK, "enabled"
+		c.Status, c.Detail = StatusOK, "enabled (host-wide; banger never turns it back off)"
 	default:
-		c.Status, c.Detail = StatusWarn, "disabled; banger enables it when the first VM starts"
-		c.Fix = "none needed (or now: sudo sysctl -w net.ipv4.ip_forward=1)"
+		c.Status, c.Detail = StatusWarn, "disabled; banger enables it when the first VM starts, for the whole host, and never turns it back off"
+		c.Fix = "none needed (or now: sudo sysctl -w net.ipv4.ip_forward=1; to undo after banger: sudo sysctl -w net.ipv4.ip_forward=0)"
 	}
+	return c
+}
+
+func checkVMMUser(o Options) Check {
+	c := Check{Name: "vmm user"}
+	if err := o.VMMUser(); err != nil {
+		c.Status = StatusWarn
+		c.Detail = fmt.Sprintf("user %s is missing: bangerd creates it at start if it can, else VMMs run as root", config.VMMUser)
+		c.Fix = "sudo make install (or: sudo useradd --system --user-group --no-create-home --shell /usr/sbin/nologin " + config.VMMUser + ")"
+		return c
+	}
+	c.Status, c.Detail = StatusOK, fmt.Sprintf("QEMU drops to %s (-runas) and runs under seccomp (-sandbox)", config.VMMUser)
 	return c
 }
 

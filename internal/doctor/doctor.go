@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"os/user"
 	"sync"
 
 	"banger/internal/config"
@@ -83,6 +84,8 @@ type Options struct {
 	IPForwardPath string                            // default /proc/sys/net/ipv4/ip_forward
 	// IsRoot reports whether the checks run as root; default euid == 0.
 	IsRoot func() bool
+	// VMMUser reports whether config.VMMUser exists. Default: os/user.
+	VMMUser func() error
 	// FreeBytes returns the bytes an unprivileged user may still write on
 	// the filesystem holding path; default statfs.
 	FreeBytes func(path string) (uint64, error)
@@ -106,6 +109,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.IsRoot == nil {
 		o.IsRoot = func() bool { return os.Geteuid() == 0 }
+	}
+	if o.VMMUser == nil {
+		o.VMMUser = func() error { _, err := user.Lookup(config.VMMUser); return err }
 	}
 	if o.FreeBytes == nil {
 		o.FreeBytes = statfsFree
@@ -139,6 +145,7 @@ func Run(ctx context.Context, o Options) Report {
 		func(ctx context.Context) Check { return checkMkfs(ctx, o) },
 		func(ctx context.Context) Check { return checkDebootstrap(ctx, o) },
 		func(context.Context) Check { return checkDepmod(o) },
+		func(context.Context) Check { return checkVMMUser(o) },
 		func(context.Context) Check { return checkIPForward(o) },
 		func(context.Context) Check { return checkTun(o) },
 		func(ctx context.Context) Check { return checkNFTables(ctx, o) },

@@ -88,6 +88,7 @@ func (h *host) options() Options {
 		DevTun:        filepath.Join(h.dir, "tun"),
 		IPForwardPath: filepath.Join(h.dir, "ip_forward"),
 		IsRoot:        func() bool { return true },
+		VMMUser:       func() error { return nil },
 		FreeBytes:     func(string) (uint64, error) { return 50 * gib, nil },
 		NFTables:      func(context.Context) error { return nil },
 		DaemonCheck:   func(context.Context) error { return nil },
@@ -109,7 +110,7 @@ func TestRunAllOK(t *testing.T) {
 	h := newHost(t)
 	r := Run(t.Context(), h.options())
 	wantNames := []string{"/dev/kvm", "firecracker", "qemu-system-x86_64", "mkfs.ext4", "debootstrap",
-		"depmod", "ip forwarding", "/dev/net/tun", "nftables", "sudo", "disk space", "bangerd"}
+		"depmod", "vmm user", "ip forwarding", "/dev/net/tun", "nftables", "sudo", "disk space", "bangerd"}
 	var names []string
 	for _, c := range r.Checks {
 		names = append(names, c.Name)
@@ -180,6 +181,8 @@ func TestChecks(t *testing.T) {
 			"banger enables it when the first VM starts", "sysctl -w net.ipv4.ip_forward=1"},
 		{"ip forwarding unreadable", func(h *host, o *Options) { h.remove("ip_forward") }, "ip forwarding", StatusWarn, false,
 			"cannot read", "sysctl"},
+		{"vmm user missing", func(h *host, o *Options) { o.VMMUser = func() error { return errors.New("unknown user") } }, "vmm user", StatusWarn, false,
+			"VMMs run as root", "sudo make install"},
 		{"tun missing", func(h *host, o *Options) { h.remove("tun") }, "/dev/net/tun", StatusFail, true,
 			"is missing", "sudo modprobe tun"},
 		{"tun not openable as user", func(h *host, o *Options) { o.DevTun = h.dir; o.IsRoot = func() bool { return false } },

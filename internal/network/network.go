@@ -59,7 +59,12 @@ type Config struct {
 	CIDR       netip.Prefix // guest address range, e.g. 172.16.0.0/24
 	TapPrefix  string       // default DefaultTapPrefix, at most 7 characters
 	PoolSize   int          // number of spare taps FillPool keeps ready
-	Logger     *slog.Logger // default: discard
+	// TapOwner and TapGroup own the taps banger creates (TUNSETOWNER):
+	// a VMM that runs as this user (the Firecracker jailer's --uid) can
+	// then open them. Default 0: root, as a VMM that drops privileges only
+	// after opening its tap (QEMU -runas) needs.
+	TapOwner, TapGroup uint32
+	Logger             *slog.Logger // default: discard
 }
 
 // Manager owns banger's bridge, taps and NAT rules in the network namespace

@@ -224,6 +224,8 @@ func (m *Manager) createTap(ctx context.Context, alias string) (string, error) {
 		LinkAttrs: la,
 		Mode:      netlink.TUNTAP_MODE_TAP,
 		Flags:     netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR,
+		Owner:     m.cfg.TapOwner,
+		Group:     m.cfg.TapGroup,
 	}
 	if err := netlink.LinkAdd(tap); err != nil {
 		return "", fmt.Errorf("creating tap %s: %w", la.Name, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -129,4 +130,35 @@ func serve(t *testing.T, host Pair, userKey ssh.PublicKey) string {
 		}
 	}()
 	return l.Addr().String()
+}
+
+// ssh never forwards the host's agent, X11 or ports into a guest, even
+// when ~/.ssh/config asks for it: options on the command line win.
+func TestArgsForwardNothing(t *testing.T) {
+	args := strings.Join(Args("/k", "/kh", "root", "172.16.0.2", false), " ")
+	for _, want := range []string{"-o ForwardAgent=no", "-o ForwardX11=no", "-o ClearAllForwardings=yes"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("ssh args %q lack %q", args, want)
+		}
+	}
+}
+
+// The real ssh agrees: a config with ForwardAgent yes is overridden.
+func TestArgsOverrideUserConfig(t *testing.T) {
+	if _, err := exec.LookPath("ssh"); err != nil {
+		t.Skip("ssh not installed")
+	}
+	cfg := filepath.Join(t.TempDir(), "config")
+	os.WriteFile(cfg, []byte("Host *\n  ForwardAgent yes\n  ForwardX11 yes\n  LocalForward 9999 127.0.0.1:22\n"), 0o600)
+	args := append([]string{"-G", "-F", cfg}, Args("/k", "/kh", "root", "172.16.0.2", false)...)
+	out, err := exec.Command("ssh", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ssh -G: %v\n%s", err, out)
+	}
+	got := string(out)
+	for _, want := range []string{"forwardagent no", "forwardx11 no", "clearallforwardings yes"} {
+		if !strings.Contains(got, want+"\n") {
+			t.Errorf("ssh -G does not show %q:\n%s", want, got)
+		}
+	}
 }

@@ -103,9 +103,15 @@ func WaitReady(ctx context.Context, addr, user, hostKey string, signer ssh.Signe
 
 // Args are the ssh(1) arguments that log in as user at host with key,
 // trusting only the key pinned in knownHosts. tty forces a terminal.
-// The command, if any, follows them.
+// The command, if any, follows them. The user's ~/.ssh/config still
+// applies (no -F), but options given here win over it: in particular no
+// agent, X11 or port forwarding reaches the guest, whatever the config
+// says, since a hostile guest could use a forwarded agent.
 func Args(key, knownHosts, user, host string, tty bool) []string {
 	args := []string{
+		"-o", "ForwardAgent=no",
+		"-o", "ForwardX11=no",
+		"-o", "ClearAllForwardings=yes",
 		"-i", key,
 		"-o", "IdentitiesOnly=yes",
 		"-o", "UserKnownHostsFile=" + knownHosts,

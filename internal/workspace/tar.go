@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -119,8 +120,12 @@ func unwrapPath(err error) error {
 
 // Extract unpacks the tar stream r into dest (created when missing).
 // Entries may not leave dest, not even through symlinks in the archive
-// or already in dest. Existing files are replaced; modes and mtimes are
-// kept, ownership is not (the files belong to whoever runs banger).
+// or already in dest. Existing files are replaced; mtimes are kept, modes
+// are kept less the process's umask (a guest cannot plant world-writable
+// files on the host), ownership is not kept (the files belong to whoever
+// runs banger). Symlinks are recreated as they are, so one may point
+// anywhere on the host: extraction never follows them, but later readers
+// of dest might.
 func Extract(ctx context.Context, r io.Reader, dest string) error {
 	if err := os.MkdirAll(dest, 0o755); err != nil {
 		return fmt.Errorf("extracting into %s: %w", dest, err)
@@ -130,6 +135,7 @@ func Extract(ctx context.Context, r io.Reader, dest string) error {
 		return fmt.Errorf("extracting into %s: %w", dest, err)
 	}
 	defer root.Close()
+	mask := umask()
 	tr := tar.NewReader(r)
 	type dirTime struct {
 		name string
@@ -154,7 +160,7 @@ func Extract(ctx context.Context, r io.Reader, dest string) error {
 		if name == "." {
 			continue
 		}
-		if err := extractEntry(root, tr, hdr, name); err != nil {
+		if err := extractEntry(root, tr, hdr, name, mask); err != nil {
 			return fmt.Errorf("extracting %s: %w", name, err)
 		}
 		if hdr.Typeflag == tar.TypeDir {
@@ -177,8 +183,25 @@ func cleanName(n string) (string, error) {
 	return c, nil
 }
 
-func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string) error {
-	mode := fs.FileMode(hdr.Mode).Perm()
+// umask is the process's file mode creation mask (Linux: from
+// /proc/self/status; 022 when that cannot be read).
+func umask() fs.FileMode {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0o022
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			if m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+				return fs.FileMode(m)
+			}
+		}
+	}
+	return 0o022
+}
+
+func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string, mask fs.FileMode) error {
+	mode := fs.FileMode(hdr.Mode).Perm() &^ mask
 	if dir := path.Dir(name); dir != "." {
 		if err := root.MkdirAll(dir, 0o755); err != nil {
 			return err

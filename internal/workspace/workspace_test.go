@@ -246,3 +246,31 @@ func gitIn(t *testing.T, dir string, args ...string) string {
 	}
 	return string(out)
 }
+
+// A guest cannot plant world-writable (or setuid) files or directories on
+// the host: export applies the umask.
+func TestExtractAppliesUmask(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: "open", Typeflag: tar.TypeDir, Mode: 0o777})
+	tw.WriteHeader(&tar.Header{Name: "open/f", Typeflag: tar.TypeReg, Mode: 0o4777, Size: 1})
+	tw.Write([]byte("x"))
+	tw.Close()
+	dest := filepath.Join(t.TempDir(), "d")
+	if err := Extract(context.Background(), &buf, dest); err != nil {
+		t.Fatal(err)
+	}
+	mask := umask()
+	if mask&0o002 == 0 {
+		t.Skipf("umask %04o lets others write anyway", mask)
+	}
+	for _, p := range []string{"open", "open/f"} {
+		fi, err := os.Stat(filepath.Join(dest, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&mask != 0 || fi.Mode()&os.ModeSetuid != 0 {
+			t.Errorf("%s: mode %v, want the umask %04o applied", p, fi.Mode(), mask)
+		}
+	}
+}

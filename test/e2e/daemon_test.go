@@ -28,7 +28,7 @@ func TestDaemonAutoStart(t *testing.T) {
 	if v.Client == "" || v.Client != v.Daemon {
 		t.Fatalf("client version %q, daemon version %q: want equal", v.Client, v.Daemon)
 	}
-	st, err := os.Stat(filepath.Join(e.home, "state", "bangerd.sock"))
+	st, err := os.Stat(filepath.Join(e.home, "state", "run", "bangerd.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func TestDaemonKilledIsRestarted(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(200 * time.Millisecond)
-	if _, err := os.Stat(filepath.Join(e.home, "state", "bangerd.sock")); err != nil {
+	if _, err := os.Stat(filepath.Join(e.home, "state", "run", "bangerd.sock")); err != nil {
 		t.Fatalf("expected a stale socket after SIGKILL: %v", err)
 	}
 	e.ok("vm", "list")

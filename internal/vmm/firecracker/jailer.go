@@ -41,7 +41,7 @@ func (d *Driver) jailerCommand(spec vmm.Spec) (*layout, *exec.Cmd, error) {
 		return nil, nil, err
 	}
 	// The jailed firecracker creates its sockets, log and snapshots here.
-	if err := os.MkdirAll(root, 0o755); err != nil {
+	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("creating jail: %w", err)
 	}
 	if err := os.Chown(root, d.opts.JailerUID, d.opts.JailerGID); err != nil {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,4 +98,41 @@ func TestContractJailer(t *testing.T) {
 		}
 	}
 	validateAll(t, apiSpec, reqs)
+}
+
+// The jailer is told to drop to JailerUID/JailerGID, and everything the
+// jailed firecracker must open is theirs (and no one else's).
+func TestJailerDropsToUID(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the jail to another uid")
+	}
+	d, _ := newStandinDriver(t, modeOK)
+	d.opts.JailerBin = d.opts.Bin
+	d.opts.JailerUID, d.opts.JailerGID = 65534, 65533
+	spec := testSpec(t)
+	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	lay, cmd, err := d.jailerCommand(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Join(cmd.Args, " ")
+	if !strings.Contains(args, "--uid 65534 --gid 65533") {
+		t.Errorf("jailer args %q do not drop to 65534:65533", args)
+	}
+	linked, err := lay.guestPath(spec.Drives[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{lay.jailRoot, filepath.Join(lay.jailRoot, linked)} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid != 65534 || st.Gid != 65533 || fi.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s: owner %d:%d mode %04o, want 65534:65533 and private", p, st.Uid, st.Gid, fi.Mode().Perm())
+		}
+	}
 }

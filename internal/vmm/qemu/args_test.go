@@ -148,3 +148,24 @@ func TestStartCIDInUse(t *testing.T) {
 		t.Fatalf("Start without a cid = %v, want a refusal", err)
 	}
 }
+
+func TestConfineArgs(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		runAs   string
+		sandbox bool
+		want    []string
+	}{
+		{"root, sandboxed", "", true, []string{"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"}},
+		{"dropped, sandboxed", "banger-vmm", true, []string{"-sandbox", "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny", "-runas", "banger-vmm"}},
+		{"dropped only", "banger-vmm", false, []string{"-runas", "banger-vmm"}},
+		{"neither", "", false, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l := launch{runAs: tt.runAs, sandbox: tt.sandbox}
+			if diff := cmp.Diff(tt.want, l.confineArgs()); diff != "" {
+				t.Errorf("confineArgs (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

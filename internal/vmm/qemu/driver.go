@@ -59,6 +59,12 @@ type Options struct {
 	// TSCkHz is the host TSC frequency passed to TCG guests. Default:
 	// HostTSCkHz, measured once per Driver.
 	TSCkHz int
+	// RunAs, when set, is the user (name or uid:gid) QEMU drops to with
+	// -runas once it has opened its disks, tap, sockets and log as root.
+	// Default: QEMU stays root.
+	RunAs string
+	// NoSandbox turns off QEMU's seccomp filter (-sandbox). Default: on.
+	NoSandbox bool
 }
 
 // Driver starts and adopts QEMU microVMs. It is safe for concurrent use.
@@ -68,6 +74,8 @@ type Driver struct {
 	accel     vmm.Accel
 	transport vmm.AgentTransport
 	tscKHz    func() (int, error)
+	runAs     string
+	sandbox   bool
 }
 
 var _ vmm.Driver = (*Driver)(nil)
@@ -80,6 +88,8 @@ func New(opts Options) *Driver {
 		log:       opts.Logger,
 		accel:     opts.Accel,
 		transport: opts.Transport,
+		runAs:     opts.RunAs,
+		sandbox:   !opts.NoSandbox,
 	}
 	if d.bin == "" {
 		d.bin = DefaultBin
@@ -131,7 +141,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	if err != nil {
 		return nil, fmt.Errorf("qemu binary %q: %w (install qemu-system-x86 or set the qemu binary path): %w", d.bin, vmm.ErrUnavailable, err)
 	}
-	l := launch{spec: spec, accel: d.accel, transport: d.transport, paths: pathsFor(spec.Dir)}
+	l := launch{spec: spec, accel: d.accel, transport: d.transport, paths: pathsFor(spec.Dir), runAs: d.runAs, sandbox: d.sandbox}
 	if d.accel == vmm.AccelTCG {
 		if l.tscKHz, err = d.tscKHz(); err != nil {
 			d.log.Warn("host tsc frequency unknown; tcg boots may hang in early boot", "err", err)
@@ -155,13 +165,13 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 		m.Kill()
 		return nil, fmt.Errorf("writing pid file: %w", err)
 	}
-	m.log.Info("qemu started", "accel", d.accel, "transport", d.transport, "tsc_khz", l.tscKHz)
+	m.log.Info("qemu started", "accel", d.accel, "transport", d.transport, "tsc_khz", l.tscKHz, "runas", d.runAs, "sandbox", d.sandbox)
 	return m, nil
 }
 
 // spawn starts QEMU in its own session with its output in qemu.log.
 func (d *Driver) spawn(bin string, l launch) (*Machine, error) {
-	logf, err := os.OpenFile(l.paths.Log, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	logf, err := os.OpenFile(l.paths.Log, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening qemu log: %w", err)
 	}
