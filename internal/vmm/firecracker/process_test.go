@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/prereq"
 	"banger/internal/vmm"
 )
 
@@ -153,7 +154,7 @@ func TestKVMErrors(t *testing.T) {
 	}
 	t.Run("this host", func(t *testing.T) {
 		if _, err := os.Stat(KVMDevice); err == nil {
-			t.Skip("this host has /dev/kvm")
+			prereq.ByDesign(t, "this host has /dev/kvm")
 		}
 		err := CheckKVM()
 		if !errors.Is(err, vmm.ErrUnavailable) || !strings.Contains(err.Error(), "modprobe") {
@@ -364,7 +365,7 @@ func TestAdoptSilentAPI(t *testing.T) {
 
 func TestAvailableOnThisHost(t *testing.T) {
 	if _, err := os.Stat(KVMDevice); err == nil {
-		t.Skip("this host has /dev/kvm")
+		prereq.ByDesign(t, "this host has /dev/kvm")
 	}
 	exe, _ := os.Executable()
 	if err := Available(exe); !errors.Is(err, vmm.ErrUnavailable) {
