@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/prereq"
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 )
@@ -70,7 +71,7 @@ func layer(t *testing.T, ents ...ent) *bytes.Buffer {
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("flattening needs root (chown, mknod, security xattrs)")
+		prereq.Missing(t, "flattening needs root (chown, mknod, security xattrs)")
 	}
 }
 

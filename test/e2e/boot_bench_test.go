@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"banger/internal/prereq"
 	"banger/internal/vmm/qemu"
 	"encoding/json"
 	"fmt"
@@ -58,7 +59,7 @@ func noInitEnv(t testing.TB) *env {
 func TestSoak(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("BANGER_SOAK"))
 	if n == 0 {
-		t.Skip("set BANGER_SOAK=N (make soak) to boot N times")
+		prereq.ByDesign(t, "set BANGER_SOAK=N (make soak) to boot N times")
 	}
 	e := noInitEnv(t)
 	e.ok("vm", "create", "--no-start", "--image", "tiny", "--name", "soak", "--memory", "256M", "--cpus", "1")
@@ -94,7 +95,7 @@ func TestSoak(t *testing.T) {
 func BenchmarkBootToAgentReady(b *testing.B) {
 	busybox, err := exec.LookPath("busybox")
 	if err != nil {
-		b.Skip("busybox-static not installed")
+		prereq.Missing(b, "busybox-static not installed")
 	}
 	var banger, bare time.Duration
 	e := noInitEnv(b)

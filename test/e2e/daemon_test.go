@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"banger/internal/prereq"
 	"context"
 	"encoding/json"
 	"os"
@@ -158,10 +159,10 @@ func TestDoctor(t *testing.T) {
 // run it (here: no password, no terminal) the error says what to run.
 func TestNonRootStartsThroughSudo(t *testing.T) {
 	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("setpriv not installed")
+		prereq.Missing(t, "setpriv not installed")
 	}
 	if _, err := exec.LookPath("sudo"); err != nil {
-		t.Skip("sudo not installed")
+		prereq.Missing(t, "sudo not installed")
 	}
 	e := newEnv(t)
 	home := filepath.Join(os.TempDir(), filepath.Base(e.home)+"-nobody")

@@ -4,6 +4,7 @@
 package e2e
 
 import (
+	"banger/internal/prereq"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -99,7 +100,7 @@ type env struct {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("e2e needs root (network namespaces, taps, QEMU)")
+		prereq.Missing(t, "e2e needs root (network namespaces, taps, QEMU)")
 	}
 	b := make([]byte, 4)
 	rand.Read(b)

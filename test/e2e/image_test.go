@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/prereq"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -32,7 +33,7 @@ func startRegistry(t testing.TB, e *env) string {
 	t.Helper()
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
-		t.Skip("docker-registry missing: apt-get install docker-registry")
+		prereq.Missing(t, "docker-registry missing: apt-get install docker-registry")
 	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "config.yml")
@@ -71,7 +72,7 @@ func pushImages(t testing.TB, e *env) {
 func TestHelperPushImages(t *testing.T) {
 	reg := os.Getenv("BANGER_E2E_PUSH")
 	if reg == "" {
-		t.Skip("helper process only")
+		prereq.ByDesign(t, "helper process only")
 	}
 	push := func(repo string, img v1.Image) {
 		ref, err := name.ParseReference(reg+"/"+repo, name.Insecure)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"banger/internal/prereq"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -21,7 +22,7 @@ import (
 func TestHelperHTTPServer(t *testing.T) {
 	addr := os.Getenv("BANGER_E2E_HTTP")
 	if addr == "" {
-		t.Skip("helper process only")
+		prereq.ByDesign(t, "helper process only")
 	}
 	http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "you are %s\n", r.RemoteAddr)
