@@ -53,16 +53,17 @@ func noInitEnv(t testing.TB) *env {
 	return e
 }
 
-// TestSoak boots a VM BANGER_SOAK times through banger (create once, then
-// start/stop) and reports hangs, then median and p95 of start to
-// agent-ready. make soak runs it with 50.
+// TestSoak boots the systemd fixture BANGER_SOAK times through banger
+// (create once, then start/stop) and reports hangs, then median and p95
+// of start to agent-ready. make e2e (so CI) runs it with 10, make soak
+// with 50.
 func TestSoak(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("BANGER_SOAK"))
 	if n == 0 {
 		prereq.ByDesign(t, "set BANGER_SOAK=N (make soak) to boot N times")
 	}
-	e := noInitEnv(t)
-	e.ok("vm", "create", "--no-start", "--image", "tiny", "--name", "soak", "--memory", "256M", "--cpus", "1")
+	e := bootEnv(t)
+	e.ok("vm", "create", "--no-start", "--image", "fixture", "--name", "soak", "--memory", "512M", "--cpus", "1")
 	var times []time.Duration
 	hangs := 0
 	for i := 0; i < n; i++ {
