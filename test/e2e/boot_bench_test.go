@@ -101,7 +101,7 @@ func BenchmarkBootToAgentReady(b *testing.B) {
 	var banger, bare time.Duration
 	e := noInitEnv(b)
 	var k struct{ Kernel, Initrd, Modules string }
-	json.Unmarshal([]byte(e.ok("kernel", "inspect", "generic-6.1")), &k)
+	json.Unmarshal([]byte(e.ok("kernel", "inspect", "generic-6.1", "--json")), &k)
 	bareRoot := tinyRootfs(b, map[string]string{
 		"bin/busybox": "@" + busybox,
 		"sbin/init":   "#!/bin/busybox sh\n/bin/busybox echo BARE-READY > /dev/console\n/bin/busybox poweroff -f\n",

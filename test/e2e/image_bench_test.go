@@ -29,7 +29,7 @@ func BenchmarkImagePull(b *testing.B) {
 		var im struct {
 			SizeBytes int64 `json:"size_bytes"`
 		}
-		json.Unmarshal([]byte(e.ok("image", "inspect", name)), &im)
+		json.Unmarshal([]byte(e.ok("image", "inspect", name, "--json")), &im)
 		e.ok("image", "delete", name)
 
 		dir := b.TempDir()

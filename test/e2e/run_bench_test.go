@@ -40,7 +40,7 @@ func BenchmarkVMCreate2GiB(b *testing.B) {
 	run(b, "resize2fs", "-f", big, "2G")
 	e.ok("image", "register", "--name", "big", "--rootfs", big, "--kernel-ref", "generic-6.1")
 	var im struct{ Rootfs string }
-	json.Unmarshal([]byte(e.ok("image", "inspect", "big")), &im)
+	json.Unmarshal([]byte(e.ok("image", "inspect", "big", "--json")), &im)
 	e.ok("vm", "create", "--no-start", "--image", "big", "--name", "warm") // daemon and caches warm
 	e.ok("vm", "delete", "warm")
 	dst := filepath.Join(filepath.Dir(im.Rootfs), "copy.ext4")
