@@ -47,6 +47,9 @@ type Config struct {
 	// DebianMirror is the http(s) Debian mirror for kernels and images;
 	// empty means the one in the host's apt sources.
 	DebianMirror string `toml:"debian_mirror" json:"debian_mirror"`
+	// DebianKeyring is the binary OpenPGP keyring a kernel pull checks the
+	// mirror's InRelease against; empty means Debian's archive keyring.
+	DebianKeyring string `toml:"debian_keyring" json:"debian_keyring"`
 }
 
 // Default returns the configuration used when config.toml sets nothing.

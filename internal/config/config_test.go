@@ -86,6 +86,7 @@ func TestLoadEveryKey(t *testing.T) {
 		{"debian_mirror http", `debian_mirror = "http://deb.debian.org/debian"`, func(c *Config) { c.DebianMirror = "http://deb.debian.org/debian" }},
 		{"debian_mirror https", `debian_mirror = "https://mirror.example/debian/"`, func(c *Config) { c.DebianMirror = "https://mirror.example/debian/" }},
 		{"debian_mirror empty", `debian_mirror = ""`, func(c *Config) {}},
+		{"debian_keyring", `debian_keyring = "/k/ring.gpg"`, func(c *Config) { c.DebianKeyring = "/k/ring.gpg" }},
 		{"crlf line endings", "vmm = \"qemu\"\r\ntap_pool_size = 1\r\n", func(c *Config) { c.VMM = VMMQEMU; c.TapPoolSize = 1 }},
 		{"comments and blank lines", "# banger\n\n  vmm = \"qemu\" # inline\n", func(c *Config) { c.VMM = VMMQEMU }},
 	}
@@ -119,6 +120,7 @@ cidr = "192.168.50.0/24"
 tap_pool_size = 4
 default_dns = ["9.9.9.9"]
 debian_mirror = "http://deb.debian.org/debian"
+debian_keyring = "/etc/banger/test-keyring.gpg"
 `
 	p := writeConfig(t, body)
 	_, src, err := Load(p)

@@ -80,6 +80,7 @@ func Run(ctx context.Context, opts Options) error {
 		CacheDir: filepath.Join(opts.Dirs.Cache, "downloads"),
 		AgentBin: opts.AgentBin,
 		Logger:   opts.Logger,
+		Keyring:  opts.Config.DebianKeyring,
 	}
 	drivers, def := newDrivers(opts.Config, opts.Logger)
 	s.log.Info("vmm chosen", "vmm", def.VMM, "accel", def.Accel, "reason", def.Reason)
