@@ -143,3 +143,28 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// noEscape fails the test when a file named name exists where an entry
+// that climbed out of a staging tree could have put it: under the state
+// and cache dirs (anywhere but inside an image's ext4, which is one file)
+// or in tmp/ or at the top of any directory above them, up to /.
+func (e *env) noEscape(name string) {
+	e.t.Helper()
+	filepath.Walk(e.home, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Name() == name {
+			e.t.Errorf("a layer entry escaped its root and wrote %s", p)
+		}
+		return nil
+	})
+	for d := filepath.Dir(e.home); ; d = filepath.Dir(d) {
+		for _, p := range []string{filepath.Join(d, name), filepath.Join(d, "tmp", name)} {
+			if _, err := os.Lstat(p); err == nil {
+				os.Remove(p)
+				e.t.Errorf("a layer entry escaped its root and wrote %s", p)
+			}
+		}
+		if d == "/" {
+			return
+		}
+	}
+}
