@@ -352,6 +352,13 @@ func TestAdoptSilentAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// Until the child has exec'd, /proc shows the test binary's command
+	// line and Adopt rightly calls the pid someone else's.
+	for deadline := time.Now().Add(5 * time.Second); checkCmdline(cmd.Process.Pid, sock) != nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("stand-in never showed --api-sock %s: %v", sock, checkCmdline(cmd.Process.Pid, sock))
+		}
+	}
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	defer cancel()
 	h := vmm.Handle{Driver: Name, PID: cmd.Process.Pid, Data: map[string]string{dataAPISock: sock, dataCmdlineArg: sock}}
