@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,7 +85,7 @@ func (e *env) settle() []listedVM {
 // nor marked for a listed VM, more spares than tap_pool_size, a QEMU
 // process that is not a running VM's, a state/vms/* directory or a lease
 // of a VM that is gone.
-func checkNoLeaks(t *testing.T, e *env, poolSize int) {
+func checkNoLeaks(t testing.TB, e *env, poolSize int) {
 	t.Helper()
 	vms := e.settle()
 	byID, pids := map[string]listedVM{}, map[int]bool{}
@@ -128,6 +129,35 @@ func checkNoLeaks(t *testing.T, e *env, poolSize int) {
 	for _, l := range e.network().Leases {
 		if !names[l.VM] && byID[l.VM].ID == "" {
 			t.Errorf("lease %s is held by %q, which is no listed vm: leaked", l.IP, l.VM)
+		}
+	}
+}
+
+// errRecorder is a testing.TB whose Errorf only records.
+type errRecorder struct {
+	testing.TB
+	errs []string
+}
+
+func (r *errRecorder) Errorf(format string, args ...any) {
+	r.errs = append(r.errs, fmt.Sprintf(format, args...))
+}
+
+// checkNoLeaks can fail: a tap nobody owns, a vm directory and a QEMU-less
+// world with an orphan each show up (no VM is booted here).
+func TestLeakCheckCatches(t *testing.T) {
+	e := newEnv(t)
+	e.ok("vm", "list")
+	run(t, "ip", "-n", e.ns, "tuntap", "add", "dev", "bgtap0badc0de", "mode", "tap")
+	run(t, "ip", "-n", e.ns, "tuntap", "add", "dev", "bgtap1badc0de", "mode", "tap")
+	run(t, "ip", "-n", e.ns, "link", "set", "bgtap1badc0de", "alias", "banger:vm:0123456789abcdef")
+	os.MkdirAll(filepath.Join(e.home, "state", "vms", "0123456789abcdef"), 0o755)
+	r := &errRecorder{TB: t}
+	checkNoLeaks(r, e, 2)
+	got := strings.Join(r.errs, "\n")
+	for _, want := range []string{"tap bgtap0badc0de", "tap bgtap1badc0de", "state/vms/0123456789abcdef"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("checkNoLeaks missed %q; it reported:\n%s", want, got)
 		}
 	}
 }
