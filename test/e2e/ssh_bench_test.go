@@ -173,18 +173,35 @@ func (bv *bareVM) sshTrue(tb testing.TB, key string) (d time.Duration, stop func
 func waitBanner(ctx context.Context, ns, addr string) error {
 	errc := make(chan error, 1)
 	go func() {
-		// Never unlocked: the thread ends with this goroutine, namespace and all.
+		// The thread returns to this process's namespace before it is
+		// unlocked: a thread left in the test's namespace would put the
+		// test process among the namespace's pids, which teardown kills.
 		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
 		f, err := os.Open("/var/run/netns/" + ns)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- err
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("setns %s: %w", ns, err)
 			return
 		}
+		defer func() {
+			// Unlock only once back home; else the thread dies with the goroutine.
+			if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+				runtime.UnlockOSThread()
+			}
+		}()
 		var last error
 		for {
 			d := net.Dialer{Timeout: time.Second}
