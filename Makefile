@@ -4,8 +4,13 @@ GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 VERSION ?= $(shell git -c safe.directory='*' describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X banger/internal/version.Version=$(VERSION)
 export BANGER_FIXTURES ?= /var/tmp/banger-fixtures
+# Test output goes through bin/skipsummary; a pipe must not hide go test's exit code.
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# Boots of the systemd fixture that make e2e (and so make test) soaks; make soak does 50.
+E2E_SOAK    ?= 10
 
-.PHONY: help build install deps test unit e2e fixtures bench soak fuzz lint clean
+.PHONY: help build install deps test unit unit-run e2e e2e-run fixtures bench soak fuzz lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -23,16 +28,31 @@ install: deps build ## install host packages and the binaries under PREFIX (need
 	install -m 0755 bin/banger bin/bangerd $(DESTDIR)$(PREFIX)/bin/
 	install -m 0755 bin/banger-agent $(DESTDIR)$(PREFIX)/lib/banger/banger-agent
 
-test: unit e2e ## run unit and end-to-end tests (e2e needs root, QEMU and network namespaces)
+test: build fixtures bin/skipsummary ## fixtures, unit and end-to-end tests (root, QEMU, netns), then what skipped and why
+	@rm -f bin/test-unit.json bin/test-e2e.json; st=0; \
+	$(MAKE) --no-print-directory unit-run || st=1; \
+	$(MAKE) --no-print-directory e2e-run || st=1; \
+	bin/skipsummary -summary $(if $(CI),-strict) bin/test-unit.json bin/test-e2e.json || st=1; \
+	exit $$st
 
-unit: ## run the unit tests (no root needed; tests that need it skip)
-	$(GO) test ./...
+unit: bin/skipsummary ## run the unit tests (no root needed; tests that need it skip, and fail under CI)
+	@$(MAKE) --no-print-directory unit-run; st=$$?; bin/skipsummary -summary bin/test-unit.json; exit $$st
+
+unit-run:
+	$(GO) test -json ./... | bin/skipsummary -save bin/test-unit.json
+
+bin/skipsummary: $(wildcard test/skipsummary/*.go internal/prereq/*.go)
+	$(GO) build -o $@ ./test/skipsummary
 
 fixtures: ## fetch the Debian kernel package and build the test rootfs into $BANGER_FIXTURES
 	scripts/fixtures.sh
 
-e2e: build fixtures ## run the end-to-end tests: real daemon, real VMs under QEMU
-	BANGER_E2E=1 BANGER_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 45m -v ./test/e2e/
+e2e: build fixtures bin/skipsummary ## end-to-end tests: real daemon, real VMs under QEMU, a soak of E2E_SOAK=10 boots
+	@$(MAKE) --no-print-directory e2e-run; st=$$?; bin/skipsummary -summary bin/test-e2e.json; exit $$st
+
+e2e-run:
+	BANGER_E2E=1 BANGER_BIN_DIR=$(CURDIR)/bin BANGER_SOAK=$(E2E_SOAK) $(GO) test -json -count=1 -timeout 45m ./test/e2e/ \
+		| bin/skipsummary -v -save bin/test-e2e.json
 
 bench: build fixtures ## benchmarks: banger against the bare tool, side by side
 	BANGER_E2E=1 BANGER_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 30m -run '^$$' -bench . -benchtime 3x ./test/e2e/

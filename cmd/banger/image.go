@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"banger/internal/api"
+	"time"
 )
 
 func newImageCmd() *cobra.Command {
@@ -85,8 +86,9 @@ func newImageListCmd() *cobra.Command {
 }
 
 func newImageInspectCmd() *cobra.Command {
-	return &cobra.Command{
-		Use: "inspect NAME", Short: "Show an image as JSON", Args: cobra.ExactArgs(1),
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use: "inspect NAME", Short: "Show an image", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := connect(cmd.Context())
 			if err != nil {
@@ -96,9 +98,19 @@ func newImageInspectCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJSON(im)
+			if asJSON {
+				return printJSON(im)
+			}
+			return printFields([][2]string{
+				{"name", im.Name}, {"source", im.Source}, {"digest", dash(im.Digest)}, {"rootfs", im.Rootfs},
+				{"size", size(im.SizeBytes)}, {"kernel", im.KernelRef}, {"distro", dash(im.Distro)},
+				{"sshd", fmt.Sprint(im.HasSSHD)}, {"agent injected", fmt.Sprint(im.Injected)},
+				{"created", im.CreatedAt.Local().Format(time.RFC3339) + " (" + age(im.CreatedAt) + " ago)"},
+			})
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
 }
 
 func newImageDeleteCmd() *cobra.Command {

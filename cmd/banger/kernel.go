@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"banger/internal/api"
+	"time"
 )
 
 func newKernelCmd() *cobra.Command {
@@ -47,8 +48,9 @@ func newKernelListCmd() *cobra.Command {
 }
 
 func newKernelInspectCmd() *cobra.Command {
-	return &cobra.Command{
-		Use: "inspect NAME", Short: "Show a kernel bundle as JSON", Args: cobra.ExactArgs(1),
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use: "inspect NAME", Short: "Show a kernel bundle", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := connect(cmd.Context())
 			if err != nil {
@@ -58,9 +60,18 @@ func newKernelInspectCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printJSON(k)
+			if asJSON {
+				return printJSON(k)
+			}
+			return printFields([][2]string{
+				{"name", k.Name}, {"release", dash(k.Release)}, {"kernel", k.Kernel}, {"initrd", dash(k.Initrd)},
+				{"modules", dash(k.Modules)}, {"source", k.Source}, {"sha256", dash(k.SHA256)},
+				{"created", k.CreatedAt.Local().Format(time.RFC3339) + " (" + age(k.CreatedAt) + " ago)"},
+			})
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
 }
 
 func newKernelPullCmd() *cobra.Command {

@@ -10,6 +10,8 @@ import (
 	"banger/internal/client"
 	"banger/internal/config"
 	"banger/internal/version"
+	"fmt"
+	"text/tabwriter"
 )
 
 const rootLong = `banger gives you a disposable Linux microVM in one command.
@@ -51,6 +53,16 @@ func dirs() config.Dirs { return config.DefaultDirs() }
 // connect returns a client of a running daemon, starting one if needed.
 func connect(ctx context.Context) (*client.Client, error) {
 	return client.Ensure(ctx, dirs())
+}
+
+// printFields prints name: value lines, aligned: the human-readable form
+// of an inspect command.
+func printFields(fields [][2]string) error {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	for _, f := range fields {
+		fmt.Fprintf(tw, "%s:\t%s\n", f[0], f[1])
+	}
+	return tw.Flush()
 }
 
 func printJSON(v any) error {

@@ -24,6 +24,7 @@ import (
 	"banger/internal/guest"
 	"banger/internal/sshkeys"
 	"banger/internal/workspace"
+	"sync"
 )
 
 // newVMRunCmds returns vm run, ssh and workspace.
@@ -341,6 +342,28 @@ func (l *limitedBuffer) Write(p []byte) (int, error) {
 
 func (l *limitedBuffer) String() string { return string(l.b) }
 
+// ctrlCReader passes a raw terminal's input through and calls detach at
+// the second Ctrl-C byte (0x03), which it holds back.
+type ctrlCReader struct {
+	r      io.Reader
+	seen   int
+	detach func()
+}
+
+func (c *ctrlCReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	for i := 0; i < n; i++ {
+		if p[i] != 3 {
+			continue
+		}
+		if c.seen++; c.seen > 1 {
+			c.detach()
+			return i, err
+		}
+	}
+	return n, err
+}
+
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
@@ -367,13 +390,18 @@ func runCommand(ctx context.Context, c *client.Client, vm string, req guest.Exec
 		return 0, err
 	}
 	defer e.Close()
+	detached := make(chan struct{})
+	var detach sync.Once
+	var stdin io.Reader = os.Stdin
 	if req.TTY {
 		if restore := makeRaw(int(os.Stdin.Fd())); restore != nil {
 			defer restore()
+			// A raw terminal sends Ctrl-C as a byte, not SIGINT: the
+			// first goes to the guest's terminal, a second detaches.
+			stdin = &ctrlCReader{r: os.Stdin, detach: func() { detach.Do(func() { close(detached) }) }}
 		}
 	}
-	go e.CopyStdin(os.Stdin)
-	detached := make(chan struct{})
+	go e.CopyStdin(stdin)
 	go func() {
 		interrupts := 0
 		for s := range sigs {
@@ -385,7 +413,7 @@ func runCommand(ctx context.Context, c *client.Client, vm string, req guest.Exec
 			case os.Interrupt:
 				interrupts++
 				if interrupts > 1 {
-					close(detached)
+					detach.Do(func() { close(detached) })
 					return
 				}
 				e.Signal(syscall.SIGINT)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"banger/internal/prereq"
 	"os/exec"
 	"strings"
 	"testing"
@@ -11,7 +12,7 @@ import (
 func TestAgentDeps(t *testing.T) {
 	gobin, err := exec.LookPath("go")
 	if err != nil {
-		t.Skip("go tool not in PATH:", err)
+		prereq.Missing(t, "go tool not in PATH: %v", err)
 	}
 	cmd := exec.Command(gobin, "list", "-deps", "banger/cmd/banger-agent")
 	cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0")

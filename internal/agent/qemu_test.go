@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"banger/internal/guest"
+	"banger/internal/prereq"
 )
 
 // TestQEMUVirtioSerial boots a real microVM (QEMU, TCG) whose initrd runs
@@ -31,23 +32,17 @@ import (
 // Debian cloud kernel fixture and a static busybox.
 func TestQEMUVirtioSerial(t *testing.T) {
 	if testing.Short() {
-		t.Skip("boots a VM; skipped with -short")
+		prereq.ByDesign(t, "boots a VM; skipped with -short")
 	}
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
-		t.Skip("qemu-system-x86_64 not installed")
+		prereq.Missing(t, "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
 	}
-	fixtures := os.Getenv("BANGER_FIXTURES")
-	if fixtures == "" {
-		fixtures = "/var/tmp/banger-fixtures"
-	}
-	kernels, _ := filepath.Glob(filepath.Join(fixtures, "kernel-*", "boot", "vmlinuz-*"))
-	if len(kernels) == 0 {
-		t.Skipf("no kernel fixture under %s (set BANGER_FIXTURES)", fixtures)
-	}
+	kernelRoot := kernelFixture(t)
 	busybox := staticBusybox(t)
 	dir := t.TempDir()
-	initrd := buildSmokeInitrd(t, dir, filepath.Dir(filepath.Dir(kernels[0])), busybox)
+	initrd := buildSmokeInitrd(t, dir, kernelRoot, busybox)
+	kernels, _ := filepath.Glob(filepath.Join(kernelRoot, "boot", "vmlinuz-*"))
 
 	sock := filepath.Join(dir, "agent.sock")
 	ctx := callCtx(t, 3*time.Minute)
@@ -124,6 +119,37 @@ func refusedWithoutKey(t *testing.T, ctx context.Context, dial func() (net.Conn,
 	}
 }
 
+// kernelFixture returns the root of an extracted Debian cloud kernel
+// package: the one the internal/vmm/qemu tests extract into
+// $BANGER_FIXTURES when it is there, else the fixture .deb (make fixtures)
+// extracted into a temp dir here, so this test does not depend on which
+// package's tests ran first.
+func kernelFixture(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("BANGER_FIXTURES")
+	if dir == "" {
+		dir = "/var/tmp/banger-fixtures"
+	}
+	if k, _ := filepath.Glob(filepath.Join(dir, "kernel-*", "boot", "vmlinuz-*")); len(k) > 0 {
+		return filepath.Dir(filepath.Dir(k[0]))
+	}
+	debs, _ := filepath.Glob(filepath.Join(dir, "linux-image-*-cloud-amd64_*.deb"))
+	if len(debs) == 0 {
+		prereq.Missing(t, "no Debian cloud kernel .deb under %s: run make fixtures (or set BANGER_FIXTURES)", dir)
+	}
+	if _, err := exec.LookPath("dpkg-deb"); err != nil {
+		prereq.Missing(t, "dpkg-deb not installed (apt-get install dpkg)")
+	}
+	root := t.TempDir()
+	if out, err := exec.Command("dpkg-deb", "-x", debs[len(debs)-1], root).CombinedOutput(); err != nil {
+		t.Fatalf("extracting %s: %v\n%s", debs[len(debs)-1], err, out)
+	}
+	if k, _ := filepath.Glob(filepath.Join(root, "boot", "vmlinuz-*")); len(k) == 0 {
+		t.Fatalf("%s has no boot/vmlinuz-*", debs[len(debs)-1])
+	}
+	return root
+}
+
 func dialVM(t *testing.T, ctx context.Context, sock string) *guest.Client {
 	t.Helper()
 	for {
@@ -191,7 +217,7 @@ func staticBusybox(t *testing.T) string {
 			return p
 		}
 	}
-	t.Skip("no static busybox (apt-get install busybox-static)")
+	prereq.Missing(t, "no static busybox (apt-get install busybox-static)")
 	return ""
 }
 
@@ -200,7 +226,7 @@ func hostTSCkHz(t *testing.T) string {
 	t.Helper()
 	f, err := os.Open("/proc/cpuinfo")
 	if err != nil {
-		t.Skip("no /proc/cpuinfo")
+		prereq.Missing(t, "no /proc/cpuinfo: the TCG guest needs the host TSC frequency")
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -212,7 +238,7 @@ func hostTSCkHz(t *testing.T) string {
 			}
 		}
 	}
-	t.Skip("no cpu MHz in /proc/cpuinfo")
+	prereq.Missing(t, "no cpu MHz in /proc/cpuinfo: the TCG guest needs the host TSC frequency")
 	return ""
 }
 

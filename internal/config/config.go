@@ -54,6 +54,9 @@ type Config struct {
 	// ConsoleLogMaxMiB caps each VM's console log (console.log plus its
 	// older half console.log.1), in MiB.
 	ConsoleLogMaxMiB int `toml:"console_log_max_mib" json:"console_log_max_mib"`
+	// DebianKeyring is the binary OpenPGP keyring a kernel pull checks the
+	// mirror's InRelease against; empty means Debian's archive keyring.
+	DebianKeyring string `toml:"debian_keyring" json:"debian_keyring"`
 }
 
 // Default returns the configuration used when config.toml sets nothing.

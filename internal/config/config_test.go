@@ -91,6 +91,7 @@ func TestLoadEveryKey(t *testing.T) {
 		{"debian_mirror http", `debian_mirror = "http://deb.debian.org/debian"`, func(c *Config) { c.DebianMirror = "http://deb.debian.org/debian" }},
 		{"debian_mirror https", `debian_mirror = "https://mirror.example/debian/"`, func(c *Config) { c.DebianMirror = "https://mirror.example/debian/" }},
 		{"debian_mirror empty", `debian_mirror = ""`, func(c *Config) {}},
+		{"debian_keyring", `debian_keyring = "/k/ring.gpg"`, func(c *Config) { c.DebianKeyring = "/k/ring.gpg" }},
 		{"crlf line endings", "vmm = \"qemu\"\r\ntap_pool_size = 1\r\n", func(c *Config) { c.VMM = VMMQEMU; c.TapPoolSize = 1 }},
 		{"comments and blank lines", "# banger\n\n  vmm = \"qemu\" # inline\n", func(c *Config) { c.VMM = VMMQEMU }},
 	}
@@ -127,6 +128,7 @@ debian_mirror = "http://deb.debian.org/debian"
 image_max_bytes = "8G"
 image_max_entries = 100000
 console_log_max_mib = 16
+debian_keyring = "/etc/banger/test-keyring.gpg"
 `
 	p := writeConfig(t, body)
 	_, src, err := Load(p)

@@ -73,6 +73,7 @@ func TestLoadBadValues(t *testing.T) {
 		{"debian_mirror scheme", `debian_mirror = "ftp://ftp.debian.org/debian"`, 1, "debian_mirror", "must be an http:// or https:// URL"},
 		{"debian_mirror no host", `debian_mirror = "http://"`, 1, "debian_mirror", "must be an http:// or https:// URL"},
 		{"debian_mirror not a URL", `debian_mirror = "deb.debian.org/debian"`, 1, "debian_mirror", "must be an http:// or https:// URL"},
+		{"debian_keyring relative", `debian_keyring = "ring.gpg"`, 1, "debian_keyring", "must be an absolute path"},
 		{"debian_mirror type", `debian_mirror = {url = "http://x"}`, 1, "debian_mirror", "debian_mirror: expected a string, got table"},
 	}
 	for _, tt := range tests {

@@ -31,6 +31,7 @@ var keys = []key{
 	{"bridge_name", applyBridgeName, func(c Config) any { return c.BridgeName }},
 	{"cidr", applyCIDR, func(c Config) any { return c.CIDR.String() }},
 	{"console_log_max_mib", applyConsoleLogMax, func(c Config) any { return c.ConsoleLogMaxMiB }},
+	{"debian_keyring", applyDebianKeyring, func(c Config) any { return c.DebianKeyring }},
 	{"debian_mirror", applyDebianMirror, func(c Config) any { return c.DebianMirror }},
 	{"default_dns", applyDefaultDNS, func(c Config) any { return dnsStrings(c.DefaultDNS) }},
 	{"default_image_name", applyDefaultImageName, func(c Config) any { return c.DefaultImageName }},
@@ -261,6 +262,18 @@ func applyDebianMirror(c *Config, v any) error {
 		}
 	}
 	c.DebianMirror = s
+	return nil
+}
+
+func applyDebianKeyring(c *Config, v any) error {
+	s, err := asString("debian_keyring", v)
+	if err != nil {
+		return err
+	}
+	if s != "" && !filepath.IsAbs(s) {
+		return fmt.Errorf("debian_keyring = %q: must be an absolute path to a binary OpenPGP keyring (like /usr/share/keyrings/debian-archive-keyring.gpg), or \"\" for Debian's", s)
+	}
+	c.DebianKeyring = s
 	return nil
 }
 

@@ -86,6 +86,7 @@ func Run(ctx context.Context, opts Options) error {
 		CacheDir: filepath.Join(opts.Dirs.Cache, "downloads"),
 		AgentBin: opts.AgentBin,
 		Logger:   opts.Logger,
+		Keyring:  opts.Config.DebianKeyring,
 	}
 	// What a daemon killed mid-pull left: staging trees (and debootstrap's
 	// mounts in them), partial blobs, an image moved aside mid-replace.

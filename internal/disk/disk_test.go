@@ -1,6 +1,7 @@
 package disk
 
 import (
+	"banger/internal/prereq"
 	"bytes"
 	"context"
 	"os"
@@ -12,7 +13,7 @@ import (
 func mkfs(t *testing.T, size string) string {
 	t.Helper()
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("mkfs.ext4 not installed (apt-get install e2fsprogs)")
+		prereq.Missing(t, "mkfs.ext4 not installed (apt-get install e2fsprogs)")
 	}
 	img := filepath.Join(t.TempDir(), "img.ext4")
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, size).CombinedOutput(); err != nil {

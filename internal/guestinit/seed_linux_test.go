@@ -2,6 +2,7 @@ package guestinit
 
 import (
 	"archive/tar"
+	"banger/internal/prereq"
 	"os"
 	"path/filepath"
 	"testing"
@@ -9,7 +10,7 @@ import (
 
 func TestApplySeedOnce(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("applying a seed chowns to root; run as root")
+		prereq.Missing(t, "applying a seed chowns to root; run as root")
 	}
 	dir := t.TempDir()
 	seed := filepath.Join(dir, "seed.tar")

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/prereq"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -106,7 +107,7 @@ func needTools(t *testing.T) {
 	needRoot(t)
 	for _, tool := range []string{"mkfs.ext4", "debugfs"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s missing: install e2fsprogs", tool)
+			prereq.Missing(t, "%s missing: install e2fsprogs", tool)
 		}
 	}
 }
@@ -325,7 +326,7 @@ func TestPullOCIDiskFull(t *testing.T) {
 			s, cache := testStore(t)
 			os.MkdirAll(s.Dir, 0o755)
 			if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+tt.size, "tmpfs", s.Dir).CombinedOutput(); err != nil {
-				t.Skipf("cannot mount a small tmpfs: %v %s", err, out)
+				prereq.Missing(t, "cannot mount a small tmpfs: %v %s", err, out)
 			}
 			t.Cleanup(func() { exec.Command("umount", s.Dir).Run() })
 			_, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, KernelRef: "k", CacheDir: cache})

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"banger/internal/prereq"
 )
 
 // ent is one tar entry for a test layer.
@@ -71,7 +73,7 @@ func layer(t *testing.T, ents ...ent) *bytes.Buffer {
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("flattening needs root (chown, mknod, security xattrs)")
+		prereq.Missing(t, "reading a host tree needs root (ownership, device nodes, security xattrs)")
 	}
 }
 

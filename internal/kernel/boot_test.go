@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"banger/internal/prereq"
 	"bufio"
 	"context"
 	"errors"
@@ -113,7 +114,7 @@ func boot(t *testing.T, kernel, initrd, appendArgs string, drives []string, wait
 	t.Helper()
 	khz := hostTSCkHz()
 	if khz == 0 {
-		t.Skip("cannot read the host TSC frequency")
+		prereq.Missing(t, "cannot read the host TSC frequency")
 	}
 	log := filepath.Join(t.TempDir(), "console.log")
 	args := []string{"-M", "microvm,accel=tcg", "-m", "512", "-nodefaults", "-no-user-config",
@@ -183,15 +184,15 @@ func markers(log string) map[string]string {
 func needBootTools(t *testing.T) {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("boots QEMU; skipped with -short")
+		prereq.ByDesign(t, "boots QEMU; skipped with -short")
 	}
 	for _, tool := range []string{"qemu-system-x86_64", "mkfs.ext4"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (apt-get install qemu-system-x86 e2fsprogs)", tool)
+			prereq.Missing(t, "%s not installed (apt-get install qemu-system-x86 e2fsprogs)", tool)
 		}
 	}
 	if err := checkStaticELF("/bin/busybox"); err != nil {
-		t.Skipf("a static /bin/busybox is needed (apt-get install busybox-static): %v", err)
+		prereq.Missing(t, "a static /bin/busybox is needed (apt-get install busybox-static): %v", err)
 	}
 }
 
@@ -310,7 +311,7 @@ func grepLine(log, prefix string) string {
 func TestBootTimes(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("BANGER_TEST_BOOTS"))
 	if n <= 0 {
-		t.Skip("set BANGER_TEST_BOOTS=N to compare vmlinux and bzImage boot times")
+		prereq.ByDesign(t, "set BANGER_TEST_BOOTS=N to compare vmlinux and bzImage boot times")
 	}
 	needBootTools(t)
 	b := realBundle(t)

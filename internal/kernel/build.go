@@ -17,12 +17,16 @@ import (
 
 // Pull builds the catalog kernel name from the Debian archive at mirror
 // (empty: the host's apt mirror, else DefaultMirror). The InRelease
-// signature is checked against DebianKeyring, then the Packages index
+// signature is checked against s.Keyring (default DebianKeyring), then the Packages index
 // hash, then the package's sha256. Downloads are cached in CacheDir. It
 // fails with ErrExists when the bundle exists, and leaves nothing behind
 // on error or cancellation.
 func (s *Store) Pull(ctx context.Context, name, mirror string, progress func(Progress)) (Bundle, error) {
-	return s.pull(ctx, name, mirror, DebianKeyring, progress)
+	keyring := s.Keyring
+	if keyring == "" {
+		keyring = DebianKeyring
+	}
+	return s.pull(ctx, name, mirror, keyring, progress)
 }
 
 func (s *Store) pull(ctx context.Context, name, mirror, keyring string, progress func(Progress)) (Bundle, error) {

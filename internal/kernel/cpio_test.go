@@ -9,12 +9,13 @@ import (
 	"strings"
 	"testing"
 
+	"banger/internal/prereq"
 	"github.com/google/go-cmp/cmp"
 )
 
 func TestCpioRoundTrip(t *testing.T) {
 	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Skip("cpio not installed (apt-get install cpio)")
+		prereq.Missing(t, "cpio not installed (apt-get install cpio)")
 	}
 	var buf bytes.Buffer
 	w := newCpioWriter(&buf)

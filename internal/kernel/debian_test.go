@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/prereq"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -59,7 +60,7 @@ func TestHostMirror(t *testing.T) {
 func realInRelease(t *testing.T) []byte {
 	t.Helper()
 	if _, err := os.Stat(DebianKeyring); err != nil {
-		t.Skipf("Debian archive keyring missing (apt-get install debian-archive-keyring): %v", err)
+		prereq.Missing(t, "Debian archive keyring missing (apt-get install debian-archive-keyring): %v", err)
 	}
 	path := filepath.Join(fixturesDir(), "debian", "InRelease-bookworm")
 	if data, err := os.ReadFile(path); err == nil {
@@ -69,7 +70,7 @@ func realInRelease(t *testing.T) []byte {
 	defer cancel()
 	data, err := (&Store{}).get(ctx, DefaultMirror+"/dists/bookworm/InRelease")
 	if err != nil {
-		t.Skipf("cannot fetch InRelease (offline?): %v", err)
+		prereq.Missing(t, "cannot fetch InRelease (offline?): %v", err)
 	}
 	os.MkdirAll(filepath.Dir(path), 0o755)
 	os.WriteFile(path, data, 0o644)

@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"banger/internal/prereq"
 	"context"
 	"fmt"
 	"os"
@@ -52,7 +53,7 @@ func realDeb(t *testing.T) string {
 		fixtureDeb, fixtureErr = s.fetchDeb(ctx, src, nil)
 	})
 	if fixtureErr != nil {
-		t.Skipf("no Debian kernel package fixture (offline?): %v", fixtureErr)
+		prereq.Missing(t, "no Debian kernel package fixture (offline?): %v", fixtureErr)
 	}
 	return fixtureDeb
 }

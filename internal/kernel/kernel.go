@@ -82,6 +82,7 @@ type Store struct {
 	AgentBin string       // static banger-agent, becomes the initrd's /init
 	Logger   *slog.Logger // nil: silent
 	Client   *http.Client // nil: http.DefaultClient
+	Keyring  string       // OpenPGP keyring InRelease must be signed by; "": DebianKeyring
 }
 
 // manifest is manifest.json; paths are relative to the bundle directory.

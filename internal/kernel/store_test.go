@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/prereq"
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/clearsign"
 	"github.com/ulikunitz/xz"
@@ -312,7 +313,7 @@ func TestRegister(t *testing.T) {
 // mirror): about 35 MB. Set BANGER_TEST_REAL_PULL=1 to run it.
 func TestPullReal(t *testing.T) {
 	if os.Getenv("BANGER_TEST_REAL_PULL") == "" {
-		t.Skip("set BANGER_TEST_REAL_PULL=1 to pull from the real Debian archive")
+		prereq.ByDesign(t, "set BANGER_TEST_REAL_PULL=1 to pull from the real Debian archive")
 	}
 	s := newTestStore(t, realAgent(t))
 	start := time.Now()

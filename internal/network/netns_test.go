@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"banger/internal/prereq"
 	"github.com/vishvananda/netns"
 )
 
@@ -24,13 +25,13 @@ type testNS struct {
 func requireNetns(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
+		prereq.Missing(t, "needs root to create network namespaces")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2's ip to create network namespaces")
+		prereq.Missing(t, "needs iproute2's ip to create network namespaces")
 	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skip("needs /dev/net/tun")
+		prereq.Missing(t, "needs /dev/net/tun")
 	}
 }
 

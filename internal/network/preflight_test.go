@@ -1,6 +1,7 @@
 package network
 
 import (
+	"banger/internal/prereq"
 	"errors"
 	"os"
 	"os/exec"
@@ -75,14 +76,14 @@ func TestPreflightWithoutCapability(t *testing.T) {
 		return
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to drop a capability that it has")
+		prereq.Missing(t, "needs root to drop a capability that it has")
 	}
 	if ok, err := hasNetAdmin(); err != nil || !ok {
 		t.Fatalf("hasNetAdmin as root = %v, %v; want true", ok, err)
 	}
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
-		t.Skip("needs util-linux setpriv to drop CAP_NET_ADMIN")
+		prereq.Missing(t, "needs util-linux setpriv to drop CAP_NET_ADMIN")
 	}
 	cmd := exec.Command(setpriv, "--bounding-set", "-net_admin", "--inh-caps", "-net_admin",
 		os.Args[0], "-test.run", "^TestPreflightWithoutCapability$", "-test.v")

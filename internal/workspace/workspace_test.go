@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"banger/internal/prereq"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -19,7 +20,7 @@ import (
 func fixtureRepo(t *testing.T) string {
 	t.Helper()
 	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git is not installed")
+		prereq.Missing(t, "git is not installed")
 	}
 	dir := filepath.Join(t.TempDir(), "repo")
 	files := map[string]string{
@@ -185,7 +186,7 @@ func TestExtractRejectsEscapes(t *testing.T) {
 
 func TestCheckReadable(t *testing.T) {
 	if os.Geteuid() == 0 {
-		t.Skip("root reads every file; run as a normal user")
+		prereq.ByDesign(t, "root reads every file; run as a normal user")
 	}
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "secret"), []byte("x"), 0o000)

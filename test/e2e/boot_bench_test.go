@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"banger/internal/prereq"
 	"banger/internal/vmm/qemu"
 	"encoding/json"
 	"fmt"
@@ -52,16 +53,17 @@ func noInitEnv(t testing.TB) *env {
 	return e
 }
 
-// TestSoak boots a VM BANGER_SOAK times through banger (create once, then
-// start/stop) and reports hangs, then median and p95 of start to
-// agent-ready. make soak runs it with 50.
+// TestSoak boots the systemd fixture BANGER_SOAK times through banger
+// (create once, then start/stop) and reports hangs, then median and p95
+// of start to agent-ready. make e2e (so CI) runs it with 10, make soak
+// with 50.
 func TestSoak(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("BANGER_SOAK"))
 	if n == 0 {
-		t.Skip("set BANGER_SOAK=N (make soak) to boot N times")
+		prereq.ByDesign(t, "set BANGER_SOAK=N (make soak) to boot N times")
 	}
-	e := noInitEnv(t)
-	e.ok("vm", "create", "--no-start", "--image", "tiny", "--name", "soak", "--memory", "256M", "--cpus", "1")
+	e := bootEnv(t)
+	e.ok("vm", "create", "--no-start", "--image", "fixture", "--name", "soak", "--memory", "512M", "--cpus", "1")
 	var times []time.Duration
 	hangs := 0
 	for i := 0; i < n; i++ {
@@ -92,18 +94,11 @@ func TestSoak(t *testing.T) {
 // bare QEMU booting the same kernel and initrd to a trivial init that
 // prints a line, side by side in one run.
 func BenchmarkBootToAgentReady(b *testing.B) {
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		b.Skip("busybox-static not installed")
-	}
 	var banger, bare time.Duration
 	e := noInitEnv(b)
 	var k struct{ Kernel, Initrd, Modules string }
-	json.Unmarshal([]byte(e.ok("kernel", "inspect", "generic-6.1")), &k)
-	bareRoot := tinyRootfs(b, map[string]string{
-		"bin/busybox": "@" + busybox,
-		"sbin/init":   "#!/bin/busybox sh\n/bin/busybox echo BARE-READY > /dev/console\n/bin/busybox poweroff -f\n",
-	})
+	json.Unmarshal([]byte(e.ok("kernel", "inspect", "generic-6.1", "--json")), &k)
+	bareRoot := bareInitRoot(b)
 	e.ok("vm", "create", "--no-start", "--image", "tiny", "--name", "bench", "--memory", "256M", "--cpus", "1")
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -121,9 +116,22 @@ func BenchmarkBootToAgentReady(b *testing.B) {
 	fmt.Printf("boot to ready: banger %.2fs, bare qemu %.2fs, ratio %.2f\n", bs, qs, bs/qs)
 }
 
+// bareInitRoot is the bare side's rootfs: busybox and an init that prints
+// BARE-READY and powers off.
+func bareInitRoot(tb testing.TB) string {
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		prereq.Missing(tb, "busybox-static not installed (apt-get install busybox-static)")
+	}
+	return tinyRootfs(tb, map[string]string{
+		"bin/busybox": "@" + busybox,
+		"sbin/init":   "#!/bin/busybox sh\n/bin/busybox echo BARE-READY > /dev/console\n/bin/busybox poweroff -f\n",
+	})
+}
+
 // bareBoot runs QEMU by hand like the driver does (microvm, TCG, the TSC
 // fix) and returns the time until the init's line reaches the console.
-func bareBoot(b *testing.B, kernel, initrd, root string) time.Duration {
+func bareBoot(b testing.TB, kernel, initrd, root string) time.Duration {
 	b.Helper()
 	khz, err := qemu.HostTSCkHz()
 	if err != nil {

@@ -231,7 +231,9 @@ func TestBadKernelAndImage(t *testing.T) {
 func TestCorruptInitrdAndEarlyDeath(t *testing.T) {
 	e := bootEnv(t)
 	var k struct{ Kernel string }
-	json.Unmarshal([]byte(e.ok("kernel", "inspect", "generic-6.1")), &k)
+	json.Unmarshal([]byte(e.ok("kernel", "inspect", "generic-6.1", "--json")), &k)
+	mustContain(t, "kernel inspect (human-readable)", e.ok("kernel", "inspect", "generic-6.1"),
+		"name:", "generic-6.1", "kernel:", k.Kernel, "release:")
 	bad := filepath.Join(t.TempDir(), "initrd.bad")
 	os.WriteFile(bad, bytes.Repeat([]byte{0x5a}, 1<<20), 0o644)
 	stderr := e.fails("kernel", "register", "--name", "bad-initrd", "--kernel", k.Kernel, "--initrd", bad)

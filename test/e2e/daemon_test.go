@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"banger/internal/prereq"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -158,10 +161,10 @@ func TestDoctor(t *testing.T) {
 // run it (here: no password, no terminal) the error says what to run.
 func TestNonRootStartsThroughSudo(t *testing.T) {
 	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("setpriv not installed")
+		prereq.Missing(t, "setpriv not installed")
 	}
 	if _, err := exec.LookPath("sudo"); err != nil {
-		t.Skip("sudo not installed")
+		prereq.Missing(t, "sudo not installed")
 	}
 	e := newEnv(t)
 	home := filepath.Join(os.TempDir(), filepath.Base(e.home)+"-nobody")
@@ -185,5 +188,75 @@ func TestNonRootStartsThroughSudo(t *testing.T) {
 	t.Logf("as nobody: %s", out)
 	if len(e.procs("bangerd")) != 0 {
 		t.Fatal("a bangerd runs although sudo failed")
+	}
+}
+
+// A user whom sudoers lets run bangerd without a password (SETENV, as
+// banger passes BANGER_HOME through: without it sudo refuses) gets a daemon
+// running as root through sudo, and can talk to it. The test makes the
+// user and the sudoers rule, and removes both.
+func TestNonRootSudoSucceeds(t *testing.T) {
+	for _, tool := range []string{"setpriv", "sudo", "useradd", "userdel", "visudo"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			prereq.Missing(t, "%s not installed (apt-get install sudo util-linux passwd)", tool)
+		}
+	}
+	e := newEnv(t)
+	user := "bgt" + e.ns[len(e.ns)-8:]
+	run(t, "useradd", "--create-home", "--home-dir", "/home/"+user, "--shell", "/bin/sh", user)
+	t.Cleanup(func() { exec.Command("userdel", "--remove", "--force", user).Run() })
+	// The user must reach the binaries: copy them where anyone can.
+	bin, err := os.MkdirTemp("", "banger-e2e-sudo-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(bin) })
+	os.Chmod(bin, 0o755)
+	for _, b := range []string{"banger", "bangerd"} {
+		run(t, "cp", filepath.Join(e.bin, b), filepath.Join(bin, b))
+	}
+	bangerd := filepath.Join(bin, "bangerd")
+	rule := fmt.Sprintf("%s ALL=(root) NOPASSWD:SETENV: %s\n", user, bangerd)
+	sudoers := "/etc/sudoers.d/banger-e2e-" + user
+	if err := os.WriteFile(sudoers+".tmp", []byte(rule), 0o440); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(sudoers); os.Remove(sudoers + ".tmp") })
+	run(t, "visudo", "-c", "-q", "-f", sudoers+".tmp")
+	if err := os.Rename(sudoers+".tmp", sudoers); err != nil {
+		t.Fatal(err)
+	}
+	home := "/home/" + user
+	asUser := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		full := append([]string{"netns", "exec", e.ns, "setpriv", "--reuid=" + user, "--regid=" + user, "--init-groups",
+			filepath.Join(bin, "banger")}, args...)
+		c := exec.CommandContext(ctx, "ip", full...)
+		c.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + home, "USER=" + user,
+			"BANGER_HOME=" + home + "/banger", "BANGERD_BIN=" + bangerd}
+		out, err := c.CombinedOutput()
+		if ctx.Err() != nil {
+			t.Fatalf("banger %v as %s hung", args, user)
+		}
+		return string(out), err
+	}
+	if out, err := asUser("vm", "list"); err != nil {
+		t.Fatalf("banger vm list as %s with a NOPASSWD rule for bangerd: %v\n%s", user, err, out)
+	}
+	pids := e.procs("bangerd")
+	if len(pids) != 1 {
+		t.Fatalf("%d bangerd processes after the sudo start, want 1", len(pids))
+	}
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pids[0]))
+	if !regexp.MustCompile(`(?m)^Uid:\s+0\s`).Match(status) {
+		t.Fatalf("bangerd started through sudo does not run as root:\n%s", status)
+	}
+	out, err := asUser("daemon", "status", "--json")
+	if err != nil || !regexp.MustCompile(fmt.Sprintf(`"pid":\s*%d\b`, pids[0])).MatchString(out) {
+		t.Fatalf("daemon status as %s: %v\n%s", user, err, out)
+	}
+	if out, err := asUser("daemon", "stop"); err != nil {
+		t.Fatalf("daemon stop as %s: %v\n%s", user, err, out)
 	}
 }

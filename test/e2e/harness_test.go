@@ -4,6 +4,7 @@
 package e2e
 
 import (
+	"banger/internal/prereq"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -99,7 +100,7 @@ type env struct {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("e2e needs root (network namespaces, taps, QEMU)")
+		prereq.Missing(t, "e2e needs root (network namespaces, taps, QEMU)")
 	}
 	b := make([]byte, 4)
 	rand.Read(b)
@@ -129,7 +130,9 @@ func (e *env) teardown() {
 	}
 	e.cmd(ctx, "daemon", "stop").Run()
 	for _, pid := range e.pids() {
-		syscall.Kill(pid, syscall.SIGKILL)
+		if pid != os.Getpid() { // never the test itself, should a thread of it be in the namespace
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
 	time.Sleep(100 * time.Millisecond)
 	exec.Command("ip", "netns", "del", e.ns).Run()

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"banger/internal/prereq"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -21,7 +22,7 @@ import (
 func TestHelperHTTPServer(t *testing.T) {
 	addr := os.Getenv("BANGER_E2E_HTTP")
 	if addr == "" {
-		t.Skip("helper process only")
+		prereq.ByDesign(t, "helper process only")
 	}
 	http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "you are %s\n", r.RemoteAddr)
@@ -54,7 +55,11 @@ type netInfo struct {
 		Name   string
 		Exists bool
 	}
-	Taps   []struct{ Name, VMID string }
+	Taps []struct {
+		Name string
+		VMID string `json:"vm_id"`
+		Pool bool
+	}
 	Leases []struct{ IP, VM, MAC, Tap string }
 	Rules  []string `json:"nat_rules"`
 }
@@ -111,52 +116,78 @@ func TestNetworkTwoVMsNATAndCleanup(t *testing.T) {
 		t.Fatalf("leases after delete: %+v", n.Leases)
 	}
 
-	// Kill the daemon in the middle of a create.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c := e.cmd(ctx, "vm", "create", "--image", "fixture", "--name", "doomed", "--memory", "512M", "--cpus", "1")
-	if err := c.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pid := e.daemonPID()
-	time.Sleep(1500 * time.Millisecond)
-	syscall.Kill(pid, syscall.SIGKILL)
-	c.Wait()
-	// The next call brings up a new daemon that reconciles.
-	e.ok("vm", "list")
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		vms := e.ok("vm", "list", "--json")
-		if !strings.Contains(vms, `"starting"`) && !strings.Contains(vms, `"creating"`) {
-			break
+	// Kill the daemon in the middle of a create, at each point where it
+	// holds a new host resource: the VM's directory (disk being made), its
+	// tap (start), its QEMU (boot). Each time the next call brings up a
+	// daemon that reconciles, and nothing may be left without an owner.
+	known := map[string]bool{} // ids of the VMs before each create
+	newDir := func() bool {
+		for _, d := range dirsIn(t, e.home+"/state/vms") {
+			if !known[d] {
+				return true
+			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("vm stuck after daemon restart: %s", vms)
+		return false
+	}
+	newTap := func() bool {
+		for _, tp := range e.nsTaps() {
+			if id, ok := strings.CutPrefix(tp.Alias, "banger:vm:"); ok && !known[id] {
+				return true
+			}
 		}
-		time.Sleep(time.Second)
+		return false
 	}
-	n = e.network()
-	names := map[string]bool{}
-	for _, l := range n.Leases {
-		names[l.VM] = true
+	points := []struct {
+		name, what string
+		reached    func() bool
+	}{
+		{"doomed-dir", "its vm directory exists", newDir},
+		{"doomed-tap", "a tap is marked for it", newTap},
+		{"doomed-qemu", "its qemu runs", func() bool { return len(e.procs("qemu-system-x86")) > 1 }},
 	}
-	for _, tp := range n.Taps {
-		if tp.VMID != "" && !leaseHasTap(n, tp.Name) {
-			t.Errorf("tap %s of vm %s has no lease: leaked", tp.Name, tp.VMID)
+	for _, pt := range points {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		c := e.cmd(ctx, "vm", "create", "--image", "fixture", "--name", pt.name, "--memory", "512M", "--cpus", "1")
+		pid := e.daemonPID()
+		clear(known)
+		for _, v := range e.vms() {
+			known[v.ID] = true
 		}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 90*time.Second, pt.name+": "+pt.what, pt.reached)
+		syscall.Kill(pid, syscall.SIGKILL)
+		c.Wait()
+		cancel()
+		t.Logf("killed the daemon when %s", pt.what)
+		checkNoLeaks(t, e, 2)
+		if v := e.inspect("net1"); v.State != "running" || v.IP != v1.IP {
+			t.Fatalf("net1 after the daemon was killed: %+v", v)
+		}
+		if r := e.banger("vm", "inspect", pt.name); r.code == 0 {
+			var v vmInfo
+			json.Unmarshal([]byte(r.stdout), &v)
+			if v.State == "running" && v.IP == "" {
+				t.Fatalf("%s runs without an address: %+v", pt.name, v)
+			}
+			e.ok("vm", "delete", "--force", pt.name)
+		}
+		checkNoLeaks(t, e, 2)
 	}
-	if !names["net1"] {
-		t.Fatalf("net1 lost its lease: %+v", n.Leases)
+	if n := e.network(); len(n.Leases) != 1 {
+		t.Fatalf("leases after deleting every doomed vm: %+v", n.Leases)
 	}
 	e.ok("vm", "exec", "net1", "--", "ping", "-c", "1", "-W", "5", "172.16.0.1")
-	if r := e.banger("vm", "inspect", "doomed"); r.code == 0 {
-		// It survived as a whole VM: its lease and tap are its own.
-		var v vmInfo
-		json.Unmarshal([]byte(r.stdout), &v)
-		if v.State == "running" && v.IP == "" {
-			t.Fatalf("doomed runs without an address: %+v", v)
-		}
+}
+
+func dirsIn(t *testing.T, dir string) []string {
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, d := range ents {
+		out = append(out, d.Name())
 	}
+	return out
 }
 
 func findTap(n netInfo, vm string) string {
@@ -166,15 +197,6 @@ func findTap(n netInfo, vm string) string {
 		}
 	}
 	return ""
-}
-
-func leaseHasTap(n netInfo, tap string) bool {
-	for _, l := range n.Leases {
-		if l.Tap == tap {
-			return true
-		}
-	}
-	return false
 }
 
 // Eight concurrent creates get eight distinct addresses.

@@ -200,7 +200,7 @@ func TestRunBranchFrom(t *testing.T) {
 	r := e.banger("vm", "run", "--image", "fixture", "--name", "bf", "--from", "v1", "--branch", "feature", repo, "--",
 		"sh", "-c", "git rev-parse --abbrev-ref HEAD; cat README.md")
 	if r.code != 0 && strings.Contains(r.stderr, "git is not installed") {
-		t.Skip("the fixture image has no git: add git to scripts/fixtures.sh --include to run this test")
+		t.Fatalf("the fixture image has no git, although scripts/fixtures.sh installs it: the fixture is stale, run make fixtures (it rebuilds fixtures whose recipe changed)\n%s", r.stderr)
 	}
 	if r.code != 0 || r.stdout != "feature\nhello\n" {
 		t.Fatalf("exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
@@ -330,9 +330,7 @@ func TestRunDaemonDies(t *testing.T) {
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 300 && len(e.procs("qemu-system-x86")) == 0; i++ {
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitFor(t, 60*time.Second, "the vm's qemu starting", func() bool { return len(e.procs("qemu-system-x86")) > 0 })
 	syscall.Kill(pid, syscall.SIGKILL)
 	if err := c.Wait(); err == nil {
 		t.Fatal("vm run succeeded although its daemon died")
@@ -341,6 +339,11 @@ func TestRunDaemonDies(t *testing.T) {
 		t.Fatalf("stack trace:\n%s", stderr.String())
 	}
 	t.Logf("vm run when the daemon died: %s", strings.TrimSpace(stderr.String()))
+	mustContain(t, "vm run when the daemon died", stderr.String(),
+		"bangerd went away", "banger vm list", filepath.Join(e.home, "state", "bangerd.log"))
+	if n := strings.Count(stderr.String(), "\nbanger: "); n > 1 {
+		t.Errorf("%d error lines, want one clear message:\n%s", n, stderr.String())
+	}
 	var vms []vmInfo
 	json.Unmarshal([]byte(e.ok("vm", "list", "--json")), &vms)
 	for _, v := range vms {
@@ -351,6 +354,7 @@ func TestRunDaemonDies(t *testing.T) {
 	for _, v := range vms {
 		e.ok("vm", "delete", "--force", v.Name)
 	}
+	checkNoLeaks(t, e, 2)
 	if n := len(e.procs("qemu-system-x86")); n != 0 {
 		t.Fatalf("%d qemu processes left", n)
 	}

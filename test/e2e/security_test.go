@@ -281,3 +281,13 @@ func TestSecondDaemonSameNamespace(t *testing.T) {
 		t.Fatalf("first daemon's vm after the second started: exit %d: %s", r.code, r.stderr)
 	}
 }
+
+// leaseHasTap reports whether a lease in n is bound to tap.
+func leaseHasTap(n netInfo, tap string) bool {
+	for _, l := range n.Leases {
+		if l.Tap == tap {
+			return true
+		}
+	}
+	return false
+}

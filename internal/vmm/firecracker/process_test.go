@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/prereq"
 	"banger/internal/vmm"
 )
 
@@ -153,7 +154,7 @@ func TestKVMErrors(t *testing.T) {
 	}
 	t.Run("this host", func(t *testing.T) {
 		if _, err := os.Stat(KVMDevice); err == nil {
-			t.Skip("this host has /dev/kvm")
+			prereq.ByDesign(t, "this host has /dev/kvm")
 		}
 		err := CheckKVM()
 		if !errors.Is(err, vmm.ErrUnavailable) || !strings.Contains(err.Error(), "modprobe") {
@@ -351,6 +352,13 @@ func TestAdoptSilentAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// Until the child has exec'd, /proc shows the test binary's command
+	// line and Adopt rightly calls the pid someone else's.
+	for deadline := time.Now().Add(5 * time.Second); checkCmdline(cmd.Process.Pid, sock) != nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("stand-in never showed --api-sock %s: %v", sock, checkCmdline(cmd.Process.Pid, sock))
+		}
+	}
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	defer cancel()
 	h := vmm.Handle{Driver: Name, PID: cmd.Process.Pid, Data: map[string]string{dataAPISock: sock, dataCmdlineArg: sock}}
@@ -364,7 +372,7 @@ func TestAdoptSilentAPI(t *testing.T) {
 
 func TestAvailableOnThisHost(t *testing.T) {
 	if _, err := os.Stat(KVMDevice); err == nil {
-		t.Skip("this host has /dev/kvm")
+		prereq.ByDesign(t, "this host has /dev/kvm")
 	}
 	exe, _ := os.Executable()
 	if err := Available(exe); !errors.Is(err, vmm.ErrUnavailable) {

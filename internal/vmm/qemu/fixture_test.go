@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/prereq"
 	"banger/internal/vmm"
 )
 
@@ -44,14 +45,14 @@ var (
 func needBoot(t *testing.T) kernelFixture {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("boot test needs root")
+		prereq.Missing(t, "boot test needs root")
 	}
 	if _, err := exec.LookPath(DefaultBin); err != nil {
-		t.Skipf("boot test needs %s (apt-get install qemu-system-x86)", DefaultBin)
+		prereq.Missing(t, "boot test needs %s (apt-get install qemu-system-x86)", DefaultBin)
 	}
 	kernelOnce.Do(func() { kernelFix, kernelErr = fetchKernel() })
 	if kernelErr != "" {
-		t.Skipf("boot test needs the Debian cloud kernel: %s", kernelErr)
+		prereq.Missing(t, "boot test needs the Debian cloud kernel: %s", kernelErr)
 	}
 	return kernelFix
 }
@@ -172,7 +173,7 @@ func needInitrd(t *testing.T, k kernelFixture) string {
 	t.Helper()
 	initrdOnce.Do(func() { initrdPath, initrdErr = buildInitrd(k) })
 	if initrdErr != "" {
-		t.Skipf("boot test needs a busybox initrd: %s", initrdErr)
+		prereq.Missing(t, "boot test needs a busybox initrd: %s", initrdErr)
 	}
 	return initrdPath
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/prereq"
 	"banger/internal/vmm"
 )
 
@@ -24,7 +25,7 @@ import (
 func TestSoak(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("BANGER_SOAK"))
 	if n <= 0 {
-		t.Skip("set BANGER_SOAK=N to boot N times")
+		prereq.ByDesign(t, "set BANGER_SOAK=N to boot N times")
 	}
 	k := needBoot(t)
 	initrd := needInitrd(t, k)

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"banger/internal/prereq"
 	"testing"
 	"time"
 )
@@ -39,7 +40,7 @@ func TestParseKernelLogTSC(t *testing.T) {
 // within 1% when the kernel log still has it.
 func TestMeasureTSC(t *testing.T) {
 	if !haveRDTSC {
-		t.Skip("no rdtsc on this architecture")
+		prereq.ByDesign(t, "no rdtsc on this architecture")
 	}
 	a, err := measureTSCkHz(100 * time.Millisecond)
 	if err != nil {
