@@ -155,6 +155,13 @@ func Grow(ctx context.Context, path string, size int64) error {
 // resize2fs). It is killed when ctx is done, and also when the daemon
 // dies (Pdeathsig), so no helper outlives the request it served. VMMs,
 // which must survive a daemon restart, are not started this way.
+// Tool is exec.CommandContext for the e2fsprogs tools banger runs on
+// images: they are killed when bangerd dies (Pdeathsig), so a killed
+// daemon leaves no tool writing into a half-made image.
+func Tool(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return helper(ctx, name, args...)
+}
+
 func helper(ctx context.Context, name string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

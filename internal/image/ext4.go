@@ -109,7 +109,7 @@ func finishExt4(ctx context.Context, img string, size int64) error {
 			}
 			continue
 		}
-		out, err := exec.CommandContext(ctx, s[0], s[1:]...).CombinedOutput()
+		out, err := disk.Tool(ctx, s[0], s[1:]...).CombinedOutput()
 		var ee *exec.ExitError
 		if s[0] == "e2fsck" && errors.As(err, &ee) && ee.ExitCode() == 1 {
 			err = nil // errors corrected
