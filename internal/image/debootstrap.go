@@ -99,7 +99,7 @@ func Debootstrap(ctx context.Context, e catalog.Entry, mirror, tree string, prog
 	}
 	args = append(args, e.Suite, tree, mirror)
 	cmd := exec.CommandContext(ctx, "debootstrap", args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 10 * time.Second
 	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C")
