@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"banger/internal/prereq"
 	"context"
 	"errors"
 	"fmt"
@@ -24,27 +25,21 @@ import (
 // nested virtualization, where it skips).
 func TestQEMUVsockNeedsKey(t *testing.T) {
 	if testing.Short() {
-		t.Skip("boots a VM; skipped with -short")
+		prereq.ByDesign(t, "boots a VM; skipped with -short")
 	}
 	if f, err := os.OpenFile("/dev/vhost-vsock", os.O_RDWR, 0); err != nil {
-		t.Skipf("needs /dev/vhost-vsock for a vsock guest: %v", err)
+		prereq.ByDesign(t, "needs /dev/vhost-vsock, which this machine lacks (no nested virtualization): the vsock transport is untested here: %v", err)
 	} else {
 		f.Close()
 	}
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
-		t.Skip("qemu-system-x86_64 not installed")
+		prereq.Missing(t, "qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
 	}
-	fixtures := os.Getenv("BANGER_FIXTURES")
-	if fixtures == "" {
-		fixtures = "/var/tmp/banger-fixtures"
-	}
-	kernels, _ := filepath.Glob(filepath.Join(fixtures, "kernel-*", "boot", "vmlinuz-*"))
-	if len(kernels) == 0 {
-		t.Skipf("no kernel fixture under %s (set BANGER_FIXTURES)", fixtures)
-	}
+	kroot := kernelFixture(t)
+	kernels, _ := filepath.Glob(filepath.Join(kroot, "boot", "vmlinuz-*"))
 	dir := t.TempDir()
-	initrd := buildSmokeInitrd(t, dir, filepath.Dir(filepath.Dir(kernels[0])), staticBusybox(t))
+	initrd := buildSmokeInitrd(t, dir, kroot, staticBusybox(t))
 	cid := uint32(1000 + os.Getpid()%50000)
 	ctx := callCtx(t, 3*time.Minute)
 	cmd := exec.CommandContext(ctx, qemu, "-M", "microvm,accel=tcg", "-m", "512", "-smp", "1",

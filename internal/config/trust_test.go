@@ -1,6 +1,7 @@
 package config
 
 import (
+	"banger/internal/prereq"
 	"errors"
 	"os"
 	"path/filepath"
@@ -83,7 +84,7 @@ func isRootStickyOK(t *testing.T, dir string) bool {
 
 func TestCheckTrustedDirOwner(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("needs root to give a directory to another uid")
+		prereq.Missing(t, "needs root to give a directory to another uid")
 	}
 	t.Setenv("SUDO_UID", "")
 	dir := filepath.Join(t.TempDir(), "theirs")

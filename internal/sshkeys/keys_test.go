@@ -1,6 +1,7 @@
 package sshkeys
 
 import (
+	"banger/internal/prereq"
 	"context"
 	"errors"
 	"net"
@@ -146,7 +147,7 @@ func TestArgsForwardNothing(t *testing.T) {
 // The real ssh agrees: a config with ForwardAgent yes is overridden.
 func TestArgsOverrideUserConfig(t *testing.T) {
 	if _, err := exec.LookPath("ssh"); err != nil {
-		t.Skip("ssh not installed")
+		prereq.Missing(t, "ssh not installed (apt-get install openssh-client)")
 	}
 	cfg := filepath.Join(t.TempDir(), "config")
 	os.WriteFile(cfg, []byte("Host *\n  ForwardAgent yes\n  ForwardX11 yes\n  LocalForward 9999 127.0.0.1:22\n"), 0o600)

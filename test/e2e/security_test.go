@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"banger/internal/prereq"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -25,10 +26,10 @@ type localUser struct {
 func newLocalUser(t *testing.T) localUser {
 	t.Helper()
 	if _, err := exec.LookPath("useradd"); err != nil {
-		t.Skip("useradd not installed")
+		prereq.Missing(t, "useradd not installed (apt-get install passwd)")
 	}
 	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("setpriv not installed")
+		prereq.Missing(t, "setpriv not installed (apt-get install util-linux)")
 	}
 	b := make([]byte, 3)
 	rand.Read(b)

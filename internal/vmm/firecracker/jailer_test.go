@@ -1,6 +1,7 @@
 package firecracker
 
 import (
+	"banger/internal/prereq"
 	"context"
 	"encoding/json"
 	"os"
@@ -104,7 +105,7 @@ func TestContractJailer(t *testing.T) {
 // jailed firecracker must open is theirs (and no one else's).
 func TestJailerDropsToUID(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to give the jail to another uid")
+		prereq.Missing(t, "needs root to give the jail to another uid")
 	}
 	d, _ := newStandinDriver(t, modeOK)
 	d.opts.JailerBin = d.opts.Bin
