@@ -73,7 +73,6 @@ func (s *Server) pullImage(ctx context.Context, req api.PullImageRequest, e cata
 	unlock := lockPull(filepath.Join(s.images.Dir, name))
 	defer unlock()
 	cache := filepath.Join(s.opts.Dirs.Cache, "oci")
-	s.images.RemoveStale(s.started, cache)
 	if im, err := s.images.Get(name); err == nil && !req.Refresh {
 		st.Log(fmt.Sprintf("image %s is already present (use --refresh to rebuild it)", name))
 		return im, nil

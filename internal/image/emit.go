@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -27,7 +28,7 @@ type layerSource interface {
 }
 
 // errStop ends a layerSource walk early without an error.
-var errStop = fmt.Errorf("stop")
+var errStop = errors.New("stop")
 
 // readLayers builds the tree from the layers, lowest first.
 func (r *rootfs) readLayers(ctx context.Context, layers []layerSource, progress Progress) error {
@@ -230,7 +231,7 @@ func (l tarLayer) each(ctx context.Context, fn func(int, *tar.Header, io.Reader)
 			}
 			return fmt.Errorf("reading layer: %w", err)
 		}
-		if err := fn(n, hdr, tr); err == errStop {
+		if err := fn(n, hdr, tr); errors.Is(err, errStop) {
 			return nil
 		} else if err != nil {
 			return err
