@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"archive/tar"
-	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -133,15 +132,6 @@ func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
 		os.Remove(tmp)
 	}
 	return err
-}
-
-// agentKey returns the agent key of the VM with id.
-func (m *vmManager) agentKey(ctx context.Context, id string) ([]byte, error) {
-	v, err := m.s.store.VMByName(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	return loadAgentKey(v)
 }
 
 // unauthenticated explains a guest agent that refused the VM's key.

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net"
 	"path/filepath"
 	"testing"
@@ -47,7 +46,7 @@ func TestBootVMMRetriesTakenCIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	m := &vmManager{s: &Server{store: st, log: slog.New(slog.DiscardHandler)}}
+	m := newVMManager(vmParts{store: st})
 	for _, id := range []string{"a", "b"} {
 		st.CreateVM(ctx, store.VM{ID: id, Name: id, State: "created"})
 	}

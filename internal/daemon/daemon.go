@@ -49,6 +49,7 @@ type Server struct {
 	net     *netService
 	images  *image.Store
 	kernels *kernel.Store
+	pulls   keyedMutex // by image name: one pull of a name at a time
 }
 
 // Run serves until ctx is done. It takes the state directory's lock
@@ -94,10 +95,18 @@ func Run(ctx context.Context, opts Options) error {
 	s.vmmUser = ensureVMMUser(ctx, opts.Logger)
 	drivers, def := newDrivers(opts.Config, opts.Logger, s.vmmUser)
 	s.log.Info("vmm chosen", "vmm", def.VMM, "accel", def.Accel, "reason", def.Reason)
-	s.vms = newVMManager(s, drivers, def.VMM)
-	if s.net, err = newNetService(ctx, s); err != nil {
+	if s.net, err = newNetService(ctx, opts.Config, opts.Dirs.State, st, s.log, s.vmmUser); err != nil {
 		return err
 	}
+	s.vms = newVMManager(vmParts{
+		store: st, images: s.images, kernels: s.kernels, net: s.net, drivers: drivers, def: def.VMM, log: s.log,
+		cfg: vmSettings{
+			VMsDir:        filepath.Join(opts.Dirs.State, "vms"),
+			DefaultImage:  opts.Config.DefaultImageName,
+			ConsoleLogMax: int64(opts.Config.ConsoleLogMaxMiB) << 20,
+			UserSSHKey:    opts.Config.SSHKey(opts.Dirs),
+		},
+	})
 	if err := s.vms.adoptAll(ctx); err != nil {
 		s.log.Error("re-adopting vms", "err", err)
 	}
@@ -166,7 +175,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/version", s.handleVersion)
 	mux.HandleFunc("POST /v1/shutdown", s.handleShutdown)
 	mux.HandleFunc("GET /v1/network", s.handleNetwork)
-	s.vms.routes(mux)
+	s.vmRoutes(mux)
 	s.kernelRoutes(mux)
 	s.imageRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

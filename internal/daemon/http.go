@@ -7,33 +7,58 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
 	"banger/internal/config"
+	"banger/internal/image"
+	"banger/internal/kernel"
+	"banger/internal/network"
 	"banger/internal/store"
 	"banger/internal/version"
 	"banger/internal/vmm"
 )
 
 // toAPI maps an error to its API category, keeping an *api.Error as is.
+// It is the one place where the sentinel errors of the stores, the
+// network and the drivers get their category and, where it helps, a hint;
+// their messages already say what failed.
 func toAPI(err error) *api.Error {
 	var e *api.Error
+	var ne *net.OpError
 	switch {
 	case errors.As(err, &e):
 		return e
-	case errors.Is(err, store.ErrNotExist):
-		return api.Errorf(api.NotFound, "%s", err)
-	case errors.Is(err, store.ErrExist):
-		return api.Errorf(api.Conflict, "%s", err)
 	case errors.Is(err, context.Canceled):
 		return api.Errorf(api.Canceled, "%s", err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return api.Errorf(api.Timeout, "%s", err)
-	case errors.Is(err, vmm.ErrUnavailable):
+	case errors.Is(err, image.ErrNotExist):
+		return api.Errorf(api.NotFound, "%s", err).WithHint("see banger image list, or add one with banger image register")
+	case errors.Is(err, kernel.ErrNotExist):
+		return api.Errorf(api.NotFound, "%s", err).WithHint("see banger kernel list; catalog kernels: " + strings.Join(kernel.CatalogNames(), ", "))
+	case errors.Is(err, image.ErrNoImage):
+		return api.Errorf(api.NotFound, "%s", err).WithHint("check the reference's repository and tag")
+	case errors.Is(err, store.ErrNotExist), errors.Is(err, network.ErrNotExist):
+		return api.Errorf(api.NotFound, "%s", err)
+	case errors.Is(err, store.ErrExist), errors.Is(err, image.ErrExist), errors.Is(err, kernel.ErrExist),
+		errors.Is(err, network.ErrExhausted), errors.Is(err, network.ErrOverlap), errors.Is(err, network.ErrNotOurs),
+		errors.Is(err, network.ErrClaimed):
+		return api.Errorf(api.Conflict, "%s", err)
+	case errors.Is(err, image.ErrDigest):
+		return api.Errorf(api.InvalidArgument, "%s", err).WithHint("the source served corrupt data; verified layers are kept, pull again")
+	case errors.Is(err, image.ErrInvalid), errors.Is(err, kernel.ErrInvalid), errors.Is(err, image.ErrPlatform),
+		errors.Is(err, image.ErrUnsafeEntry):
+		return api.Errorf(api.InvalidArgument, "%s", err)
+	case errors.Is(err, image.ErrNoSpace), errors.Is(err, network.ErrNoTun), errors.Is(err, network.ErrNoNetAdmin),
+		errors.Is(err, vmm.ErrUnavailable):
 		return api.Errorf(api.Unavailable, "%s", err)
+	case errors.As(err, &ne):
+		// The daemon dials out only to pull: registries, mirrors, bundles.
+		return api.Errorf(api.Unavailable, "%s", err).WithHint("is the registry or mirror reachable from this host?")
 	}
 	return api.Errorf(api.Internal, "%s", err)
 }
@@ -121,7 +146,7 @@ func (s *stream) finish(v any, err error) {
 }
 
 // progressFunc adapts s to the callback shape the stores use.
-type progressFunc func(phase string, done, total int64)
+type progressFunc = image.Progress
 
 // peerKey is the context key of the connecting process's credentials.
 type peerKey struct{}

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
 
 	"banger/internal/api"
 	"banger/internal/catalog"
@@ -26,17 +24,6 @@ func (s *Server) imagePullRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/images/import", s.handleImageImport)
 }
 
-// pullLocks serialises pulls of the same image name: a second caller
-// (say vm run pulling the default image) waits, then finds it made.
-var pullLocks sync.Map // image dir -> *sync.Mutex
-
-func lockPull(dir string) func() {
-	m, _ := pullLocks.LoadOrStore(dir, &sync.Mutex{})
-	mu := m.(*sync.Mutex)
-	mu.Lock()
-	return mu.Unlock
-}
-
 func (s *Server) handleImagePull(w http.ResponseWriter, r *http.Request) {
 	var req api.PullImageRequest
 	if err := decode(r, &req); err != nil {
@@ -52,12 +39,16 @@ func (s *Server) handleImagePull(w http.ResponseWriter, r *http.Request) {
 	st := newStream(w)
 	im, err := s.pullImage(r.Context(), req, entry, isCatalog, st)
 	if err != nil {
-		st.finish(nil, s.pullErr(fmt.Errorf("pulling %s: %w", req.Ref, err), req.Ref))
+		st.finish(nil, fmt.Errorf("pulling %s: %w", req.Ref, err))
 		return
 	}
 	st.finish(imageView(im), nil)
 }
 
+// pullImage makes the image req asks for, unless it is there and no
+// refresh was asked for. e is its catalog entry when isCatalog. Pulls of
+// one name take turns: a second caller (say vm run pulling the default
+// image) waits, then finds it made.
 func (s *Server) pullImage(ctx context.Context, req api.PullImageRequest, e catalog.Entry, isCatalog bool, st *stream) (image.Image, error) {
 	name := req.Name
 	if name == "" && isCatalog {
@@ -70,9 +61,10 @@ func (s *Server) pullImage(ctx context.Context, req api.PullImageRequest, e cata
 		}
 		name = image.DefaultName(ref)
 	}
-	unlock := lockPull(filepath.Join(s.images.Dir, name))
-	defer unlock()
-	cache := filepath.Join(s.opts.Dirs.Cache, "oci")
+	if err := image.ValidName(name); err != nil {
+		return image.Image{}, err
+	}
+	defer s.pulls.lock(name)()
 	if im, err := s.images.Get(name); err == nil && !req.Refresh {
 		st.Log(fmt.Sprintf("image %s is already present (use --refresh to rebuild it)", name))
 		return im, nil
@@ -90,6 +82,7 @@ func (s *Server) pullImage(ctx context.Context, req api.PullImageRequest, e cata
 		}
 		st.Log(fmt.Sprintf("warning: %v; the image is pulled anyway (later: banger kernel pull %s)", err, kernelRef))
 	}
+	cache := filepath.Join(s.opts.Dirs.Cache, "oci")
 	if isCatalog {
 		mirror := s.opts.Config.DebianMirror
 		if mirror == "" && e.Kind == catalog.Debootstrap {
@@ -97,10 +90,10 @@ func (s *Server) pullImage(ctx context.Context, req api.PullImageRequest, e cata
 		}
 		e.KernelRef = kernelRef
 		return s.images.PullCatalog(ctx, e, image.CatalogOptions{Name: name, Mirror: mirror, SizeBytes: req.SizeBytes,
-			Refresh: req.Refresh, CacheDir: cache, Progress: st.Progress})
+			CacheDir: cache, Progress: st.Progress})
 	}
 	return s.images.PullOCI(ctx, image.PullOptions{Ref: req.Ref, Name: name, KernelRef: kernelRef, SizeBytes: req.SizeBytes,
-		Refresh: req.Refresh, CacheDir: cache, Progress: st.Progress})
+		CacheDir: cache, Progress: st.Progress})
 }
 
 // ensureKernel pulls a catalog kernel the image needs when it is missing.
@@ -112,30 +105,10 @@ func (s *Server) ensureKernel(ctx context.Context, name string, st *stream) erro
 		return fmt.Errorf("kernel %q is not installed (kernels: %s)", name, s.kernelNames())
 	}
 	st.Log("kernel " + name + " is not installed: pulling it first")
-	if _, err := s.kernels.Pull(ctx, name, s.opts.Config.DebianMirror, s.kernelProgress(st)); err != nil && !errors.Is(err, kernel.ErrExists) {
+	if _, err := s.kernels.Pull(ctx, name, s.opts.Config.DebianMirror, st.Progress); err != nil && !errors.Is(err, kernel.ErrExist) {
 		return fmt.Errorf("pulling kernel %s: %w", name, err)
 	}
 	return nil
-}
-
-// pullErr maps pull, import and export errors to API categories.
-func (s *Server) pullErr(err error, ref string) error {
-	var ne *net.OpError
-	switch {
-	case errors.Is(err, image.ErrNoImage):
-		return api.Errorf(api.NotFound, "%v", err).WithHint("check the reference's repository and tag")
-	case errors.Is(err, image.ErrPlatform), errors.Is(err, image.ErrUnsafeEntry):
-		return api.Errorf(api.InvalidArgument, "%v", err)
-	case errors.Is(err, image.ErrDigest):
-		return api.Errorf(api.InvalidArgument, "%v", err).WithHint("the source served corrupt data; verified layers are kept, pull again")
-	case errors.Is(err, image.ErrNoSpace):
-		return api.Errorf(api.Unavailable, "%v", err)
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return err
-	case errors.As(err, &ne):
-		return api.Errorf(api.Unavailable, "%v", err).WithHint("is the registry reachable from this host?")
-	}
-	return s.imageErr(err, ref)
 }
 
 func (s *Server) handleImageExport(w http.ResponseWriter, r *http.Request) {
@@ -149,13 +122,13 @@ func (s *Server) handleImageExport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if _, err := s.images.Get(req.Name); err != nil {
-		writeErr(w, s.imageErr(err, req.Name))
+		writeErr(w, err)
 		return
 	}
 	st := newStream(w)
 	sum, err := s.images.ExportBundle(r.Context(), req.Name, req.Output, st.Progress)
 	if err != nil {
-		st.finish(nil, s.pullErr(err, req.Name))
+		st.finish(nil, err)
 		return
 	}
 	st.finish(api.ExportImageResult{Path: req.Output, SHA256: sum}, nil)
@@ -175,7 +148,7 @@ func (s *Server) handleImageImport(w http.ResponseWriter, r *http.Request) {
 	st := newStream(w)
 	im, err := s.images.ImportURL(r.Context(), req.Source, image.ImportOptions{Name: req.Name, SHA256: req.SHA256, Progress: st.Progress})
 	if err != nil {
-		st.finish(nil, s.pullErr(fmt.Errorf("importing %s: %w", req.Source, err), req.Name))
+		st.finish(nil, fmt.Errorf("importing %s: %w", req.Source, err))
 		return
 	}
 	st.finish(imageView(im), nil)

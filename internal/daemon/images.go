@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -23,18 +22,6 @@ func imageView(im image.Image) api.Image {
 		KernelRef: im.KernelRef, Distro: im.Distro, HasSSHD: im.HasSSHD, Injected: im.Injected, CreatedAt: im.CreatedAt}
 }
 
-func (s *Server) imageErr(err error, name string) error {
-	switch {
-	case errors.Is(err, image.ErrNotExist):
-		return unknownImage(name, s.images.Names())
-	case errors.Is(err, image.ErrExist):
-		return api.Errorf(api.Conflict, "%v", err)
-	case errors.Is(err, image.ErrInvalid):
-		return api.Errorf(api.InvalidArgument, "%v", err)
-	}
-	return err
-}
-
 func (s *Server) handleImageList(w http.ResponseWriter, r *http.Request) {
 	ims, err := s.images.List()
 	if err != nil {
@@ -51,7 +38,7 @@ func (s *Server) handleImageList(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleImageGet(w http.ResponseWriter, r *http.Request) {
 	im, err := s.images.Get(r.PathValue("name"))
 	if err != nil {
-		writeErr(w, s.imageErr(err, r.PathValue("name")))
+		writeErr(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, imageView(im))
@@ -70,7 +57,7 @@ func (s *Server) handleImageDelete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.images.Delete(name); err != nil {
-		writeErr(w, s.imageErr(err, name))
+		writeErr(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"deleted": name})
@@ -94,7 +81,7 @@ func (s *Server) handleImageRegister(w http.ResponseWriter, r *http.Request) {
 	st := newStream(w)
 	im, err := s.images.Register(r.Context(), req.Name, req.Rootfs, req.KernelRef, st.Progress)
 	if err != nil {
-		st.finish(nil, s.imageErr(fmt.Errorf("registering image %q: %w", req.Name, err), req.Name))
+		st.finish(nil, fmt.Errorf("registering image %q: %w", req.Name, err))
 		return
 	}
 	st.finish(imageView(im), nil)

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -24,19 +23,6 @@ func kernelView(b kernel.Bundle) api.Kernel {
 		Source: b.Source, SHA256: b.SHA256, CreatedAt: b.CreatedAt}
 }
 
-// kernelErr maps the kernel store's errors to API categories.
-func kernelErr(err error) error {
-	switch {
-	case errors.Is(err, kernel.ErrNotFound):
-		return api.Errorf(api.NotFound, "%v", err).WithHint("see banger kernel list; catalog kernels: " + strings.Join(kernel.CatalogNames(), ", "))
-	case errors.Is(err, kernel.ErrExists):
-		return api.Errorf(api.Conflict, "%v", err)
-	case errors.Is(err, kernel.ErrInvalid):
-		return api.Errorf(api.InvalidArgument, "%v", err)
-	}
-	return err
-}
-
 func (s *Server) handleKernelList(w http.ResponseWriter, r *http.Request) {
 	bs, err := s.kernels.List()
 	if err != nil {
@@ -53,7 +39,7 @@ func (s *Server) handleKernelList(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleKernelGet(w http.ResponseWriter, r *http.Request) {
 	b, err := s.kernels.Get(r.PathValue("name"))
 	if err != nil {
-		writeErr(w, kernelErr(err))
+		writeErr(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, kernelView(b))
@@ -72,14 +58,10 @@ func (s *Server) handleKernelDelete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.kernels.Delete(name); err != nil {
-		writeErr(w, kernelErr(err))
+		writeErr(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"deleted": name})
-}
-
-func (s *Server) kernelProgress(st *stream) func(kernel.Progress) {
-	return func(p kernel.Progress) { st.Progress(p.Phase, p.Done, p.Total) }
 }
 
 func (s *Server) handleKernelPull(w http.ResponseWriter, r *http.Request) {
@@ -92,9 +74,9 @@ func (s *Server) handleKernelPull(w http.ResponseWriter, r *http.Request) {
 		req.Mirror = s.opts.Config.DebianMirror
 	}
 	st := newStream(w)
-	b, err := s.kernels.Pull(r.Context(), req.Name, req.Mirror, s.kernelProgress(st))
+	b, err := s.kernels.Pull(r.Context(), req.Name, req.Mirror, st.Progress)
 	if err != nil {
-		st.finish(nil, kernelErr(fmt.Errorf("pulling kernel %q: %w", req.Name, err)))
+		st.finish(nil, fmt.Errorf("pulling kernel %q: %w", req.Name, err))
 		return
 	}
 	st.finish(kernelView(b), nil)
@@ -107,9 +89,9 @@ func (s *Server) handleKernelImport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := newStream(w)
-	b, err := s.kernels.ImportDeb(r.Context(), req.Deb, req.Name, s.kernelProgress(st))
+	b, err := s.kernels.ImportDeb(r.Context(), req.Deb, req.Name, st.Progress)
 	if err != nil {
-		st.finish(nil, kernelErr(fmt.Errorf("importing %s: %w", req.Deb, err)))
+		st.finish(nil, fmt.Errorf("importing %s: %w", req.Deb, err))
 		return
 	}
 	st.finish(kernelView(b), nil)
@@ -123,7 +105,7 @@ func (s *Server) handleKernelRegister(w http.ResponseWriter, r *http.Request) {
 	}
 	b, err := s.kernels.Register(r.Context(), req.Name, req.Kernel, req.Initrd)
 	if err != nil {
-		writeErr(w, kernelErr(fmt.Errorf("registering kernel %q: %w", req.Name, err)))
+		writeErr(w, fmt.Errorf("registering kernel %q: %w", req.Name, err))
 		return
 	}
 	writeJSON(w, http.StatusOK, kernelView(b))

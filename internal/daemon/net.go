@@ -3,9 +3,9 @@ package daemon
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"os"
@@ -14,8 +14,10 @@ import (
 	"sync"
 
 	"banger/internal/api"
+	"banger/internal/config"
 	"banger/internal/network"
 	"banger/internal/store"
+	"banger/internal/vmm"
 )
 
 // netState is the network config in force, recorded in the state
@@ -29,10 +31,12 @@ type netState struct {
 // netService wires internal/network to the VMs: one lease and one tap per
 // VM, the bridge and NAT set up on the first start.
 type netService struct {
-	s    *Server
-	mgr  *network.Manager
-	path string // network.json
-	dns  []netip.Addr
+	store    *store.Store
+	mgr      *network.Manager
+	log      *slog.Logger
+	stateDir string // whose network this daemon claims
+	path     string // network.json
+	dns      []netip.Addr
 
 	mu       sync.Mutex // guards ready, conflict and claim
 	ready    bool
@@ -53,9 +57,9 @@ func (ns *netService) claimLocked() error {
 	if ns.claim != nil {
 		return nil
 	}
-	c, err := network.TakeClaim(ns.s.opts.Dirs.State)
+	c, err := network.TakeClaim(ns.stateDir)
 	if err != nil {
-		return netErr(err)
+		return err
 	}
 	ns.claim = c
 	return nil
@@ -71,13 +75,16 @@ func (ns *netService) close() {
 	}
 }
 
-func newNetService(ctx context.Context, s *Server) (*netService, error) {
-	cfg := s.opts.Config
+// newNetService makes the network service of a daemon with config cfg
+// on state directory stateDir. Network settings changed in cfg are not
+// put in force while VMs still run on the old ones: conflict says so.
+// vmmUser, when set, owns the taps the jailer hands to firecracker.
+func newNetService(ctx context.Context, cfg config.Config, stateDir string, st *store.Store, log *slog.Logger, vmmUser *vmmUser) (*netService, error) {
 	want := netState{BridgeName: cfg.BridgeName, BridgeIP: cfg.BridgeIP, CIDR: cfg.CIDR}
-	ns := &netService{s: s, path: filepath.Join(s.opts.Dirs.State, "network.json"), dns: cfg.DefaultDNS}
+	ns := &netService{store: st, log: log, stateDir: stateDir, path: filepath.Join(stateDir, "network.json"), dns: cfg.DefaultDNS}
 	use := want
 	if old, err := ns.recorded(); err == nil && old != want {
-		running, err := s.runningVMNames(ctx)
+		running, err := runningVMNames(ctx, st)
 		if err != nil {
 			return nil, err
 		}
@@ -86,16 +93,16 @@ func newNetService(ctx context.Context, s *Server) (*netService, error) {
 			ns.conflict = fmt.Sprintf("config.toml sets bridge_name %s and cidr %s, but VMs %s still run on bridge %s with cidr %s; "+
 				"stop them (banger vm stop %s), then restart the daemon (banger daemon restart)",
 				want.BridgeName, want.CIDR, strings.Join(running, ", "), old.BridgeName, old.CIDR, strings.Join(running, " "))
-			s.log.Warn("network config change refused while VMs run", "why", ns.conflict)
+			log.Warn("network config change refused while VMs run", "why", ns.conflict)
 		}
 	}
 	ncfg := network.Config{
 		BridgeName: use.BridgeName, BridgeIP: use.BridgeIP, CIDR: use.CIDR,
-		PoolSize: cfg.TapPoolSize, Logger: s.log,
+		PoolSize: cfg.TapPoolSize, Logger: log,
 	}
-	if cfg.JailerBin != "" && s.vmmUser != nil {
+	if cfg.JailerBin != "" && vmmUser != nil {
 		// The jailed firecracker opens its tap as the vmm user.
-		ncfg.TapOwner, ncfg.TapGroup = uint32(s.vmmUser.uid), uint32(s.vmmUser.gid)
+		ncfg.TapOwner, ncfg.TapGroup = uint32(vmmUser.uid), uint32(vmmUser.gid)
 	}
 	mgr, err := network.New(ncfg)
 	if err != nil {
@@ -147,26 +154,13 @@ func (ns *netService) ensure(ctx context.Context) error {
 		return err
 	}
 	if err := ns.mgr.Setup(ctx); err != nil {
-		return netErr(err)
+		return err
 	}
 	if err := ns.record(); err != nil {
 		return err
 	}
 	ns.ready = true
 	return nil
-}
-
-// netErr maps network errors to API categories; their messages already
-// say what to do.
-func netErr(err error) error {
-	switch {
-	case errors.Is(err, network.ErrExhausted), errors.Is(err, network.ErrOverlap), errors.Is(err, network.ErrNotOurs),
-		errors.Is(err, network.ErrClaimed):
-		return api.Errorf(api.Conflict, "%v", err)
-	case errors.Is(err, network.ErrNoTun), errors.Is(err, network.ErrNoNetAdmin):
-		return api.Errorf(api.Unavailable, "%v", err)
-	}
-	return err
 }
 
 // lease gives the VM its address (kept across restarts of the VM).
@@ -180,64 +174,68 @@ func (ns *netService) lease(ctx context.Context, vmID string) (store.Lease, erro
 	if err := ns.claimed(); err != nil {
 		return store.Lease{}, err
 	}
-	if old, err := ns.s.store.LeaseOf(ctx, vmID); err == nil && !ns.mgr.Config().CIDR.Contains(old.IP) {
+	if old, err := ns.store.LeaseOf(ctx, vmID); err == nil && !ns.mgr.Config().CIDR.Contains(old.IP) {
 		// The cidr changed while this VM was stopped: it gets a new address.
-		if err := ns.s.store.ReleaseLeases(ctx, vmID); err != nil {
+		if err := ns.store.ReleaseLeases(ctx, vmID); err != nil {
 			return store.Lease{}, err
 		}
 	}
-	l, err := ns.s.store.AllocateLease(ctx, vmID, network.MACFor(vmID).String(), ns.mgr.Allocate)
+	l, err := ns.store.AllocateLease(ctx, vmID, network.MACFor(vmID).String(), ns.mgr.Allocate)
 	if err != nil {
-		return l, netErr(err)
+		return l, err
 	}
 	return l, nil
 }
 
-// attach makes the VM's tap and returns the NIC and kernel arguments.
-func (ns *netService) attach(ctx context.Context, vmID string) (tap string, l store.Lease, args string, err error) {
+// attach gives the VM its tap and returns its network interface and the
+// kernel argument that configures the guest's side.
+func (ns *netService) attach(ctx context.Context, vmID string) (vmm.NIC, string, error) {
 	if err := ns.ensure(ctx); err != nil {
-		return "", l, "", err
+		return vmm.NIC{}, "", err
 	}
-	if l, err = ns.lease(ctx, vmID); err != nil {
-		return "", l, "", err
+	l, err := ns.lease(ctx, vmID)
+	if err != nil {
+		return vmm.NIC{}, "", err
 	}
-	if tap, err = ns.mgr.AcquireTap(ctx, vmID); err != nil {
-		return "", l, "", netErr(err)
+	tap, err := ns.mgr.AcquireTap(ctx, vmID)
+	if err != nil {
+		return vmm.NIC{}, "", err
 	}
-	if err := ns.s.store.SetLeaseTap(ctx, vmID, tap); err != nil {
-		return "", l, "", err
+	if err := ns.store.SetLeaseTap(ctx, vmID, tap); err != nil {
+		ns.mgr.ReleaseTap(context.WithoutCancel(ctx), tap)
+		return vmm.NIC{}, "", err
 	}
 	go ns.mgr.FillPool(context.WithoutCancel(ctx))
 	gc := ns.mgr.GuestConfig(l.IP, ns.dns)
-	return tap, l, gc.BangerNetArg(), nil
+	return vmm.NIC{ID: "eth0", Tap: tap, MAC: l.MAC}, gc.BangerNetArg(), nil
 }
 
 // detach removes the VM's tap; its lease stays until the VM is deleted.
 func (ns *netService) detach(ctx context.Context, vmID string) {
-	l, err := ns.s.store.LeaseOf(ctx, vmID)
+	l, err := ns.store.LeaseOf(ctx, vmID)
 	if err != nil || l.Tap == "" {
 		return
 	}
 	if err := ns.mgr.ReleaseTap(ctx, l.Tap); err != nil {
-		ns.s.log.Warn("releasing tap", "tap", l.Tap, "err", err)
+		ns.log.Warn("releasing tap", "tap", l.Tap, "err", err)
 	}
-	ns.s.store.SetLeaseTap(ctx, vmID, "")
+	ns.store.SetLeaseTap(ctx, vmID, "")
 }
 
 // reconcile runs at daemon start: leases of deleted VMs go, and taps of
 // VMs that are not running go. NAT rules are brought back in line when
 // the bridge exists.
 func (ns *netService) reconcile(ctx context.Context) error {
-	if _, err := ns.s.store.PruneLeases(ctx); err != nil {
+	if _, err := ns.store.PruneLeases(ctx); err != nil {
 		return err
 	}
-	running, err := ns.s.runningVMIDs(ctx)
+	running, err := runningVMIDs(ctx, ns.store)
 	if err != nil {
 		return err
 	}
 	if err := ns.claimed(); err != nil {
 		// Another daemon's taps: leave them alone.
-		ns.s.log.Warn("not reconciling the network", "err", err)
+		ns.log.Warn("not reconciling the network", "err", err)
 		return nil
 	}
 	info, err := ns.mgr.Inspect(ctx)
@@ -246,8 +244,8 @@ func (ns *netService) reconcile(ctx context.Context) error {
 	}
 	removed, err := ns.mgr.Reconcile(ctx, running)
 	for _, t := range removed {
-		ns.s.log.Info("removed stale tap", "tap", t.Name, "vm", t.VMID)
-		ns.s.store.SetLeaseTap(ctx, t.VMID, "")
+		ns.log.Info("removed stale tap", "tap", t.Name, "vm", t.VMID)
+		ns.store.SetLeaseTap(ctx, t.VMID, "")
 	}
 	if err != nil {
 		return err
@@ -299,8 +297,8 @@ func (s *Server) handleNetwork(w http.ResponseWriter, r *http.Request) {
 }
 
 // runningVMIDs are the VMs whose VMM may be alive.
-func (s *Server) runningVMIDs(ctx context.Context) (map[string]bool, error) {
-	vms, err := s.store.ListVMs(ctx)
+func runningVMIDs(ctx context.Context, st *store.Store) (map[string]bool, error) {
+	vms, err := st.ListVMs(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -313,14 +311,14 @@ func (s *Server) runningVMIDs(ctx context.Context) (map[string]bool, error) {
 	return out, nil
 }
 
-func (s *Server) runningVMNames(ctx context.Context) ([]string, error) {
-	ids, err := s.runningVMIDs(ctx)
+func runningVMNames(ctx context.Context, st *store.Store) ([]string, error) {
+	ids, err := runningVMIDs(ctx, st)
 	if err != nil {
 		return nil, err
 	}
 	var names []string
 	for id := range ids {
-		if v, err := s.store.VMByName(ctx, id); err == nil {
+		if v, err := st.VMByName(ctx, id); err == nil {
 			names = append(names, v.Name)
 		}
 	}

@@ -12,27 +12,27 @@ import (
 	"banger/internal/guest"
 )
 
-func (m *vmManager) fileRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("PUT /v1/vms/{name}/files", m.handlePutFile)
-	mux.HandleFunc("GET /v1/vms/{name}/files", m.handleGetFile)
+func (s *Server) fileRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("PUT /v1/vms/{name}/files", s.handlePutFile)
+	mux.HandleFunc("GET /v1/vms/{name}/files", s.handleGetFile)
 }
 
 // agentFor returns the agent of a running VM named in the request.
-func (m *vmManager) agentFor(r *http.Request) (*guest.Client, error) {
-	v, err := m.get(r.Context(), r.PathValue("name"))
+func (s *Server) agentFor(r *http.Request) (*guest.Client, error) {
+	v, err := s.vms.get(r.Context(), r.PathValue("name"))
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	a, err := m.agent(ctx, v.ID)
+	a, err := s.vms.agent(ctx, v)
 	if err != nil {
 		return nil, fmt.Errorf("vm %q: %w", v.Name, err)
 	}
 	return a, nil
 }
 
-func (m *vmManager) handlePutFile(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handlePutFile(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	path := q.Get("path")
 	if path == "" || path[0] != '/' {
@@ -40,15 +40,15 @@ func (m *vmManager) handlePutFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	mode := fs.FileMode(0o644)
-	if s := q.Get("mode"); s != "" {
-		v, err := strconv.ParseUint(s, 8, 32)
+	if ms := q.Get("mode"); ms != "" {
+		v, err := strconv.ParseUint(ms, 8, 32)
 		if err != nil {
-			writeErr(w, api.Errorf(api.InvalidArgument, "mode %q is not octal", s))
+			writeErr(w, api.Errorf(api.InvalidArgument, "mode %q is not octal", ms))
 			return
 		}
 		mode = fs.FileMode(v)
 	}
-	a, err := m.agentFor(r)
+	a, err := s.agentFor(r)
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -76,9 +76,9 @@ func (l *lazyWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func (m *vmManager) handleGetFile(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleGetFile(w http.ResponseWriter, r *http.Request) {
 	path := r.URL.Query().Get("path")
-	a, err := m.agentFor(r)
+	a, err := s.agentFor(r)
 	if err != nil {
 		writeErr(w, err)
 		return

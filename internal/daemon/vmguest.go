@@ -79,7 +79,7 @@ func (m *vmManager) prepareGuest(ctx context.Context, v store.VM, im image.Image
 // the key when it is missing. A key the daemon creates belongs to the
 // owner of the config directory, so the user's ssh can read it.
 func (m *vmManager) userKey() (string, error) {
-	path := m.s.opts.Config.SSHKey(m.s.opts.Dirs)
+	path := m.cfg.UserSSHKey
 	_, statErr := os.Stat(path)
 	pub, err := sshkeys.EnsureUserKey(path)
 	if err != nil {

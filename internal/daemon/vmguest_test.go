@@ -21,7 +21,7 @@ import (
 func TestPrepareGuest(t *testing.T) {
 	dir := t.TempDir()
 	dirs := config.Dirs{State: filepath.Join(dir, "state"), Config: filepath.Join(dir, "config")}
-	m := &vmManager{s: &Server{opts: Options{Dirs: dirs, Config: config.Default()}}}
+	m := newVMManager(vmParts{cfg: vmSettings{UserSSHKey: config.Default().SSHKey(dirs)}})
 	v := store.VM{Name: "g1", Dir: filepath.Join(dir, "vm")}
 	os.MkdirAll(v.Dir, 0o755)
 	ctx := context.Background()

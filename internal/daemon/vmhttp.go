@@ -19,70 +19,66 @@ import (
 	"banger/internal/vmm"
 )
 
-func (m *vmManager) routes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/vms", m.handleList)
-	mux.HandleFunc("POST /v1/vms", m.handleCreate)
-	mux.HandleFunc("GET /v1/vms/{name}", m.handleInspect)
-	mux.HandleFunc("DELETE /v1/vms/{name}", m.handleDelete)
-	mux.HandleFunc("POST /v1/vms/{name}/start", m.handleStart)
-	mux.HandleFunc("POST /v1/vms/{name}/stop", m.handleStop)
-	mux.HandleFunc("GET /v1/vms/{name}/logs", m.handleLogs)
-	mux.HandleFunc("POST /v1/vms/{name}/exec", m.handleExec)
-	m.fileRoutes(mux)
-	m.runRoutes(mux)
+func (s *Server) vmRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/vms", s.handleList)
+	mux.HandleFunc("POST /v1/vms", s.handleCreate)
+	mux.HandleFunc("GET /v1/vms/{name}", s.handleInspect)
+	mux.HandleFunc("DELETE /v1/vms/{name}", s.handleDelete)
+	mux.HandleFunc("POST /v1/vms/{name}/start", s.handleStart)
+	mux.HandleFunc("POST /v1/vms/{name}/stop", s.handleStop)
+	mux.HandleFunc("GET /v1/vms/{name}/logs", s.handleLogs)
+	mux.HandleFunc("POST /v1/vms/{name}/exec", s.handleExec)
+	s.fileRoutes(mux)
+	s.runRoutes(mux)
 }
 
-func (m *vmManager) handleList(w http.ResponseWriter, r *http.Request) {
-	vms, err := m.s.store.ListVMs(r.Context())
+func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
+	vms, err := s.vms.list(r.Context())
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	out := []api.VM{}
-	for _, v := range vms {
-		out = append(out, m.view(v))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, vms)
 }
 
-func (m *vmManager) handleInspect(w http.ResponseWriter, r *http.Request) {
-	v, err := m.get(r.Context(), r.PathValue("name"))
+func (s *Server) handleInspect(w http.ResponseWriter, r *http.Request) {
+	v, err := s.vms.get(r.Context(), r.PathValue("name"))
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, m.view(v))
+	writeJSON(w, http.StatusOK, s.vms.view(r.Context(), v))
 }
 
-func (m *vmManager) handleCreate(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 	var req api.CreateVMRequest
 	if err := decode(r, &req); err != nil {
 		writeErr(w, err)
 		return
 	}
 	st := newStream(w)
-	vm, err := m.create(r.Context(), req, st.Progress)
+	vm, err := s.vms.create(r.Context(), req, st.Progress)
 	st.finish(vm, err)
 }
 
-func (m *vmManager) handleStart(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 	var req api.StartVMRequest
 	if err := decode(r, &req); err != nil {
 		writeErr(w, err)
 		return
 	}
 	st := newStream(w)
-	vm, err := m.start(r.Context(), r.PathValue("name"), time.Duration(req.ReadyTimeoutSeconds)*time.Second, st.Progress)
+	vm, err := s.vms.start(r.Context(), r.PathValue("name"), time.Duration(req.ReadyTimeoutSeconds)*time.Second, st.Progress)
 	st.finish(vm, err)
 }
 
-func (m *vmManager) handleStop(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleStop(w http.ResponseWriter, r *http.Request) {
 	var req api.StopVMRequest
 	if err := decode(r, &req); err != nil {
 		writeErr(w, err)
 		return
 	}
-	vm, err := m.stop(r.Context(), r.PathValue("name"), req.Force, time.Duration(req.TimeoutSeconds)*time.Second)
+	vm, err := s.vms.stop(r.Context(), r.PathValue("name"), req.Force, time.Duration(req.TimeoutSeconds)*time.Second)
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -90,9 +86,9 @@ func (m *vmManager) handleStop(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, vm)
 }
 
-func (m *vmManager) handleDelete(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 	force, _ := strconv.ParseBool(r.URL.Query().Get("force"))
-	if err := m.delete(r.Context(), r.PathValue("name"), force); err != nil {
+	if err := s.vms.delete(r.Context(), r.PathValue("name"), force); err != nil {
 		writeErr(w, err)
 		return
 	}
@@ -102,8 +98,8 @@ func (m *vmManager) handleDelete(w http.ResponseWriter, r *http.Request) {
 // handleLogs sends the console log (its older half console.log.1 first,
 // when it has rotated); with follow=true it keeps sending new output,
 // across rotations, until the client leaves or the VM stops.
-func (m *vmManager) handleLogs(w http.ResponseWriter, r *http.Request) {
-	v, err := m.get(r.Context(), r.PathValue("name"))
+func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
+	v, err := s.vms.get(r.Context(), r.PathValue("name"))
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -136,7 +132,7 @@ func (m *vmManager) handleLogs(w http.ResponseWriter, r *http.Request) {
 		if fl != nil {
 			fl.Flush()
 		}
-		if !follow || (m.machine(v.ID) == nil && c.f != nil) {
+		if !follow || (s.vms.machine(v.ID) == nil && c.f != nil) {
 			return
 		}
 		select {
@@ -155,8 +151,8 @@ const StreamUpgrade = "banger-agent-stream"
 // handleExec upgrades the connection and splices it to a new agent
 // stream. The client speaks the agent's exec frames end to end; the
 // daemon only checks that the first frame is an exec request.
-func (m *vmManager) handleExec(w http.ResponseWriter, r *http.Request) {
-	v, err := m.get(r.Context(), r.PathValue("name"))
+func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
+	v, err := s.vms.get(r.Context(), r.PathValue("name"))
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -166,7 +162,7 @@ func (m *vmManager) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	actx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	a, err := m.agent(actx, v.ID)
+	a, err := s.vms.agent(actx, v)
 	cancel()
 	if err != nil {
 		writeErr(w, fmt.Errorf("vm %q: %w", v.Name, err))

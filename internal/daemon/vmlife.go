@@ -10,40 +10,47 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/guest"
+	"banger/internal/kernel"
 	"banger/internal/store"
 	"banger/internal/vmm"
 )
 
-// start boots a VM that is not running and waits for its agent. A guest
-// that never answers is left running and marked failed, so it can be
-// inspected; the error says where to look.
+// start boots a VM that is not running and waits for its agent.
 func (m *vmManager) start(ctx context.Context, name string, readyTimeout time.Duration, p progressFunc) (api.VM, error) {
+	defer m.lock(name)()
 	v, err := m.get(ctx, name)
 	if err != nil {
 		return api.VM{}, err
 	}
-	defer m.lock(v.ID)()
-	if v, err = m.get(ctx, name); err != nil {
+	kb, err := m.kernelOf(v)
+	if err != nil {
 		return api.VM{}, err
 	}
+	return m.startLocked(ctx, &v, kb, readyTimeout, p)
+}
+
+// startLocked boots v (whose lock the caller holds) with kernel kb and
+// waits for its agent; v is updated as its record is. A guest that never
+// answers is left running and marked failed, so it can be inspected; the
+// error says where to look.
+func (m *vmManager) startLocked(ctx context.Context, v *store.VM, kb kernel.Bundle, readyTimeout time.Duration, p progressFunc) (api.VM, error) {
 	if mc := m.machine(v.ID); mc != nil {
-		return api.VM{}, api.Errorf(api.Conflict, "vm %q is already running", name)
+		return api.VM{}, api.Errorf(api.Conflict, "vm %q is already running", v.Name)
 	}
 	driver, ok := m.drivers[v.VMM]
 	if !ok {
-		return api.VM{}, api.Errorf(api.Unavailable, "vm %q uses vmm %q, which is not available on this host", name, v.VMM).
+		return api.VM{}, api.Errorf(api.Unavailable, "vm %q uses vmm %q, which is not available on this host", v.Name, v.VMM).
 			WithHint("see banger doctor")
 	}
-	spec, err := m.specFor(v)
-	if err != nil {
+	// A VM made before agent keys existed gets one here, on its seed drive.
+	if err := ensureAgentKey(*v); err != nil {
 		return api.VM{}, err
 	}
-	tap, lease, netArgs, err := m.s.net.attach(ctx, v.ID)
+	nic, netArg, err := m.net.attach(ctx, v.ID)
 	if err != nil {
-		return api.VM{}, fmt.Errorf("vm %q network: %w", name, err)
+		return api.VM{}, fmt.Errorf("vm %q network: %w", v.Name, err)
 	}
-	spec.NICs = []vmm.NIC{{ID: "eth0", Tap: tap, MAC: lease.MAC}}
-	spec.Cmdline += " " + netArgs
+	spec := m.specFor(*v, kb, nic, netArg)
 	// Each boot's log starts fresh, and private: QEMU appends to the file
 	// as it finds it rather than creating it 0644.
 	vmm.RemoveConsoleLog(spec.ConsoleLog)
@@ -52,80 +59,84 @@ func (m *vmManager) start(ctx context.Context, name string, readyTimeout time.Du
 		f.Close()
 	}
 	p("booting "+driver.Name(), 0, 0)
-	mc, err := m.bootVMM(ctx, driver, v, &spec)
+	mc, err := m.bootVMM(ctx, driver, *v, &spec)
 	if err != nil {
-		m.s.net.detach(context.WithoutCancel(ctx), v.ID)
+		m.net.detach(context.WithoutCancel(ctx), v.ID)
 		v.State, v.LastError = api.StateFailed, err.Error()
-		m.s.store.UpdateVM(context.WithoutCancel(ctx), v)
-		return api.VM{}, fmt.Errorf("starting vm %q: %w", name, err)
+		m.store.UpdateVM(context.WithoutCancel(ctx), *v)
+		return api.VM{}, fmt.Errorf("starting vm %q: %w", v.Name, err)
 	}
 	v.State, v.LastError, v.Spec, v.Handle = api.StateStarting, "", marshal(spec), marshal(mc.Handle())
 	v.VsockCID = spec.VsockCID
-	if err := m.s.store.UpdateVM(ctx, v); err != nil {
+	if err := m.store.UpdateVM(ctx, *v); err != nil {
 		mc.Kill()
 		return api.VM{}, err
 	}
-	m.track(v.ID, mc)
+	m.track(ctx, *v, mc)
 
 	p("waiting for guest agent", 0, 0)
 	if readyTimeout <= 0 {
 		readyTimeout = defaultReadyTimeout
 	}
-	if err := m.waitReady(ctx, v, mc, readyTimeout); err != nil {
+	if err := m.waitReady(ctx, *v, mc, readyTimeout); err != nil {
 		v.State, v.LastError = api.StateFailed, err.Error()
-		m.s.store.UpdateVM(context.WithoutCancel(ctx), v)
 		if ctx.Err() != nil {
 			// The caller went away: don't leave a half-started VM running.
+			// The machine's watcher detaches it once we let go of the lock.
 			mc.Kill()
 			<-mc.Done()
-			v.State = api.StateStopped
-			m.s.store.UpdateVM(context.WithoutCancel(ctx), v)
-			return api.VM{}, ctx.Err()
+			v.State, err = api.StateStopped, ctx.Err()
 		}
+		m.store.UpdateVM(context.WithoutCancel(ctx), *v)
 		return api.VM{}, err
 	}
 	v.State = api.StateRunning
-	if err := m.s.store.UpdateVM(ctx, v); err != nil {
+	if err := m.store.UpdateVM(ctx, *v); err != nil {
 		return api.VM{}, err
 	}
-	return m.view(v), nil
+	return m.view(ctx, *v), nil
 }
 
-// track remembers a running machine and watches for its exit.
-func (m *vmManager) track(id string, mc vmm.Machine) {
+// track remembers a running machine and watches for its exit, which it
+// records unless a lifecycle change (stop, delete, a restart) already has.
+func (m *vmManager) track(ctx context.Context, v store.VM, mc vmm.Machine) {
+	ctx = context.WithoutCancel(ctx) // the watch outlives the request
 	m.mu.Lock()
-	m.machines[id] = mc
+	m.machines[v.ID] = mc
 	m.mu.Unlock()
 	go func() {
 		<-mc.Done()
-		// Lifecycle changes hold the VM's lock; a stop or delete in
-		// progress has already cleaned up, and a restart owns a new mc.
-		defer m.lock(id)()
-		m.mu.Lock()
-		mine := m.machines[id] == mc
-		if mine {
-			delete(m.machines, id)
-			if a := m.agents[id]; a != nil {
-				a.Close()
-				delete(m.agents, id)
-			}
-			delete(m.infos, id)
-		}
-		m.mu.Unlock()
-		if !mine {
+		defer m.lock(v.Name)()
+		if !m.forget(v.ID, mc) {
 			return
 		}
 		// The VMM ended on its own (guest power-off, crash): record it.
-		ctx := context.Background()
-		m.s.net.detach(ctx, id)
-		if v, err := m.s.store.VMByName(ctx, id); err == nil && v.State != api.StateStopped {
+		m.net.detach(ctx, v.ID)
+		if v, err := m.store.VMByName(ctx, v.ID); err == nil && v.State != api.StateStopped {
 			if v.State != api.StateFailed {
 				v.State = api.StateStopped
 			}
 			v.Handle = "{}"
-			m.s.store.UpdateVM(ctx, v)
+			m.store.UpdateVM(ctx, v)
 		}
 	}()
+}
+
+// forget drops the machine of the VM with id and its agent, when mc is
+// that machine (nil: whatever is there), and reports whether it did.
+func (m *vmManager) forget(id string, mc vmm.Machine) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if mc != nil && m.machines[id] != mc {
+		return false
+	}
+	delete(m.machines, id)
+	if a := m.agents[id]; a != nil {
+		a.Close()
+		delete(m.agents, id)
+	}
+	delete(m.infos, id)
+	return true
 }
 
 // waitReady dials the agent until it answers hello, the VMM exits, or the
@@ -140,7 +151,7 @@ func (m *vmManager) waitReady(ctx context.Context, v store.VM, mc vmm.Machine, t
 		case <-wctx.Done():
 		}
 	}()
-	_, err := m.agent(wctx, v.ID)
+	_, err := m.agent(wctx, v)
 	if err == nil {
 		return nil
 	}
@@ -169,12 +180,12 @@ func isDone(c <-chan struct{}) bool {
 	}
 }
 
-// agent returns the VM's agent client, dialing (and retrying until ctx is
-// done) when there is none or the last one broke.
-func (m *vmManager) agent(ctx context.Context, id string) (*guest.Client, error) {
+// agent returns the agent client of v, dialing (and retrying until ctx
+// is done) when there is none or the last one broke.
+func (m *vmManager) agent(ctx context.Context, v store.VM) (*guest.Client, error) {
 	m.mu.Lock()
-	mc := m.machines[id]
-	if a := m.agents[id]; a != nil && !isDone(a.Done()) {
+	mc := m.machines[v.ID]
+	if a := m.agents[v.ID]; a != nil && !isDone(a.Done()) {
 		m.mu.Unlock()
 		return a, nil
 	}
@@ -182,7 +193,7 @@ func (m *vmManager) agent(ctx context.Context, id string) (*guest.Client, error)
 	if mc == nil {
 		return nil, api.Errorf(api.Conflict, "vm is not running").WithHint("start it with banger vm start")
 	}
-	key, err := m.agentKey(ctx, id)
+	key, err := loadAgentKey(v)
 	if err != nil {
 		return nil, err
 	}
@@ -191,12 +202,12 @@ func (m *vmManager) agent(ctx context.Context, id string) (*guest.Client, error)
 		a, info, err := m.dialAgent(ctx, mc, key)
 		if err == nil {
 			m.mu.Lock()
-			if old := m.agents[id]; old != nil {
+			if old := m.agents[v.ID]; old != nil {
 				old.Close()
 			}
-			m.agents[id], m.infos[id] = a, info
+			m.agents[v.ID], m.infos[v.ID] = a, info
 			m.mu.Unlock()
-			m.markAnswered(ctx, id)
+			m.markAnswered(ctx, v.ID)
 			return a, nil
 		}
 		if errors.Is(err, guest.ErrVersionMismatch) || errors.Is(err, guest.ErrUnauthenticated) || errors.Is(err, vmm.ErrNotRunning) {
@@ -205,7 +216,7 @@ func (m *vmManager) agent(ctx context.Context, id string) (*guest.Client, error)
 		last = err
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
+			return nil, fmt.Errorf("%w (last error: %w)", ctx.Err(), last)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -216,7 +227,7 @@ func (m *vmManager) dialAgent(ctx context.Context, mc vmm.Machine, key []byte) (
 	if err != nil {
 		return nil, guest.Info{}, err
 	}
-	a, err := guest.NewClient(conn, key, m.s.log)
+	a, err := guest.NewClient(conn, key, m.log)
 	if err != nil {
 		conn.Close()
 		return nil, guest.Info{}, err
@@ -232,24 +243,21 @@ func (m *vmManager) dialAgent(ctx context.Context, mc vmm.Machine, key []byte) (
 // stop powers a VM off: the agent first, then the VMM's power button, then
 // a kill once timeout has passed. force skips straight to the kill.
 func (m *vmManager) stop(ctx context.Context, name string, force bool, timeout time.Duration) (api.VM, error) {
+	defer m.lock(name)()
 	v, err := m.get(ctx, name)
 	if err != nil {
 		return api.VM{}, err
 	}
-	defer m.lock(v.ID)()
-	if err := m.stopLocked(ctx, v, force, timeout); err != nil {
+	if err := m.stopLocked(ctx, &v, force, timeout); err != nil {
 		return api.VM{}, err
 	}
-	v, err = m.get(ctx, name)
-	if err != nil {
-		return api.VM{}, err
-	}
-	return m.view(v), nil
+	return m.view(ctx, v), nil
 }
 
-func (m *vmManager) stopLocked(ctx context.Context, v store.VM, force bool, timeout time.Duration) error {
-	mc := m.machine(v.ID)
-	if mc != nil {
+// stopLocked stops v, whose lock the caller holds, and records it
+// stopped in v and the state.
+func (m *vmManager) stopLocked(ctx context.Context, v *store.VM, force bool, timeout time.Duration) error {
+	if mc := m.machine(v.ID); mc != nil {
 		if timeout <= 0 {
 			timeout = 20 * time.Second
 		}
@@ -277,79 +285,63 @@ func (m *vmManager) stopLocked(ctx context.Context, v store.VM, force bool, time
 			return fmt.Errorf("vmm of %q did not exit after kill", v.Name)
 		}
 	}
-	m.mu.Lock()
-	delete(m.machines, v.ID)
-	if a := m.agents[v.ID]; a != nil {
-		a.Close()
-		delete(m.agents, v.ID)
-	}
-	delete(m.infos, v.ID)
-	m.mu.Unlock()
-	m.s.net.detach(context.WithoutCancel(ctx), v.ID)
+	m.forget(v.ID, nil)
+	m.net.detach(context.WithoutCancel(ctx), v.ID)
 	if v.State != api.StateCreated {
 		v.State = api.StateStopped
 	}
 	v.Handle = "{}"
-	return m.s.store.UpdateVM(context.WithoutCancel(ctx), v)
+	return m.store.UpdateVM(context.WithoutCancel(ctx), *v)
 }
 
 // delete stops the VM if needed and removes its record and files.
 func (m *vmManager) delete(ctx context.Context, name string, force bool) error {
+	defer m.lock(name)()
 	v, err := m.get(ctx, name)
 	if err != nil {
 		return err
 	}
-	defer m.lock(v.ID)()
-	if err := m.stopLocked(ctx, v, force, 10*time.Second); err != nil {
+	if err := m.stopLocked(ctx, &v, force, 10*time.Second); err != nil {
 		return err
 	}
 	// Crash-safe order: mark the row, remove the files, then the row. A
 	// daemon killed in between finishes the job at its next start
 	// (adoptAll), so no row ever points at half-removed files.
-	if v, err = m.s.store.VMByName(ctx, v.ID); err != nil {
-		return err
-	}
 	v.State = api.StateDeleting
-	if err := m.s.store.UpdateVM(context.WithoutCancel(ctx), v); err != nil {
+	if err := m.store.UpdateVM(context.WithoutCancel(ctx), v); err != nil {
 		return err
 	}
-	if err := m.removeVM(context.WithoutCancel(ctx), v); err != nil {
-		return err
-	}
-	m.mu.Lock()
-	delete(m.locks, v.ID)
-	m.mu.Unlock()
-	return nil
+	return m.removeVM(context.WithoutCancel(ctx), v)
 }
 
 // adoptAll re-attaches to the VMMs an earlier daemon started. VMs whose
 // VMM is gone are marked stopped.
 func (m *vmManager) adoptAll(ctx context.Context) error {
-	vms, err := m.s.store.ListVMs(ctx)
+	vms, err := m.store.ListVMs(ctx)
 	if err != nil {
 		return err
 	}
 	for _, v := range vms {
 		if v.State == api.StateDeleting {
 			// An earlier daemon died while deleting this VM: finish.
-			m.s.log.Info("finishing an interrupted delete", "vm", v.Name)
+			m.log.Info("finishing an interrupted delete", "vm", v.Name)
 			reapOrphans(v.Dir)
 			if err := m.removeVM(ctx, v); err != nil {
-				m.s.log.Error("finishing delete", "vm", v.Name, "err", err)
+				m.log.Error("finishing delete", "vm", v.Name, "err", err)
 			}
 			continue
 		}
 		if v.State == api.StateCreating {
 			// An earlier daemon died while making this VM's disk: the VM
 			// was never handed to anyone, so it goes, lease included.
-			m.s.log.Info("removing half-created vm", "vm", v.Name)
+			m.log.Info("removing half-created vm", "vm", v.Name)
 			os.RemoveAll(v.Dir)
-			m.s.store.DeleteVM(ctx, v.ID)
+			m.store.DeleteVM(ctx, v.ID)
 			continue
 		}
 		if v.State != api.StateRunning && v.State != api.StateStarting && v.State != api.StateFailed {
 			if pids := reapOrphans(v.Dir); len(pids) > 0 {
-				m.s.log.Warn("killed unrecorded vmm of a vm that was starting when the daemon died", "vm", v.Name, "pids", pids)
+				m.log.Warn("killed unrecorded vmm of a vm that was starting when the daemon died", "vm", v.Name, "pids", pids)
 			}
 			continue
 		}
@@ -364,16 +356,16 @@ func (m *vmManager) adoptAll(ctx context.Context) error {
 		}
 		if mc == nil {
 			reapOrphans(v.Dir)
-			m.s.log.Info("vm's vmm is gone; marking it stopped", "vm", v.Name, "err", err)
+			m.log.Info("vm's vmm is gone; marking it stopped", "vm", v.Name, "err", err)
 			if v.State != api.StateFailed {
 				v.State = api.StateStopped
 			}
 			v.Handle = "{}"
-			m.s.store.UpdateVM(ctx, v)
+			m.store.UpdateVM(ctx, v)
 			continue
 		}
-		m.s.log.Info("re-adopted vm", "vm", v.Name, "pid", h.PID)
-		m.track(v.ID, mc)
+		m.log.Info("re-adopted vm", "vm", v.Name, "pid", h.PID)
+		m.track(ctx, v, mc)
 		if v.State == api.StateStarting {
 			// The old daemon died mid-boot: finish the wait in the background.
 			go func(v store.VM) {
@@ -382,7 +374,7 @@ func (m *vmManager) adoptAll(ctx context.Context) error {
 				} else {
 					v.State = api.StateRunning
 				}
-				m.s.store.UpdateVM(context.WithoutCancel(ctx), v)
+				m.store.UpdateVM(context.WithoutCancel(ctx), v)
 			}(v)
 		}
 	}
@@ -402,10 +394,10 @@ func (m *vmManager) close() {
 // markAnswered records that a VM whose start timed out (failed) has an
 // agent that answers after all: it is running.
 func (m *vmManager) markAnswered(ctx context.Context, id string) {
-	v, err := m.s.store.VMByName(ctx, id)
+	v, err := m.store.VMByName(ctx, id)
 	if err == nil && v.State == api.StateFailed && m.machine(id) != nil {
 		v.State, v.LastError = api.StateRunning, ""
-		m.s.store.UpdateVM(context.WithoutCancel(ctx), v)
+		m.store.UpdateVM(context.WithoutCancel(ctx), v)
 	}
 }
 
@@ -414,5 +406,5 @@ func (m *vmManager) removeVM(ctx context.Context, v store.VM) error {
 	if err := os.RemoveAll(v.Dir); err != nil {
 		return fmt.Errorf("removing %s: %w", v.Dir, err)
 	}
-	return m.s.store.DeleteVM(ctx, v.ID)
+	return m.store.DeleteVM(ctx, v.ID)
 }

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -23,8 +22,7 @@ func TestAdoptFinishesInterruptedDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	s := &Server{store: st, log: slog.New(slog.DiscardHandler)}
-	m := newVMManager(s, map[string]vmm.Driver{}, "qemu")
+	m := newVMManager(vmParts{store: st, drivers: map[string]vmm.Driver{}, def: "qemu"})
 	keep := store.VM{ID: "keep0001", Name: "keep", State: api.StateStopped, Dir: filepath.Join(dir, "vms", "keep0001"), Spec: "{}", Handle: "{}"}
 	gone := store.VM{ID: "gone0001", Name: "gone", State: api.StateDeleting, Dir: filepath.Join(dir, "vms", "gone0001"), Spec: "{}", Handle: "{}"}
 	for _, v := range []store.VM{keep, gone} {

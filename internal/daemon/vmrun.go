@@ -11,16 +11,16 @@ import (
 )
 
 // runRoutes registers the endpoints vm run, ssh and workspaces use.
-func (m *vmManager) runRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/vms/{name}/ssh", m.handleSSHInfo)
-	mux.HandleFunc("PUT /v1/vms/{name}/workspace", m.handlePutWorkspace)
-	mux.HandleFunc("GET /v1/vms/{name}/workspace", m.handleGetWorkspace)
+func (s *Server) runRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/vms/{name}/ssh", s.handleSSHInfo)
+	mux.HandleFunc("PUT /v1/vms/{name}/workspace", s.handlePutWorkspace)
+	mux.HandleFunc("GET /v1/vms/{name}/workspace", s.handleGetWorkspace)
 }
 
 // handleSSHInfo tells a client where the VM's sshd is and which host key
 // to pin.
-func (m *vmManager) handleSSHInfo(w http.ResponseWriter, r *http.Request) {
-	v, err := m.get(r.Context(), r.PathValue("name"))
+func (s *Server) handleSSHInfo(w http.ResponseWriter, r *http.Request) {
+	v, err := s.vms.get(r.Context(), r.PathValue("name"))
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -30,7 +30,7 @@ func (m *vmManager) handleSSHInfo(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, api.Errorf(api.NotFound, "%v", err))
 		return
 	}
-	view := m.view(v)
+	view := s.vms.view(r.Context(), v)
 	if view.IP == "" {
 		writeErr(w, api.Errorf(api.Conflict, "vm %q has no address", v.Name).WithHint("start it with banger vm start "+v.Name))
 		return
@@ -49,13 +49,13 @@ func guestDir(r *http.Request) (string, error) {
 }
 
 // handlePutWorkspace extracts the request body, a tar stream, under dir.
-func (m *vmManager) handlePutWorkspace(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handlePutWorkspace(w http.ResponseWriter, r *http.Request) {
 	dir, err := guestDir(r)
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	a, err := m.agentFor(r)
+	a, err := s.agentFor(r)
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -70,13 +70,13 @@ func (m *vmManager) handlePutWorkspace(w http.ResponseWriter, r *http.Request) {
 // handleGetWorkspace streams dir as a tar made by the guest's tar. If the
 // guest's tar fails after the answer started, the response is aborted so
 // the client sees a broken stream rather than a short archive.
-func (m *vmManager) handleGetWorkspace(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleGetWorkspace(w http.ResponseWriter, r *http.Request) {
 	dir, err := guestDir(r)
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	a, err := m.agentFor(r)
+	a, err := s.agentFor(r)
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -90,21 +90,21 @@ func (m *vmManager) handleGetWorkspace(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, api.Errorf(api.NotFound, "%s is not a directory in vm %q", dir, r.PathValue("name")))
 		return
 	}
-	s, err := a.OpenExec(r.Context(), guest.ExecRequest{Argv: []string{"tar", "-C", dir, "-cf", "-", "."}})
+	tar, err := a.OpenExec(r.Context(), guest.ExecRequest{Argv: []string{"tar", "-C", dir, "-cf", "-", "."}})
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	defer s.Close()
-	s.CloseStdin()
+	defer tar.Close()
+	tar.CloseStdin()
 	w.Header().Set("Content-Type", "application/x-tar")
 	stderr := &cappedBuffer{max: maxGuestStderr}
-	st, err := s.Wait(w, stderr)
+	st, err := tar.Wait(w, stderr)
 	if err == nil && st.Code != 0 {
 		err = fmt.Errorf("guest tar exited %d: %s", st.Code, strings.TrimSpace(stderr.String()))
 	}
 	if err != nil {
-		m.s.log.Warn("workspace export broke off", "vm", r.PathValue("name"), "dir", dir, "err", err)
+		s.log.Warn("workspace export broke off", "vm", r.PathValue("name"), "dir", dir, "err", err)
 		panic(http.ErrAbortHandler)
 	}
 }

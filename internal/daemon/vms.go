@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -23,42 +24,54 @@ import (
 	"banger/internal/vmm"
 )
 
-// vmManager owns the VMs: their records, their VMM processes and their
-// agent connections.
+// vmManager owns the VMs: their records, their disks, their VMM
+// processes and their agent connections. It is given the parts it uses
+// (vmParts) and knows nothing of HTTP; the Server's handlers call it.
 type vmManager struct {
-	s       *Server
-	drivers map[string]vmm.Driver
-	def     string // driver new VMs use
+	vmParts
+
+	locks keyedMutex // by VM name: one lifecycle change at a time
 
 	mu       sync.Mutex               // guards the maps below
 	machines map[string]vmm.Machine   // by VM id, while the VMM runs
 	agents   map[string]*guest.Client // by VM id, once the agent answered
-	locks    map[string]*sync.Mutex   // by VM id: one lifecycle change at a time
 	infos    map[string]guest.Info    // by VM id: the agent's hello
 }
 
-func newVMManager(s *Server, drivers map[string]vmm.Driver, def string) *vmManager {
+// vmParts are what the VMs are made from and kept in.
+type vmParts struct {
+	store   *store.Store
+	images  *image.Store
+	kernels *kernel.Store
+	net     *netService
+	drivers map[string]vmm.Driver
+	def     string // driver new VMs use
+	cfg     vmSettings
+	log     *slog.Logger
+}
+
+// vmSettings are the parts of the daemon's config the VMs use.
+type vmSettings struct {
+	VMsDir        string // a VM's files go in VMsDir/<id>
+	DefaultImage  string // image of a VM created without one
+	ConsoleLogMax int64  // bytes of console log kept per VM
+	UserSSHKey    string // the user's banger ssh key (private half)
+}
+
+func newVMManager(p vmParts) *vmManager {
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
+	}
 	return &vmManager{
-		s: s, drivers: drivers, def: def,
+		vmParts:  p,
 		machines: map[string]vmm.Machine{},
 		agents:   map[string]*guest.Client{},
-		locks:    map[string]*sync.Mutex{},
 		infos:    map[string]guest.Info{},
 	}
 }
 
-// lock serializes lifecycle changes of one VM.
-func (m *vmManager) lock(id string) func() {
-	m.mu.Lock()
-	l, ok := m.locks[id]
-	if !ok {
-		l = &sync.Mutex{}
-		m.locks[id] = l
-	}
-	m.mu.Unlock()
-	l.Lock()
-	return l.Unlock
-}
+// lock serializes lifecycle changes of the VM called name.
+func (m *vmManager) lock(name string) func() { return m.locks.lock(name) }
 
 func (m *vmManager) machine(id string) vmm.Machine {
 	m.mu.Lock()
@@ -75,6 +88,8 @@ const (
 )
 
 // create makes a VM's record and disk, then starts it unless asked not to.
+// The VM's name is locked throughout, so no stop or delete of it can
+// slip in between.
 func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progressFunc) (api.VM, error) {
 	if req.Name == "" {
 		req.Name = m.generateName(ctx)
@@ -83,17 +98,18 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 		return api.VM{}, api.Errorf(api.InvalidArgument, "vm name %q: use lowercase letters, digits and '-' (at most 40, starting with a letter or digit)", req.Name)
 	}
 	if req.Image == "" {
-		req.Image = m.s.opts.Config.DefaultImageName
+		req.Image = m.cfg.DefaultImage
 	}
-	im, err := m.s.images.Get(req.Image)
+	im, err := m.images.Get(req.Image)
 	if err != nil {
-		return api.VM{}, unknownImage(req.Image, m.s.images.Names())
+		return api.VM{}, err
 	}
 	kname := im.KernelRef
 	if req.Kernel != "" {
 		kname = req.Kernel
 	}
-	if _, err := m.s.kernels.Get(kname); err != nil {
+	kb, err := m.kernels.Get(kname)
+	if err != nil {
 		return api.VM{}, api.Errorf(api.NotFound, "kernel %q of image %q is not installed", kname, im.Name).
 			WithHint("pull it with: banger kernel pull " + kname)
 	}
@@ -118,48 +134,54 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 			return api.VM{}, api.Errorf(api.Unavailable, "vmm %s cannot run here: %v", m.def, err).WithHint("see banger doctor")
 		}
 	}
+	defer m.lock(req.Name)()
 	id := newID()
 	v := store.VM{
 		ID: id, Name: req.Name, State: api.StateCreating, Image: im.Name, Kernel: kname, VMM: m.def,
 		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskBytes: max(req.DiskBytes, im.SizeBytes),
-		Dir: filepath.Join(m.s.opts.Dirs.State, "vms", id),
+		Dir: filepath.Join(m.cfg.VMsDir, id),
 	}
-	if err := m.s.store.CreateVM(ctx, v); err != nil {
+	if err := m.store.CreateVM(ctx, v); err != nil {
 		if errors.Is(err, store.ErrExist) {
 			return api.VM{}, api.Errorf(api.Conflict, "vm name %q is taken", req.Name).
 				WithHint(fmt.Sprintf("pick another --name, or delete the old one: banger vm delete %s", req.Name))
 		}
 		return api.VM{}, err
 	}
-	if _, err := m.s.net.lease(ctx, id); err != nil {
-		m.s.store.DeleteVM(context.WithoutCancel(ctx), id)
+	if _, err := m.net.lease(ctx, id); err != nil {
+		m.store.DeleteVM(context.WithoutCancel(ctx), id)
 		return api.VM{}, err
 	}
 	if err := m.makeDisk(ctx, &v, im, p); err != nil {
 		os.RemoveAll(v.Dir)
-		m.s.store.DeleteVM(context.WithoutCancel(ctx), id) // and its lease
+		m.store.DeleteVM(context.WithoutCancel(ctx), id) // and its lease
 		return api.VM{}, err
 	}
+	// Until its first write below the record says creating: a daemon
+	// killed now removes the VM at its next start, as nobody has it yet.
 	if req.NoStart {
-		return m.view(v), nil
+		v.State = api.StateCreated
+		if err := m.store.UpdateVM(ctx, v); err != nil {
+			return api.VM{}, err
+		}
+		return m.view(ctx, v), nil
 	}
-	return m.start(ctx, v.Name, time.Duration(req.ReadyTimeoutSeconds)*time.Second, p)
+	out, err := m.startLocked(ctx, &v, kb, time.Duration(req.ReadyTimeoutSeconds)*time.Second, p)
+	if err != nil && v.State == api.StateCreating {
+		// It failed before booting: the VM is made, just not started.
+		v.State = api.StateCreated
+		m.store.UpdateVM(context.WithoutCancel(ctx), v)
+	}
+	return out, err
 }
 
-func unknownImage(name string, valid []string) error {
-	list := "none yet"
-	if len(valid) > 0 {
-		list = strings.Join(valid, ", ")
-	}
-	return api.Errorf(api.NotFound, "image %q does not exist (images: %s)", name, list).
-		WithHint("see banger image list, or add one with banger image register")
-}
-
+// makeDisk makes v's directory and root disk from im, with the guest's
+// seed, and sets v.DiskMethod. It writes nothing to the state.
 func (m *vmManager) makeDisk(ctx context.Context, v *store.VM, im image.Image, p progressFunc) error {
 	if err := os.MkdirAll(v.Dir, 0o700); err != nil {
 		return err
 	}
-	root := filepath.Join(v.Dir, "rootfs.ext4")
+	root := filepath.Join(v.Dir, rootDiskFile)
 	method, err := disk.Clone(ctx, im.Rootfs, root, func(d, t int64) { p("copying rootfs", d, t) })
 	if err != nil {
 		return err
@@ -173,8 +195,8 @@ func (m *vmManager) makeDisk(ctx context.Context, v *store.VM, im image.Image, p
 			return err
 		}
 	}
-	v.DiskMethod, v.State = method, api.StateCreated
-	return m.s.store.UpdateVM(ctx, *v)
+	v.DiskMethod = method
+	return nil
 }
 
 func (m *vmManager) generateName(ctx context.Context) string {
@@ -184,7 +206,7 @@ func (m *vmManager) generateName(ctx context.Context) string {
 		b := make([]byte, 3)
 		rand.Read(b)
 		name := fmt.Sprintf("%s-%s-%d", adj[int(b[0])%len(adj)], noun[int(b[1])%len(noun)], int(b[2])%100)
-		if _, err := m.s.store.VMByName(ctx, name); errors.Is(err, store.ErrNotExist) {
+		if _, err := m.store.VMByName(ctx, name); errors.Is(err, store.ErrNotExist) {
 			return name
 		}
 	}
@@ -197,11 +219,11 @@ func newID() string {
 }
 
 // view turns a record into what the API shows.
-func (m *vmManager) view(v store.VM) api.VM {
+func (m *vmManager) view(ctx context.Context, v store.VM) api.VM {
 	out := api.VM{
 		ID: v.ID, Name: v.Name, State: v.State, Image: v.Image, Kernel: v.Kernel, VMM: v.VMM,
 		VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB, DiskBytes: v.DiskBytes, DiskMethod: v.DiskMethod,
-		Dir: v.Dir, ConsoleLog: filepath.Join(v.Dir, "console.log"), LastError: v.LastError, CreatedAt: v.CreatedAt,
+		Dir: v.Dir, ConsoleLog: filepath.Join(v.Dir, consoleLogFile), LastError: v.LastError, CreatedAt: v.CreatedAt,
 		VsockCID: v.VsockCID,
 	}
 	if d, ok := m.drivers[v.VMM]; ok {
@@ -210,7 +232,7 @@ func (m *vmManager) view(v store.VM) api.VM {
 	if mc := m.machine(v.ID); mc != nil {
 		out.PID = mc.Handle().PID
 	}
-	if l, err := m.s.store.LeaseOf(context.Background(), v.ID); err == nil {
+	if l, err := m.store.LeaseOf(ctx, v.ID); err == nil {
 		out.IP, out.MAC, out.Tap = l.IP.String(), l.MAC, l.Tap
 	}
 	m.mu.Lock()
@@ -221,43 +243,69 @@ func (m *vmManager) view(v store.VM) api.VM {
 	return out
 }
 
+// list is every VM as the API shows it.
+func (m *vmManager) list(ctx context.Context) ([]api.VM, error) {
+	vms, err := m.store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []api.VM{}
+	for _, v := range vms {
+		out = append(out, m.view(ctx, v))
+	}
+	return out, nil
+}
+
 func (m *vmManager) get(ctx context.Context, name string) (store.VM, error) {
-	v, err := m.s.store.VMByName(ctx, name)
+	v, err := m.store.VMByName(ctx, name)
 	if errors.Is(err, store.ErrNotExist) {
 		return v, api.Errorf(api.NotFound, "vm %q does not exist", name).WithHint("see banger vm list")
 	}
 	return v, err
 }
 
-// specFor builds the boot spec of v. A VM made before agent keys existed
-// gets one here, on its seed drive. The vsock context id is set by
-// bootVMM.
-func (m *vmManager) specFor(v store.VM) (vmm.Spec, error) {
-	kb, err := m.s.kernels.Get(v.Kernel)
+// kernelOf is the kernel bundle v boots.
+func (m *vmManager) kernelOf(v store.VM) (kernel.Bundle, error) {
+	kb, err := m.kernels.Get(v.Kernel)
 	if err != nil {
-		return vmm.Spec{}, api.Errorf(api.NotFound, "kernel %q of vm %q is not installed", v.Kernel, v.Name).
+		return kb, api.Errorf(api.NotFound, "kernel %q of vm %q is not installed", v.Kernel, v.Name).
 			WithHint("pull it with: banger kernel pull " + v.Kernel)
 	}
-	if err := ensureAgentKey(v); err != nil {
-		return vmm.Spec{}, err
-	}
+	return kb, nil
+}
+
+// The files of a VM's directory that the daemon names.
+const (
+	rootDiskFile   = "rootfs.ext4"
+	consoleLogFile = "console.log"
+)
+
+// specFor builds the whole boot spec of v with kernel kb and network
+// interface nic: the drives in their order (root, the kernel's modules
+// when it has them, the seed when v has one), the guest device of each
+// taken from that order, and the kernel command line banger's initrd and
+// agent read. The vsock context id is set by bootVMM.
+func (m *vmManager) specFor(v store.VM, kb kernel.Bundle, nic vmm.NIC, netArg string) vmm.Spec {
 	spec := vmm.Spec{
 		ID: v.ID, Name: v.Name, Dir: v.Dir, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
-		Kernel: kb.Kernel, Initrd: kb.Initrd, ConsoleLog: filepath.Join(v.Dir, "console.log"),
-		ConsoleLogMax: int64(m.s.opts.Config.ConsoleLogMaxMiB) << 20,
-		Drives:        []vmm.Drive{{ID: "root", Path: filepath.Join(v.Dir, "rootfs.ext4"), Root: true}},
+		Kernel: kb.Kernel, Initrd: kb.Initrd, ConsoleLog: filepath.Join(v.Dir, consoleLogFile),
+		ConsoleLogMax: m.cfg.ConsoleLogMax,
+		NICs:          []vmm.NIC{nic},
 	}
-	modulesDev := ""
+	attach := func(d vmm.Drive) string {
+		spec.Drives = append(spec.Drives, d)
+		return vmm.DriveDevice(len(spec.Drives) - 1)
+	}
+	args := []string{"root=" + attach(vmm.Drive{ID: "root", Path: filepath.Join(v.Dir, rootDiskFile), Root: true})}
 	if kb.Modules != "" {
-		spec.Drives = append(spec.Drives, vmm.Drive{ID: "modules", Path: kb.Modules, ReadOnly: true})
-		modulesDev = "/dev/vdb"
+		args = append(args, "banger.modules="+attach(vmm.Drive{ID: "modules", Path: kb.Modules, ReadOnly: true}))
 	}
-	spec.Cmdline = kernel.Cmdline("/dev/vda", modulesDev) + " rw banger.hostname=" + v.Name
+	args = append(args, "rw", "banger.hostname="+v.Name)
 	if seed := filepath.Join(v.Dir, seedFileName); fileExists(seed) {
-		spec.Drives = append(spec.Drives, vmm.Drive{ID: "seed", Path: seed, ReadOnly: true})
-		spec.Cmdline += " banger.seed=/dev/vd" + string(rune('a'+len(spec.Drives)-1))
+		args = append(args, "banger.seed="+attach(vmm.Drive{ID: "seed", Path: seed, ReadOnly: true}))
 	}
-	return spec, nil
+	spec.Cmdline = strings.Join(append(args, netArg), " ")
+	return spec
 }
 
 // maxCIDRetries bounds how many context ids a start tries when the host
@@ -271,14 +319,14 @@ const maxCIDRetries = 16
 func (m *vmManager) bootVMM(ctx context.Context, d vmm.Driver, v store.VM, spec *vmm.Spec) (vmm.Machine, error) {
 	avoid := map[uint32]bool{}
 	for {
-		cid, err := m.s.store.AllocateCID(ctx, v.ID, avoid)
+		cid, err := m.store.AllocateCID(ctx, v.ID, avoid)
 		if err != nil {
 			return nil, err
 		}
 		spec.VsockCID = cid
 		mc, err := d.Start(ctx, *spec)
 		if errors.Is(err, vmm.ErrCIDInUse) && len(avoid) < maxCIDRetries {
-			m.s.log.Info("vsock cid taken on the host; trying another", "vm", v.Name, "cid", cid)
+			m.log.Info("vsock cid taken on the host; trying another", "vm", v.Name, "cid", cid)
 			avoid[cid] = true
 			continue
 		}

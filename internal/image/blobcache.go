@@ -73,7 +73,7 @@ func (c BlobCache) Fetch(ctx context.Context, l v1.Layer, progress func(done, to
 		// go-containerregistry checks digests itself and has no error
 		// type for a mismatch; keep ours recognisable.
 		if strings.Contains(err.Error(), "error verifying") {
-			return fmt.Errorf("layer %s: %w: %v", h, ErrDigest, err)
+			return fmt.Errorf("layer %s: %w: %w", h, ErrDigest, err)
 		}
 		return fmt.Errorf("fetching layer %s: %w", h, err)
 	}

@@ -92,7 +92,7 @@ func (s *Store) ImportURL(ctx context.Context, src string, o ImportOptions) (Ima
 	if !strings.HasPrefix(src, "http://") && !strings.HasPrefix(src, "https://") {
 		f, err := os.Open(src)
 		if err != nil {
-			return Image{}, fmt.Errorf("%w: bundle %s: %v", ErrInvalid, src, err)
+			return Image{}, fmt.Errorf("%w: bundle %s: %w", ErrInvalid, src, err)
 		}
 		defer f.Close()
 		st, _ := f.Stat()
@@ -100,7 +100,7 @@ func (s *Store) ImportURL(ctx context.Context, src string, o ImportOptions) (Ima
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src, nil)
 	if err != nil {
-		return Image{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return Image{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -135,7 +135,7 @@ func (s *Store) ImportBundle(ctx context.Context, r io.Reader, size int64, sourc
 		return Image{}, fmt.Errorf("%w: %s is not a banger bundle (want %s first)", ErrInvalid, source, manifestFile)
 	}
 	if err := json.NewDecoder(io.LimitReader(tr, 1<<20)).Decode(&im); err != nil {
-		return Image{}, fmt.Errorf("%w: bundle manifest: %v", ErrInvalid, err)
+		return Image{}, fmt.Errorf("%w: bundle manifest: %w", ErrInvalid, err)
 	}
 	if o.Name != "" {
 		im.Name = o.Name

@@ -24,15 +24,14 @@ type CatalogOptions struct {
 	Name      string // image name; "" means the entry's name
 	Mirror    string // Debian mirror for debootstrap entries (required for them)
 	SizeBytes int64
-	Refresh   bool
 	CacheDir  string // OCI blob cache, for oci entries
 	Progress  Progress
 }
 
-// PullCatalog makes the catalog image e. An existing image is kept (a
-// no-op) unless Refresh is set. Debootstrap entries are built from the
-// Debian archive at o.Mirror; oci entries are pulled; bundle entries are
-// fetched and checked against their sha256.
+// PullCatalog makes the catalog image e, replacing an image of that name
+// (whether to pull at all is the caller's choice). Debootstrap entries
+// are built from the Debian archive at o.Mirror; oci entries are pulled;
+// bundle entries are fetched and checked against their sha256.
 func (s *Store) PullCatalog(ctx context.Context, e catalog.Entry, o CatalogOptions) (Image, error) {
 	if o.Progress == nil {
 		o.Progress = func(string, int64, int64) {}
@@ -40,15 +39,12 @@ func (s *Store) PullCatalog(ctx context.Context, e catalog.Entry, o CatalogOptio
 	if o.Name == "" {
 		o.Name = e.Name
 	}
-	if im, err := s.Get(o.Name); err == nil && !o.Refresh {
-		return im, nil
-	}
 	switch e.Kind {
 	case catalog.OCI:
 		return s.PullOCI(ctx, PullOptions{Ref: e.Ref, Name: o.Name, KernelRef: e.KernelRef, SizeBytes: o.SizeBytes,
-			Refresh: o.Refresh, CacheDir: o.CacheDir, Progress: o.Progress})
+			CacheDir: o.CacheDir, Progress: o.Progress})
 	case catalog.Bundle:
-		return s.ImportURL(ctx, e.URL, ImportOptions{Name: o.Name, SHA256: e.SHA256, Replace: o.Refresh, Progress: o.Progress})
+		return s.ImportURL(ctx, e.URL, ImportOptions{Name: o.Name, SHA256: e.SHA256, Replace: true, Progress: o.Progress})
 	}
 	if o.Mirror == "" {
 		return Image{}, fmt.Errorf("%w: no Debian mirror for %s", ErrInvalid, e.Name)

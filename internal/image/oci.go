@@ -30,12 +30,12 @@ var want = v1.Platform{OS: "linux", Architecture: "amd64"}
 func ParseRef(ref string) (name.Reference, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %q is not an image reference: %v", ErrInvalid, ref, err)
+		return nil, fmt.Errorf("%w: %q is not an image reference: %w", ErrInvalid, ref, err)
 	}
 	if isLoopback(r.Context().RegistryStr()) {
 		r, err = name.ParseReference(ref, name.Insecure)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %q: %v", ErrInvalid, ref, err)
+			return nil, fmt.Errorf("%w: %q: %w", ErrInvalid, ref, err)
 		}
 	}
 	return r, nil

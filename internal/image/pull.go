@@ -21,10 +21,9 @@ import (
 // PullOptions says what to pull and how.
 type PullOptions struct {
 	Ref       string // OCI reference
-	Name      string // image name; "" derives one from Ref
+	Name      string // image name (required; DefaultName gives the usual one)
 	KernelRef string
 	SizeBytes int64 // ext4 size; 0 means content plus headroom
-	Refresh   bool  // rebuild even when the image exists
 	// CacheDir holds verified layer blobs shared by all pulls
 	// (<Dirs.Cache>/oci).
 	CacheDir string
@@ -33,12 +32,13 @@ type PullOptions struct {
 	Progress Progress
 }
 
-// PullOCI makes an image from the linux/amd64 image of an OCI reference:
-// layers are fetched in parallel into the blob cache (digests checked),
-// flattened into a staging tree, banger's pieces go in, and mkfs.ext4
-// builds the root filesystem. An existing image is returned as is unless
-// Refresh is set. On any error or cancellation nothing is left in the
-// store but the verified blobs in the cache.
+// PullOCI makes the image o.Name from the linux/amd64 image of an OCI
+// reference: layers are fetched in parallel into the blob cache (digests
+// checked), read into a tree, banger's pieces go in, and the root
+// filesystem is streamed into ext4. An image of that name is replaced,
+// atomically: whether to pull at all is the caller's choice. On any error
+// or cancellation nothing is left in the store but the verified blobs in
+// the cache.
 func (s *Store) PullOCI(ctx context.Context, o PullOptions) (Image, error) {
 	progress := o.Progress
 	if progress == nil {
@@ -48,14 +48,8 @@ func (s *Store) PullOCI(ctx context.Context, o PullOptions) (Image, error) {
 	if err != nil {
 		return Image{}, err
 	}
-	if o.Name == "" {
-		o.Name = DefaultName(ref)
-	}
 	if err := ValidName(o.Name); err != nil {
 		return Image{}, err
-	}
-	if im, err := s.Get(o.Name); err == nil && !o.Refresh {
-		return im, nil
 	}
 	kc := o.Keychain
 	if kc == nil {
@@ -141,7 +135,7 @@ func (s *Store) build(ctx context.Context, name string, fill fillFunc, bi buildI
 	}
 	im, err := s.buildIn(ctx, name, fill, bi, progress)
 	if errors.Is(err, syscall.ENOSPC) && !errors.Is(err, ErrNoSpace) {
-		err = fmt.Errorf("%w in %s: %v", ErrNoSpace, s.Dir, err)
+		err = fmt.Errorf("%w in %s: %w", ErrNoSpace, s.Dir, err)
 	}
 	return im, err
 }

@@ -153,7 +153,7 @@ func TestPullOCI(t *testing.T) {
 	s, cache := testStore(t)
 	var phases []string
 	var mu sync.Mutex
-	im, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, KernelRef: "generic-6.1", CacheDir: cache,
+	im, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, Name: "dev-1", KernelRef: "generic-6.1", CacheDir: cache,
 		Progress: func(p string, _, _ int64) { mu.Lock(); phases = append(phases, p); mu.Unlock() }})
 	if err != nil {
 		t.Fatal(err)
@@ -175,11 +175,6 @@ func TestPullOCI(t *testing.T) {
 	}
 	checkExt4(t, im.Rootfs)
 	noLeftovers(t, s, cache)
-	// A second pull is a no-op; with Refresh it rebuilds from the cache.
-	again, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, CacheDir: cache})
-	if err != nil || !again.CreatedAt.Equal(im.CreatedAt) {
-		t.Errorf("second pull: %v, created %v want %v", err, again.CreatedAt, im.CreatedAt)
-	}
 }
 
 func debugfsCat(t *testing.T, img, p string) string {
@@ -223,7 +218,7 @@ func TestPullOCIBadInput(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s, cache := testStore(t)
-			_, err := s.PullOCI(context.Background(), PullOptions{Ref: tt.ref, KernelRef: "k", CacheDir: cache})
+			_, err := s.PullOCI(context.Background(), PullOptions{Ref: tt.ref, Name: "bad", KernelRef: "k", CacheDir: cache})
 			if err == nil || (tt.want != nil && !errors.Is(err, tt.want)) || !strings.Contains(err.Error(), tt.msg) {
 				t.Fatalf("err = %v, want %v mentioning %q", err, tt.want, tt.msg)
 			}
@@ -246,7 +241,7 @@ func TestPullOCICanceled(t *testing.T) {
 	s, cache := testStore(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	_, err := s.PullOCI(ctx, PullOptions{Ref: ref, KernelRef: "k", CacheDir: cache, Progress: func(p string, _, _ int64) {
+	_, err := s.PullOCI(ctx, PullOptions{Ref: ref, Name: "img", KernelRef: "k", CacheDir: cache, Progress: func(p string, _, _ int64) {
 		if p == "reading layers" {
 			cancel()
 		}
@@ -264,7 +259,7 @@ func TestPullOCICanceled(t *testing.T) {
 		}
 	}
 	reg.corrupt = "everything" // the next pull must not need the registry's blobs
-	if _, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, KernelRef: "k", CacheDir: cache}); err != nil {
+	if _, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, Name: "img", KernelRef: "k", CacheDir: cache}); err != nil {
 		t.Fatalf("pull after cancel: %v", err)
 	}
 }
@@ -274,7 +269,7 @@ func TestBundleRoundTrip(t *testing.T) {
 	reg := newTestRegistry(t)
 	ref := reg.push(t, "b:1", testImage(t, "amd64", ociLayer(t, ent{name: "a", body: "a"})))
 	s, cache := testStore(t)
-	im, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, KernelRef: "k", CacheDir: cache})
+	im, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, Name: "img", KernelRef: "k", CacheDir: cache})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +324,7 @@ func TestPullOCIDiskFull(t *testing.T) {
 				prereq.Missing(t, "cannot mount a small tmpfs: %v %s", err, out)
 			}
 			t.Cleanup(func() { exec.Command("umount", s.Dir).Run() })
-			_, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, KernelRef: "k", CacheDir: cache})
+			_, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, Name: "img", KernelRef: "k", CacheDir: cache})
 			if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), s.Dir) {
 				t.Fatalf("err = %v, want ErrNoSpace naming %s", err, s.Dir)
 			}
@@ -346,12 +341,12 @@ func TestReplaceAndCrashRecovery(t *testing.T) {
 	reg := newTestRegistry(t)
 	ref := reg.push(t, "r:1", testImage(t, "amd64", ociLayer(t, ent{name: "a", body: "a"})))
 	s, cache := testStore(t)
-	old, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, KernelRef: "k", CacheDir: cache})
+	old, err := s.PullOCI(context.Background(), PullOptions{Ref: ref, Name: "img", KernelRef: "k", CacheDir: cache})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ref2 := reg.push(t, "r:1", testImage(t, "amd64", ociLayer(t, ent{name: "b", body: "b"})))
-	im, err := s.PullOCI(context.Background(), PullOptions{Ref: ref2, Name: old.Name, KernelRef: "k", CacheDir: cache, Refresh: true})
+	im, err := s.PullOCI(context.Background(), PullOptions{Ref: ref2, Name: old.Name, KernelRef: "k", CacheDir: cache})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,7 @@ import (
 
 // Sentinel errors.
 var (
-	ErrNotExist = errors.New("image does not exist")
+	ErrNotExist = errors.New("does not exist")
 	ErrExist    = errors.New("image already exists")
 	ErrInvalid  = errors.New("invalid image")
 )
@@ -69,12 +69,12 @@ func ValidName(name string) error {
 // Get returns the image called name.
 func (s *Store) Get(name string) (Image, error) {
 	if ValidName(name) != nil {
-		return Image{}, fmt.Errorf("%q: %w", name, ErrNotExist)
+		return Image{}, s.notExist(name)
 	}
 	dir := filepath.Join(s.Dir, name)
 	b, err := os.ReadFile(filepath.Join(dir, manifestFile))
 	if errors.Is(err, os.ErrNotExist) {
-		return Image{}, fmt.Errorf("%q: %w", name, ErrNotExist)
+		return Image{}, s.notExist(name)
 	}
 	if err != nil {
 		return Image{}, err
@@ -85,6 +85,15 @@ func (s *Store) Get(name string) (Image, error) {
 	}
 	im.Rootfs = filepath.Join(dir, rootfsFile)
 	return im, nil
+}
+
+// notExist is the error for a missing image: it names those there are.
+func (s *Store) notExist(name string) error {
+	list := "none yet"
+	if names := s.Names(); len(names) > 0 {
+		list = strings.Join(names, ", ")
+	}
+	return fmt.Errorf("image %q %w (images: %s)", name, ErrNotExist, list)
 }
 
 // List returns all images by name.
@@ -132,8 +141,10 @@ func (s *Store) Delete(name string) error {
 	return os.RemoveAll(trash)
 }
 
-// Progress reports how far a long operation got.
-type Progress func(phase string, done, total int64)
+// Progress reports how far a long operation got: its phase and, when
+// known, how much of the total is done (total 0: unknown). It is the same
+// type as kernel.Progress, so one callback serves both stores.
+type Progress = func(phase string, done, total int64)
 
 // Register adopts the ext4 root filesystem at rootfs as image name. The
 // file is copied into the store and never changed; banger's agent and its
@@ -149,7 +160,7 @@ func (s *Store) Register(ctx context.Context, name, rootfs, kernelRef string, pr
 		return Image{}, fmt.Errorf("%w: --rootfs %q must be an absolute path", ErrInvalid, rootfs)
 	}
 	if err := disk.IsExt4(rootfs); err != nil {
-		return Image{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return Image{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if _, err := s.Get(name); err == nil {
 		return Image{}, fmt.Errorf("%q: %w (delete it first: banger image delete %s)", name, ErrExist, name)

@@ -19,9 +19,9 @@ import (
 // (empty: the host's apt mirror, else DefaultMirror). The InRelease
 // signature is checked against s.Keyring (default DebianKeyring), then the Packages index
 // hash, then the package's sha256. Downloads are cached in CacheDir. It
-// fails with ErrExists when the bundle exists, and leaves nothing behind
+// fails with ErrExist when the bundle exists, and leaves nothing behind
 // on error or cancellation.
-func (s *Store) Pull(ctx context.Context, name, mirror string, progress func(Progress)) (Bundle, error) {
+func (s *Store) Pull(ctx context.Context, name, mirror string, progress Progress) (Bundle, error) {
 	keyring := s.Keyring
 	if keyring == "" {
 		keyring = DebianKeyring
@@ -29,7 +29,7 @@ func (s *Store) Pull(ctx context.Context, name, mirror string, progress func(Pro
 	return s.pull(ctx, name, mirror, keyring, progress)
 }
 
-func (s *Store) pull(ctx context.Context, name, mirror, keyring string, progress func(Progress)) (Bundle, error) {
+func (s *Store) pull(ctx context.Context, name, mirror, keyring string, progress Progress) (Bundle, error) {
 	entry, ok := Catalog[name]
 	if !ok {
 		return Bundle{}, fmt.Errorf("%w: unknown kernel %q (valid: %s)", ErrInvalid, name, strings.Join(CatalogNames(), ", "))
@@ -61,7 +61,7 @@ func (s *Store) pull(ctx context.Context, name, mirror, keyring string, progress
 
 // ImportDeb builds a bundle from a local Debian kernel package. An empty
 // name means the kernel's release (e.g. 6.1.0-50-cloud-amd64).
-func (s *Store) ImportDeb(ctx context.Context, debPath, name string, progress func(Progress)) (Bundle, error) {
+func (s *Store) ImportDeb(ctx context.Context, debPath, name string, progress Progress) (Bundle, error) {
 	st, err := s.stage(name)
 	if err != nil {
 		return Bundle{}, err
@@ -84,7 +84,7 @@ func (s *Store) ImportDeb(ctx context.Context, debPath, name string, progress fu
 }
 
 // buildFromDeb fills the staging dir from a kernel .deb.
-func (s *Store) buildFromDeb(ctx context.Context, st *staging, deb string, progress func(Progress)) (manifest, error) {
+func (s *Store) buildFromDeb(ctx context.Context, st *staging, deb string, progress Progress) (manifest, error) {
 	if s.AgentBin == "" {
 		return manifest{}, fmt.Errorf("no agent binary configured for the initrd")
 	}
@@ -93,7 +93,7 @@ func (s *Store) buildFromDeb(ctx context.Context, st *staging, deb string, progr
 	}
 	work := st.path(".work")
 	defer os.RemoveAll(work)
-	report(progress, Progress{Phase: "extract"})
+	report(progress, "extract")
 	c, err := extractDeb(ctx, deb, work)
 	if err != nil {
 		return manifest{}, err
@@ -108,11 +108,11 @@ func (s *Store) buildFromDeb(ctx context.Context, st *staging, deb string, progr
 	} else {
 		m.Kernel = "vmlinux"
 	}
-	report(progress, Progress{Phase: "initrd"})
+	report(progress, "initrd")
 	if err := buildInitrd(ctx, st.path(m.Initrd), s.AgentBin, c.Modules, c.Release); err != nil {
 		return m, fmt.Errorf("building initrd: %w", err)
 	}
-	report(progress, Progress{Phase: "modules"})
+	report(progress, "modules")
 	if err := depmod(ctx, work, c.Release); err != nil {
 		return m, err
 	}
@@ -185,7 +185,7 @@ func VerifyInitrd(file string) error {
 	switch {
 	case bytes.HasPrefix(head, []byte("0707")):
 		if err := walkCpio(bufio.NewReader(f)); err != nil {
-			return fmt.Errorf("%w: corrupt cpio initrd: %v", ErrInvalid, err)
+			return fmt.Errorf("%w: corrupt cpio initrd: %w", ErrInvalid, err)
 		}
 		return nil
 	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
@@ -194,7 +194,7 @@ func VerifyInitrd(file string) error {
 			_, err = io.Copy(io.Discard, zr)
 		}
 		if err != nil {
-			return fmt.Errorf("%w: corrupt gzip initrd: %v", ErrInvalid, err)
+			return fmt.Errorf("%w: corrupt gzip initrd: %w", ErrInvalid, err)
 		}
 		return nil
 	}

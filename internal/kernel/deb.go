@@ -34,7 +34,7 @@ func extractDeb(ctx context.Context, debPath, dir string) (debContents, error) {
 	defer f.Close()
 	data, name, err := findArMember(bufio.NewReader(f), "data.tar")
 	if err != nil {
-		return debContents{}, fmt.Errorf("%w: %s: %v", ErrInvalid, debPath, err)
+		return debContents{}, fmt.Errorf("%w: %s: %w", ErrInvalid, debPath, err)
 	}
 	var r io.Reader
 	switch path.Ext(name) {
@@ -55,7 +55,7 @@ func extractDeb(ctx context.Context, debPath, dir string) (debContents, error) {
 		err = fmt.Errorf("unsupported member %s", name)
 	}
 	if err != nil {
-		return debContents{}, fmt.Errorf("%w: %s: %v", ErrInvalid, debPath, err)
+		return debContents{}, fmt.Errorf("%w: %s: %w", ErrInvalid, debPath, err)
 	}
 	c, err := extractKernelTar(ctx, tar.NewReader(r), dir)
 	if err != nil {
@@ -106,7 +106,7 @@ func extractKernelTar(ctx context.Context, tr *tar.Reader, dir string) (debConte
 			break
 		}
 		if err != nil {
-			return c, fmt.Errorf("%w: reading data.tar: %v", ErrInvalid, err)
+			return c, fmt.Errorf("%w: reading data.tar: %w", ErrInvalid, err)
 		}
 		name := strings.TrimPrefix(path.Clean("/"+h.Name), "/")
 		name = strings.TrimPrefix(name, "usr/")
@@ -153,7 +153,7 @@ func writeTarEntry(tr *tar.Reader, h *tar.Header, dest string) error {
 		}
 		if _, err := io.Copy(f, tr); err != nil {
 			f.Close()
-			return fmt.Errorf("%w: reading %s from data.tar: %v", ErrInvalid, h.Name, err)
+			return fmt.Errorf("%w: reading %s from data.tar: %w", ErrInvalid, h.Name, err)
 		}
 		return f.Close()
 	}

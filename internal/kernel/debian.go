@@ -167,7 +167,7 @@ func verifyInRelease(data []byte, keyringPath string) (*release, error) {
 		return nil, fmt.Errorf("%w: InRelease is not a clearsigned message", ErrInvalid)
 	}
 	if _, err := block.VerifySignature(keyring, nil); err != nil {
-		return nil, fmt.Errorf("%w: InRelease signature: %v", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: InRelease signature: %w", ErrInvalid, err)
 	}
 	return parseRelease(block.Plaintext)
 }

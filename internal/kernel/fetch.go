@@ -26,10 +26,10 @@ type debSource struct {
 
 // findDebianKernel fetches and verifies the suite's InRelease and Packages
 // index from mirror and resolves the entry's package to a kernel .deb.
-func (s *Store) findDebianKernel(ctx context.Context, mirror string, e CatalogEntry, keyring string, progress func(Progress)) (debSource, error) {
+func (s *Store) findDebianKernel(ctx context.Context, mirror string, e CatalogEntry, keyring string, progress Progress) (debSource, error) {
 	mirror = strings.TrimRight(mirror, "/")
 	dists := mirror + "/dists/" + e.Suite
-	report(progress, Progress{Phase: "index"})
+	report(progress, "index")
 	inRelease, err := s.get(ctx, dists+"/InRelease")
 	if err != nil {
 		return debSource{}, err
@@ -73,7 +73,7 @@ func (s *Store) findDebianKernel(ctx context.Context, mirror string, e CatalogEn
 }
 
 // fetchDeb downloads (or reuses from the cache) the verified package.
-func (s *Store) fetchDeb(ctx context.Context, src debSource, progress func(Progress)) (string, error) {
+func (s *Store) fetchDeb(ctx context.Context, src debSource, progress Progress) (string, error) {
 	dest := filepath.Join(s.CacheDir, "debian", "pool", path.Base(src.Pkg.Filename))
 	err := s.fetchFile(ctx, src.URL, dest, fileSum{SHA256: src.Pkg.SHA256, Size: src.Pkg.Size}, "download", progress)
 	return dest, err
@@ -112,7 +112,7 @@ func (s *Store) do(ctx context.Context, url string) (*http.Response, error) {
 // fetchFile downloads url to dest unless dest already holds the expected
 // content. The sha256 (and size, when known) is checked before dest
 // appears; a mismatch leaves nothing behind.
-func (s *Store) fetchFile(ctx context.Context, url, dest string, want fileSum, phase string, progress func(Progress)) error {
+func (s *Store) fetchFile(ctx context.Context, url, dest string, want fileSum, phase string, progress Progress) error {
 	if sum, err := fileSHA256(dest); err == nil && sum == want.SHA256 {
 		s.logger().Debug("using cached download", "url", url, "path", dest)
 		return nil
@@ -157,14 +157,14 @@ type progressWriter struct {
 	phase       string
 	done, total int64
 	last        int64
-	fn          func(Progress)
+	fn          Progress
 }
 
 func (p *progressWriter) Write(b []byte) (int, error) {
 	p.done += int64(len(b))
 	if p.fn != nil && (p.done-p.last >= 1<<20 || p.done == p.total) {
 		p.last = p.done
-		p.fn(Progress{Phase: p.phase, Done: p.done, Total: p.total})
+		p.fn(p.phase, p.done, p.total)
 	}
 	return len(b), nil
 }

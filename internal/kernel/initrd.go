@@ -192,7 +192,7 @@ func buildInitrd(ctx context.Context, dst, agentBin, modDir, release string) err
 	}
 	names, err := tree.resolve(InitrdModules)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	out, err := os.Create(dst)
 	if err != nil {

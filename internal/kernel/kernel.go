@@ -31,10 +31,10 @@ import (
 
 // Sentinel errors. Wrap them with %w.
 var (
-	// ErrNotFound reports that no bundle has the given name.
-	ErrNotFound = errors.New("kernel not found")
-	// ErrExists reports that a bundle with the given name already exists.
-	ErrExists = errors.New("kernel already exists")
+	// ErrNotExist reports that no bundle has the given name.
+	ErrNotExist = errors.New("kernel not found")
+	// ErrExist reports that a bundle with the given name already exists.
+	ErrExist = errors.New("kernel already exists")
 	// ErrInvalid reports bad input: an unknown catalog name, a file that is
 	// not a kernel, a package that fails verification.
 	ErrInvalid = errors.New("invalid kernel input")
@@ -64,18 +64,17 @@ type Bundle struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
-// Progress reports how far a long operation got. Total is 0 when unknown.
-type Progress struct {
-	Phase string // "index", "download", "extract", "initrd", "modules"
-	Done  int64
-	Total int64
-}
+// Progress reports how far a long operation got: its phase ("index",
+// "download", "extract", "initrd", "modules") and, when known, how much
+// of the total is done (total 0: unknown). It is the same type as
+// image.Progress, so one callback serves both stores.
+type Progress = func(phase string, done, total int64)
 
 // Store keeps kernel bundles under Dir (e.g. /var/lib/banger/kernels).
 // Its methods are safe for concurrent use: bundles are built in a temp
 // directory beside Dir and renamed into place, so a reader sees a bundle
 // whole or not at all, and of two builds of one name the second fails
-// with ErrExists.
+// with ErrExist.
 type Store struct {
 	Dir      string       // one sub-directory per bundle
 	CacheDir string       // downloaded indexes and packages
@@ -153,7 +152,7 @@ func (s *Store) List() ([]Bundle, error) {
 	return out, nil
 }
 
-// Get returns the bundle called name, or an error wrapping ErrNotFound.
+// Get returns the bundle called name, or an error wrapping ErrNotExist.
 func (s *Store) Get(name string) (Bundle, error) {
 	if err := ValidName(name); err != nil {
 		return Bundle{}, err
@@ -161,7 +160,7 @@ func (s *Store) Get(name string) (Bundle, error) {
 	dir := filepath.Join(s.Dir, name)
 	data, err := os.ReadFile(filepath.Join(dir, manifestFile))
 	if errors.Is(err, os.ErrNotExist) {
-		return Bundle{}, fmt.Errorf("%w: %q", ErrNotFound, name)
+		return Bundle{}, fmt.Errorf("%w: %q", ErrNotExist, name)
 	}
 	if err != nil {
 		return Bundle{}, fmt.Errorf("reading kernel %q: %w", name, err)
@@ -220,7 +219,7 @@ func (s *Store) stage(name string) (*staging, error) {
 			return nil, err
 		}
 		if _, err := s.Get(name); err == nil {
-			return nil, fmt.Errorf("%w: %q (delete it first)", ErrExists, name)
+			return nil, fmt.Errorf("%w: %q (delete it first)", ErrExist, name)
 		}
 	}
 	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
@@ -280,7 +279,7 @@ func (st *staging) commit(ctx context.Context, m manifest) (Bundle, error) {
 	final := filepath.Join(st.store.Dir, st.name)
 	if err := os.Rename(st.dir, final); err != nil {
 		if errors.Is(err, os.ErrExist) || errors.Is(err, syscall.ENOTEMPTY) {
-			return Bundle{}, fmt.Errorf("%w: %q", ErrExists, st.name)
+			return Bundle{}, fmt.Errorf("%w: %q", ErrExist, st.name)
 		}
 		return Bundle{}, fmt.Errorf("installing kernel %q: %w", st.name, err)
 	}
@@ -332,8 +331,9 @@ func (s *Store) client() *http.Client {
 	return s.Client
 }
 
-func report(progress func(Progress), p Progress) {
+// report tells progress, when there is one, that phase began.
+func report(progress Progress, phase string) {
 	if progress != nil {
-		progress(p)
+		progress(phase, 0, 0)
 	}
 }

@@ -160,9 +160,9 @@ func TestPullFromMirror(t *testing.T) {
 		m := newTestMirror(t, deb, mirrorOpts{})
 		s := newTestStore(t, agent)
 		var phases []string
-		b, err := s.pull(context.Background(), "generic-6.1", m.url, m.keyring, func(p Progress) {
-			if len(phases) == 0 || phases[len(phases)-1] != p.Phase {
-				phases = append(phases, p.Phase)
+		b, err := s.pull(context.Background(), "generic-6.1", m.url, m.keyring, func(phase string, _, _ int64) {
+			if len(phases) == 0 || phases[len(phases)-1] != phase {
+				phases = append(phases, phase)
 			}
 		})
 		if err != nil {
@@ -174,15 +174,15 @@ func TestPullFromMirror(t *testing.T) {
 		if b.SHA256 != sum || !strings.HasPrefix(b.Source, m.url) {
 			t.Errorf("source %q sha256 %q, want %s from the mirror", b.Source, b.SHA256, sum)
 		}
-		if _, err := s.pull(context.Background(), "generic-6.1", m.url, m.keyring, nil); !errors.Is(err, ErrExists) {
-			t.Errorf("second pull: err = %v, want ErrExists", err)
+		if _, err := s.pull(context.Background(), "generic-6.1", m.url, m.keyring, nil); !errors.Is(err, ErrExist) {
+			t.Errorf("second pull: err = %v, want ErrExist", err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		if _, err := s.ImportDeb(ctx, deb, "cancelled", nil); err == nil {
 			t.Error("ImportDeb with a cancelled ctx succeeded")
 		}
-		if _, err := s.Get("cancelled"); !errors.Is(err, ErrNotFound) {
+		if _, err := s.Get("cancelled"); !errors.Is(err, ErrNotExist) {
 			t.Errorf("cancelled import left a bundle: %v", err)
 		}
 	})
@@ -222,10 +222,10 @@ func TestImportDebAndStore(t *testing.T) {
 	if err := s.Delete(b.Name); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Get(b.Name); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Get(b.Name); !errors.Is(err, ErrNotExist) {
 		t.Errorf("Get after Delete: %v", err)
 	}
-	if err := s.Delete(b.Name); !errors.Is(err, ErrNotFound) {
+	if err := s.Delete(b.Name); !errors.Is(err, ErrNotExist) {
 		t.Errorf("Delete twice: %v", err)
 	}
 	assertEmpty(t, s)
@@ -280,7 +280,7 @@ func TestRegister(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)
 				}
-				if _, err := s.Get(name); !errors.Is(err, ErrNotFound) {
+				if _, err := s.Get(name); !errors.Is(err, ErrNotExist) {
 					t.Errorf("failed register left a bundle: %v", err)
 				}
 				return
@@ -301,7 +301,7 @@ func TestRegister(t *testing.T) {
 			}
 		})
 	}
-	if _, err := s.Register(context.Background(), "bzimage", c.Vmlinuz, ""); !errors.Is(err, ErrExists) {
+	if _, err := s.Register(context.Background(), "bzimage", c.Vmlinuz, ""); !errors.Is(err, ErrExist) {
 		t.Errorf("duplicate name: %v", err)
 	}
 	if _, err := s.Register(context.Background(), "../evil", c.Vmlinuz, ""); !errors.Is(err, ErrInvalid) {

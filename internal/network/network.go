@@ -48,8 +48,8 @@ var (
 	ErrNoTun = errors.New("/dev/net/tun is missing")
 	// ErrNoNetAdmin reports that the process lacks CAP_NET_ADMIN.
 	ErrNoNetAdmin = errors.New("CAP_NET_ADMIN is missing")
-	// ErrNotFound reports a tap that does not exist or is not banger's.
-	ErrNotFound = errors.New("not found")
+	// ErrNotExist reports a tap that does not exist or is not banger's.
+	ErrNotExist = errors.New("not found")
 )
 
 // Config describes the host network banger manages.

@@ -61,6 +61,16 @@ type Drive struct {
 	Root     bool   `json:"root"`
 }
 
+// DriveDevice is the guest device of the i-th drive of a Spec (from 0):
+// /dev/vda, /dev/vdb, ... /dev/vdz, /dev/vdaa, as Linux names virtio disks.
+func DriveDevice(i int) string {
+	name := ""
+	for i++; i > 0; i = (i - 1) / 26 {
+		name = string(rune('a'+(i-1)%26)) + name
+	}
+	return "/dev/vd" + name
+}
+
 // NIC is a network interface backed by a host tap device.
 type NIC struct {
 	ID  string `json:"id"`
