@@ -48,7 +48,10 @@ func TestConsoleFollowerAcrossTrims(t *testing.T) {
 		select {
 		case <-writer:
 			finished = true
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(5 * time.Millisecond):
+			// Well inside the ~64 ms between trims even on a loaded
+			// machine: two trims between polls lose output by design
+			// (only one older half is kept).
 		}
 		c.copyAvailable()
 		c.catchUp()

@@ -79,7 +79,26 @@ func Run(ctx context.Context, opts Options) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s := &Server{opts: opts, log: opts.Logger, store: st, started: time.Now(), shutdown: cancel}
+	s, err := newServer(ctx, opts, st, cancel)
+	if err != nil {
+		return err
+	}
+	defer s.net.close()
+	defer s.vms.close()
+	if err := s.vms.adoptAll(ctx); err != nil {
+		s.log.Error("re-adopting vms", "err", err)
+	}
+	if err := s.net.reconcile(ctx); err != nil {
+		s.log.Error("reconciling network", "err", err)
+	}
+	return s.serve(ctx)
+}
+
+// newServer wires the daemon's parts together over the state st: the
+// image and kernel stores (cleaning what a killed pull left), the VMM
+// user and drivers, the network and the VMs.
+func newServer(ctx context.Context, opts Options, st *store.Store, shutdown context.CancelFunc) (*Server, error) {
+	s := &Server{opts: opts, log: opts.Logger, store: st, started: time.Now(), shutdown: shutdown}
 	s.images = &image.Store{Dir: filepath.Join(opts.Dirs.State, "images"), AgentBin: opts.AgentBin,
 		Limits: image.Limits{Bytes: opts.Config.ImageMaxBytes, Entries: opts.Config.ImageMaxEntries}}
 	s.kernels = &kernel.Store{
@@ -95,8 +114,9 @@ func Run(ctx context.Context, opts Options) error {
 	s.vmmUser = ensureVMMUser(ctx, opts.Logger)
 	drivers, def := newDrivers(opts.Config, opts.Logger, s.vmmUser)
 	s.log.Info("vmm chosen", "vmm", def.VMM, "accel", def.Accel, "reason", def.Reason)
+	var err error
 	if s.net, err = newNetService(ctx, opts.Config, opts.Dirs.State, st, s.log, s.vmmUser); err != nil {
-		return err
+		return nil, err
 	}
 	s.vms = newVMManager(vmParts{
 		store: st, images: s.images, kernels: s.kernels, net: s.net, drivers: drivers, def: def.VMM, log: s.log,
@@ -107,14 +127,12 @@ func Run(ctx context.Context, opts Options) error {
 			UserSSHKey:    opts.Config.SSHKey(opts.Dirs),
 		},
 	})
-	if err := s.vms.adoptAll(ctx); err != nil {
-		s.log.Error("re-adopting vms", "err", err)
-	}
-	if err := s.net.reconcile(ctx); err != nil {
-		s.log.Error("reconciling network", "err", err)
-	}
+	return s, nil
+}
 
-	ln, err := listen(opts.Dirs.Socket())
+// serve answers the API on the daemon's socket until ctx is done.
+func (s *Server) serve(ctx context.Context) error {
+	ln, err := listen(s.opts.Dirs.Socket())
 	if err != nil {
 		return err
 	}
@@ -135,14 +153,11 @@ func Run(ctx context.Context, opts Options) error {
 		sctx, c := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
 		defer c()
 		srv.Shutdown(sctx)
-		os.Remove(opts.Dirs.Socket())
+		os.Remove(s.opts.Dirs.Socket())
 		return nil
 	})
-	s.log.Info("bangerd serving", "socket", opts.Dirs.Socket(), "version", version.String(), "pid", os.Getpid())
-	err = g.Wait()
-	s.vms.close()
-	s.net.close()
-	return err
+	s.log.Info("bangerd serving", "socket", s.opts.Dirs.Socket(), "version", version.String(), "pid", os.Getpid())
+	return g.Wait()
 }
 
 // listen opens the API socket in the run directory (0700, owned by the

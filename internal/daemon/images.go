@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -24,43 +25,16 @@ func imageView(im image.Image) api.Image {
 
 func (s *Server) handleImageList(w http.ResponseWriter, r *http.Request) {
 	ims, err := s.images.List()
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	out := []api.Image{}
-	for _, im := range ims {
-		out = append(out, imageView(im))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeList(w, ims, err, imageView)
 }
 
 func (s *Server) handleImageGet(w http.ResponseWriter, r *http.Request) {
 	im, err := s.images.Get(r.PathValue("name"))
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, imageView(im))
+	writeOne(w, im, err, imageView)
 }
 
 func (s *Server) handleImageDelete(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	users, err := s.store.VMsUsingImage(r.Context(), name)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	if len(users) > 0 {
-		writeErr(w, api.Errorf(api.Conflict, "image %q is used by vms: %s", name, strings.Join(users, ", ")).
-			WithHint("delete those VMs first"))
-		return
-	}
-	if err := s.images.Delete(name); err != nil {
-		writeErr(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]string{"deleted": name})
+	s.deleteUnused(w, r, "image", s.store.VMsUsingImage, s.images.Delete)
 }
 
 func (s *Server) handleImageRegister(w http.ResponseWriter, r *http.Request) {
@@ -97,4 +71,48 @@ func (s *Server) kernelNames() string {
 		return "none yet"
 	}
 	return strings.Join(names, ", ")
+}
+
+// writeList answers with items as the API shows them, or with err.
+func writeList[T, V any](w http.ResponseWriter, items []T, err error, view func(T) V) {
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	out := make([]V, 0, len(items))
+	for _, it := range items {
+		out = append(out, view(it))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// writeOne answers with item as the API shows it, or with err.
+func writeOne[T, V any](w http.ResponseWriter, item T, err error, view func(T) V) {
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, view(item))
+}
+
+// deleteUnused deletes the image or kernel the request names unless VMs
+// use it; then it names them.
+func (s *Server) deleteUnused(w http.ResponseWriter, r *http.Request, kind string,
+	users func(context.Context, string) ([]string, error), del func(string) error) {
+	name := r.PathValue("name")
+	vms, err := users(r.Context(), name)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if len(vms) > 0 {
+		writeErr(w, api.Errorf(api.Conflict, "%s %q is used by vms: %s", kind, name, strings.Join(vms, ", ")).
+			WithHint("delete those VMs first"))
+		return
+	}
+	if err := del(name); err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"deleted": name})
 }

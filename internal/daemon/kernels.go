@@ -3,7 +3,6 @@ package daemon
 import (
 	"fmt"
 	"net/http"
-	"strings"
 
 	"banger/internal/api"
 	"banger/internal/kernel"
@@ -25,43 +24,16 @@ func kernelView(b kernel.Bundle) api.Kernel {
 
 func (s *Server) handleKernelList(w http.ResponseWriter, r *http.Request) {
 	bs, err := s.kernels.List()
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	out := []api.Kernel{}
-	for _, b := range bs {
-		out = append(out, kernelView(b))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeList(w, bs, err, kernelView)
 }
 
 func (s *Server) handleKernelGet(w http.ResponseWriter, r *http.Request) {
 	b, err := s.kernels.Get(r.PathValue("name"))
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, kernelView(b))
+	writeOne(w, b, err, kernelView)
 }
 
 func (s *Server) handleKernelDelete(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	users, err := s.store.VMsUsingKernel(r.Context(), name)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	if len(users) > 0 {
-		writeErr(w, api.Errorf(api.Conflict, "kernel %q is used by vms: %s", name, strings.Join(users, ", ")).
-			WithHint("delete those VMs first"))
-		return
-	}
-	if err := s.kernels.Delete(name); err != nil {
-		writeErr(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]string{"deleted": name})
+	s.deleteUnused(w, r, "kernel", s.store.VMsUsingKernel, s.kernels.Delete)
 }
 
 func (s *Server) handleKernelPull(w http.ResponseWriter, r *http.Request) {

@@ -91,53 +91,14 @@ const (
 // The VM's name is locked throughout, so no stop or delete of it can
 // slip in between.
 func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progressFunc) (api.VM, error) {
-	if req.Name == "" {
-		req.Name = m.generateName(ctx)
-	}
-	if !vmNameRE.MatchString(req.Name) {
-		return api.VM{}, api.Errorf(api.InvalidArgument, "vm name %q: use lowercase letters, digits and '-' (at most 40, starting with a letter or digit)", req.Name)
-	}
-	if req.Image == "" {
-		req.Image = m.cfg.DefaultImage
-	}
-	im, err := m.images.Get(req.Image)
+	im, kb, err := m.resolve(ctx, &req)
 	if err != nil {
 		return api.VM{}, err
-	}
-	kname := im.KernelRef
-	if req.Kernel != "" {
-		kname = req.Kernel
-	}
-	kb, err := m.kernels.Get(kname)
-	if err != nil {
-		return api.VM{}, api.Errorf(api.NotFound, "kernel %q of image %q is not installed", kname, im.Name).
-			WithHint("pull it with: banger kernel pull " + kname)
-	}
-	if req.VCPUs == 0 {
-		req.VCPUs = defaultVCPUs
-	}
-	if req.MemoryMiB == 0 {
-		req.MemoryMiB = defaultMemoryMiB
-	}
-	if req.VCPUs < 1 || req.VCPUs > 64 {
-		return api.VM{}, api.Errorf(api.InvalidArgument, "--cpus %d: must be between 1 and 64", req.VCPUs)
-	}
-	if req.MemoryMiB < 128 {
-		return api.VM{}, api.Errorf(api.InvalidArgument, "--memory %dM: at least 128M is needed", req.MemoryMiB)
-	}
-	if req.DiskBytes != 0 && req.DiskBytes < im.SizeBytes {
-		return api.VM{}, api.Errorf(api.InvalidArgument, "--disk %dM is smaller than image %s (%dM); disks can only grow",
-			req.DiskBytes>>20, im.Name, im.SizeBytes>>20)
-	}
-	if c, ok := m.drivers[m.def].(vmm.Checker); ok {
-		if err := c.Check(ctx); err != nil {
-			return api.VM{}, api.Errorf(api.Unavailable, "vmm %s cannot run here: %v", m.def, err).WithHint("see banger doctor")
-		}
 	}
 	defer m.lock(req.Name)()
 	id := newID()
 	v := store.VM{
-		ID: id, Name: req.Name, State: api.StateCreating, Image: im.Name, Kernel: kname, VMM: m.def,
+		ID: id, Name: req.Name, State: api.StateCreating, Image: im.Name, Kernel: req.Kernel, VMM: m.def,
 		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskBytes: max(req.DiskBytes, im.SizeBytes),
 		Dir: filepath.Join(m.cfg.VMsDir, id),
 	}
@@ -173,6 +134,54 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 		m.store.UpdateVM(context.WithoutCancel(ctx), v)
 	}
 	return out, err
+}
+
+// resolve fills in req's defaults and checks it: the name, the image and
+// its kernel, the sizes, and that the VMM can run here.
+func (m *vmManager) resolve(ctx context.Context, req *api.CreateVMRequest) (image.Image, kernel.Bundle, error) {
+	if req.Name == "" {
+		req.Name = m.generateName(ctx)
+	}
+	if !vmNameRE.MatchString(req.Name) {
+		return image.Image{}, kernel.Bundle{}, api.Errorf(api.InvalidArgument, "vm name %q: use lowercase letters, digits and '-' (at most 40, starting with a letter or digit)", req.Name)
+	}
+	if req.Image == "" {
+		req.Image = m.cfg.DefaultImage
+	}
+	im, err := m.images.Get(req.Image)
+	if err != nil {
+		return image.Image{}, kernel.Bundle{}, err
+	}
+	if req.Kernel == "" {
+		req.Kernel = im.KernelRef
+	}
+	kb, err := m.kernels.Get(req.Kernel)
+	if err != nil {
+		return image.Image{}, kernel.Bundle{}, api.Errorf(api.NotFound, "kernel %q of image %q is not installed", req.Kernel, im.Name).
+			WithHint("pull it with: banger kernel pull " + req.Kernel)
+	}
+	if req.VCPUs == 0 {
+		req.VCPUs = defaultVCPUs
+	}
+	if req.MemoryMiB == 0 {
+		req.MemoryMiB = defaultMemoryMiB
+	}
+	if req.VCPUs < 1 || req.VCPUs > 64 {
+		return image.Image{}, kernel.Bundle{}, api.Errorf(api.InvalidArgument, "--cpus %d: must be between 1 and 64", req.VCPUs)
+	}
+	if req.MemoryMiB < 128 {
+		return image.Image{}, kernel.Bundle{}, api.Errorf(api.InvalidArgument, "--memory %dM: at least 128M is needed", req.MemoryMiB)
+	}
+	if req.DiskBytes != 0 && req.DiskBytes < im.SizeBytes {
+		return image.Image{}, kernel.Bundle{}, api.Errorf(api.InvalidArgument, "--disk %dM is smaller than image %s (%dM); disks can only grow",
+			req.DiskBytes>>20, im.Name, im.SizeBytes>>20)
+	}
+	if c, ok := m.drivers[m.def].(vmm.Checker); ok {
+		if err := c.Check(ctx); err != nil {
+			return image.Image{}, kernel.Bundle{}, api.Errorf(api.Unavailable, "vmm %s cannot run here: %v", m.def, err).WithHint("see banger doctor")
+		}
+	}
+	return im, kb, nil
 }
 
 // makeDisk makes v's directory and root disk from im, with the guest's

@@ -200,7 +200,7 @@ func TestBootInitrd(t *testing.T) {
 	needBootTools(t)
 	b := realBundle(t)
 	good := testRoot(t, map[string]string{"bin/busybox": "@/bin/busybox", "sbin/init": testInit})
-	base := Cmdline("/dev/vda", "/dev/vdb") + " virtio-blk.queue_depth=64"
+	base := bootCmdline("/dev/vda", "/dev/vdb") + " virtio-blk.queue_depth=64"
 
 	for _, k := range []struct{ name, kernel string }{
 		{"vmlinux", b.Kernel},
@@ -289,7 +289,7 @@ func TestBootCorruptInitrd(t *testing.T) {
 		t.Errorf("VerifyInitrd(truncated) = %v, want ErrInvalid", err)
 	}
 	root := testRoot(t, map[string]string{"etc/hostname": "x"})
-	res := boot(t, b.Kernel, bad, Cmdline("/dev/vda", ""), []string{root}, "")
+	res := boot(t, b.Kernel, bad, bootCmdline("/dev/vda", ""), []string{root}, "")
 	if !res.exited || !strings.Contains(res.log, "Kernel panic") {
 		t.Fatalf("exited=%v; console:\n%s", res.exited, res.log)
 	}
@@ -320,7 +320,7 @@ func TestBootTimes(t *testing.T) {
 	times := map[string][]time.Duration{}
 	for i := 0; i < n; i++ {
 		for _, k := range []string{"vmlinux", "bzImage"} {
-			res := boot(t, kernels[k], b.Initrd, Cmdline("/dev/vda", ""), []string{root}, "BANGER-TEST up")
+			res := boot(t, kernels[k], b.Initrd, bootCmdline("/dev/vda", ""), []string{root}, "BANGER-TEST up")
 			if res.elapsed == 0 {
 				t.Fatalf("%s boot %d hung; console:\n%s", k, i, res.log)
 			}
@@ -332,4 +332,15 @@ func TestBootTimes(t *testing.T) {
 		t.Logf("%s: median %s, min %s, max %s over %d boots", k, ts[len(ts)/2].Round(time.Millisecond),
 			ts[0].Round(time.Millisecond), ts[len(ts)-1].Round(time.Millisecond), len(ts))
 	}
+}
+
+// bootCmdline is the command line banger's initrd reads, as the daemon
+// builds it (daemon's specFor): the root drive and, when modulesDev is
+// not empty, the module tree drive.
+func bootCmdline(root, modulesDev string) string {
+	s := "root=" + root
+	if modulesDev != "" {
+		s += " banger.modules=" + modulesDev
+	}
+	return s
 }

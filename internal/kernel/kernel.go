@@ -118,16 +118,6 @@ func CatalogNames() []string {
 	return names
 }
 
-// Cmdline returns the kernel command line the initrd's init reads: the
-// root drive and, when modulesDev is not empty, the module tree drive.
-func Cmdline(root, modulesDev string) string {
-	s := "root=" + root
-	if modulesDev != "" {
-		s += " banger.modules=" + modulesDev
-	}
-	return s
-}
-
 // List returns every bundle, sorted by name.
 func (s *Store) List() ([]Bundle, error) {
 	ents, err := os.ReadDir(s.Dir)

@@ -1,0 +1,89 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"banger/internal/kernel"
+	"banger/internal/store"
+	"banger/internal/vmm"
+)
+
+// The spec's drive devices come from the drives' order, whichever of the
+// optional drives are there, and the command line names them.
+func TestSpecForDriveOrder(t *testing.T) {
+	m := newVMManager(vmParts{cfg: vmSettings{ConsoleLogMax: 1 << 20}})
+	nic := vmm.NIC{ID: "eth0", Tap: "tap0", MAC: "02:00:00:00:00:01"}
+	for _, tt := range []struct {
+		name          string
+		modules, seed bool
+		want          string
+	}{
+		{"bare", false, false, "root=/dev/vda rw banger.hostname=v1 banger.net=x"},
+		{"modules", true, false, "root=/dev/vda banger.modules=/dev/vdb rw banger.hostname=v1 banger.net=x"},
+		{"seed", false, true, "root=/dev/vda rw banger.hostname=v1 banger.seed=/dev/vdb banger.net=x"},
+		{"both", true, true, "root=/dev/vda banger.modules=/dev/vdb rw banger.hostname=v1 banger.seed=/dev/vdc banger.net=x"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			v := store.VM{ID: "id1", Name: "v1", Dir: t.TempDir(), VCPUs: 2, MemoryMiB: 512}
+			kb := kernel.Bundle{Kernel: "/k/vmlinuz", Initrd: "/k/initrd"}
+			if tt.modules {
+				kb.Modules = "/k/modules.ext4"
+			}
+			if tt.seed {
+				os.WriteFile(filepath.Join(v.Dir, seedFileName), nil, 0o600)
+			}
+			spec := m.specFor(v, kb, nic, "banger.net=x")
+			if spec.Cmdline != tt.want {
+				t.Errorf("cmdline\n got %s\nwant %s", spec.Cmdline, tt.want)
+			}
+			if !spec.Drives[0].Root || spec.Drives[0].Path != filepath.Join(v.Dir, rootDiskFile) {
+				t.Errorf("first drive %+v, want the root disk", spec.Drives[0])
+			}
+			for _, d := range spec.Drives[1:] {
+				if !d.ReadOnly {
+					t.Errorf("drive %s is writable", d.ID)
+				}
+			}
+			if len(spec.NICs) != 1 || spec.NICs[0] != nic || spec.ConsoleLogMax != 1<<20 || spec.VCPUs != 2 || spec.Kernel != kb.Kernel {
+				t.Errorf("spec %+v", spec)
+			}
+		})
+	}
+}
+
+// keyedMutex excludes per key, lets other keys through, and forgets a key
+// nobody holds.
+func TestKeyedMutex(t *testing.T) {
+	var k keyedMutex
+	unlockA := k.lock("a")
+	k.lock("b")() // another key is not blocked
+	got := make(chan struct{})
+	go func() {
+		defer k.lock("a")()
+		close(got)
+	}()
+	select {
+	case <-got:
+		t.Fatal("a second holder of a got in")
+	case <-time.After(50 * time.Millisecond):
+	}
+	unlockA()
+	<-got
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Add(1)
+		go func() { defer wg.Done(); k.lock("c")() }()
+	}
+	wg.Wait()
+	// The goroutine above may still be unlocking a.
+	for deadline := time.Now().Add(time.Second); k.len() != 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if n := k.len(); n != 0 {
+		t.Errorf("%d keys kept after every holder left", n)
+	}
+}
