@@ -332,9 +332,13 @@ func (m *vmManager) adoptAll(ctx context.Context) error {
 			continue
 		}
 		if v.State == api.StateCreating {
-			// An earlier daemon died while making this VM's disk: the VM
-			// was never handed to anyone, so it goes, lease included.
+			// An earlier daemon died while making this VM, before its
+			// first boot was recorded: nobody has it yet, so it goes, its
+			// VMM (if it got that far) and lease included.
 			m.log.Info("removing half-created vm", "vm", v.Name)
+			if pids := reapOrphans(v.Dir); len(pids) > 0 {
+				m.log.Warn("killed unrecorded vmm of a half-created vm", "vm", v.Name, "pids", pids)
+			}
 			os.RemoveAll(v.Dir)
 			m.store.DeleteVM(ctx, v.ID)
 			continue

@@ -43,11 +43,23 @@ type vmParts struct {
 	store   *store.Store
 	images  *image.Store
 	kernels *kernel.Store
-	net     *netService
+	net     vmNetwork
 	drivers map[string]vmm.Driver
 	def     string // driver new VMs use
 	cfg     vmSettings
 	log     *slog.Logger
+}
+
+// vmNetwork is what the VMs need of the network (netService): an address
+// that stays with a VM until it is deleted, and a tap while it runs.
+type vmNetwork interface {
+	// lease gives the VM its address, or the one it has.
+	lease(ctx context.Context, vmID string) (store.Lease, error)
+	// attach gives the VM a tap and returns its network interface and the
+	// kernel argument that configures the guest's side.
+	attach(ctx context.Context, vmID string) (vmm.NIC, string, error)
+	// detach takes the VM's tap away; its lease stays.
+	detach(ctx context.Context, vmID string)
 }
 
 // vmSettings are the parts of the daemon's config the VMs use.
