@@ -17,6 +17,7 @@ import (
 
 	"banger/internal/prereq"
 	"banger/internal/vmm"
+	"banger/internal/vmm/vmmtest"
 )
 
 // TestStartFailures plays Firecracker's failure modes. Each must give a
@@ -68,7 +69,7 @@ func TestStartFailures(t *testing.T) {
 			if tt.wantAPIErr && !errors.As(err, &apiErr) {
 				t.Errorf("error is no *APIError")
 			}
-			assertNoLeftovers(t, spec.Dir)
+			vmmtest.AssertNoLeftovers(t, spec.Dir)
 			if _, err := os.Stat(spec.Dir); !errors.Is(err, fs.ErrNotExist) {
 				t.Errorf("vm directory created by Start is left behind: %v", err)
 			}
@@ -191,7 +192,7 @@ func TestAdoptNonChild(t *testing.T) {
 		t.Fatalf("Shutdown: %v", err)
 	}
 	waitDone(t, m)
-	assertNoLeftovers(t, spec.Dir)
+	vmmtest.AssertNoLeftovers(t, spec.Dir)
 }
 
 // TestAdoptPausedResumesOnShutdown: a machine adopted while paused knows
@@ -230,7 +231,7 @@ func TestAdoptPausedResumesOnShutdown(t *testing.T) {
 	for _, mm := range []vmm.Machine{m, m2} {
 		waitDone(t, mm)
 	}
-	assertNoLeftovers(t, spec.Dir)
+	vmmtest.AssertNoLeftovers(t, spec.Dir)
 }
 
 func TestClientFaultMessage(t *testing.T) {

@@ -1,12 +1,7 @@
 package firecracker
 
 import (
-	"bufio"
-	"context"
 	"encoding/json"
-	"fmt"
-	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -35,7 +30,7 @@ func TestDriverSuite(t *testing.T) {
 			return s
 		},
 		Ready: standinBanner,
-		Agent: echoAgent,
+		Agent: vmmtest.Echo,
 		BadAdopts: func(_ *testing.T, spec vmm.Spec, h vmm.Handle) map[string]vmmtest.Adoption {
 			return map[string]vmmtest.Adoption{"no socket in handle": {Spec: spec, Handle: vmm.Handle{Driver: Name, PID: h.PID}}}
 		},
@@ -48,18 +43,6 @@ func TestDriverSuite(t *testing.T) {
 		},
 		GuestCID: guestCID,
 	})
-}
-
-// echoAgent checks that bytes go both ways through the stand-in's vsock.
-func echoAgent(_ context.Context, conn net.Conn) error {
-	if _, err := io.WriteString(conn, "ping\n"); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil || line != "ping\n" {
-		return fmt.Errorf("echo through vsock = %q, %v", line, err)
-	}
-	return nil
 }
 
 // guestCID finds the PUT /vsock of m in what the stand-ins of this test

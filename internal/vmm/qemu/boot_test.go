@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"banger/internal/vmm"
+	"banger/internal/vmm/vmmtest"
 )
 
 // startVM boots spec and kills the VM at cleanup.
@@ -28,22 +29,10 @@ func startVM(t *testing.T, d *Driver, spec vmm.Spec) vmm.Machine {
 	return m
 }
 
-// assertGone checks that QEMU and its sockets are gone.
+// assertGone checks that QEMU has exited and left nothing behind.
 func assertGone(t *testing.T, m vmm.Machine, spec vmm.Spec) {
 	t.Helper()
-	select {
-	case <-m.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("Done not closed")
-	}
-	if pid := m.Handle().PID; pidAlive(pid) {
-		t.Errorf("qemu pid %d still running", pid)
-	}
-	for _, name := range []string{qmpSocketName, agentSocketName, pidFileName} {
-		if _, err := os.Stat(filepath.Join(spec.Dir, name)); err == nil {
-			t.Errorf("%s left behind", name)
-		}
-	}
+	vmmtest.AssertGone(t, m, spec, pidFileName)
 }
 
 // agentHello dials the agent channel and reads the guest's first line.

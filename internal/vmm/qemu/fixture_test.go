@@ -5,7 +5,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -230,15 +229,4 @@ func testSpec(t testing.TB, k kernelFixture, initrd string) vmm.Spec {
 		Initrd:     initrd,
 		ConsoleLog: filepath.Join(dir, "console.log"),
 	}
-}
-
-// pidAlive reports whether a process with pid exists (zombies count as
-// gone: they are not running).
-func pidAlive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	_, rest, _ := strings.Cut(string(b), ") ")
-	return !strings.HasPrefix(rest, "Z")
 }

@@ -38,18 +38,6 @@ func memSpec(t *testing.T) vmm.Spec {
 	}
 }
 
-// echo writes a line on conn and wants it back: the default agent.
-func echo(ctx context.Context, conn net.Conn) error {
-	if _, err := io.WriteString(conn, "ping\n"); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil || line != "ping\n" {
-		return fmt.Errorf("echo = %q, %v; want ping", line, err)
-	}
-	return nil
-}
-
 // TestMemDriverSuite runs the behaviour suite against MemDriver. Every
 // case applies but ExitAtOnce: there is no VMM process to exit (a failing
 // Start is MemOptions.StartHook, see TestMemStartHook). The guest's Ready
@@ -68,7 +56,7 @@ func TestMemDriverSuite(t *testing.T) {
 			return s
 		},
 		Ready: "vmmtest: guest ",
-		Agent: echo,
+		Agent: vmmtest.Echo,
 		Restart: func(_ *testing.T, old vmm.Driver, _ vmm.Machine) vmm.Driver {
 			return old.(*vmmtest.MemDriver).Restart()
 		},

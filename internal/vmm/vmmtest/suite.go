@@ -604,40 +604,10 @@ func (s *suite) assertEnded(ctx context.Context, t *testing.T, m vmm.Machine) {
 // assertGone checks that m's VMM has exited and left nothing behind.
 func (s *suite) assertGone(t *testing.T, m vmm.Machine, spec vmm.Spec) {
 	t.Helper()
-	waitDone(t, m, "machine")
-	if pid := m.Handle().PID; pidAlive(pid) {
-		t.Errorf("vmm pid %d still running after Done", pid)
-	}
-	s.assertNoLeftovers(t, spec)
+	AssertGone(t, m, spec, s.h.RunFiles...)
 }
 
-func waitDone(t *testing.T, m vmm.Machine, what string) {
-	t.Helper()
-	select {
-	case <-m.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatalf("%s: Done not closed 10s after the vmm should have exited", what)
-	}
-}
-
-// assertNoLeftovers fails when, within a short while, a socket or run
-// file is still in spec.Dir or a process still has spec.Dir in its
-// command line.
 func (s *suite) assertNoLeftovers(t *testing.T, spec vmm.Spec) {
 	t.Helper()
-	if spec.Dir == "" {
-		return
-	}
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		left := leftovers(spec.Dir, s.h.RunFiles)
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("left behind: %v", left)
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	AssertNoLeftovers(t, spec.Dir, s.h.RunFiles...)
 }
