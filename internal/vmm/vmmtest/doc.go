@@ -24,10 +24,19 @@
 // new driver on the same pretend host, so its Adopt finds the machines the
 // first one started.
 //
-// What it records: every driver call and every machine exit, in order, as
-// Events (Op, Spec.ID, PID, the Spec on starts, the error of a failed
+// What it records: every Start (also a refused one), Adopt, DialAgent,
+// Pause, Resume, Shutdown and Kill, and every machine exit, in order, as
+// Events (Op, Spec.ID, PID, the Spec on starts, the error of a refused
 // start, how a machine ended). Machine(id) returns the running machine of
-// a VM by Spec.ID, for a test to act on.
+// a VM by Spec.ID, a *MemMachine, for a test to act on; Start and Adopt
+// return *MemMachine values too.
+//
+// What it checks like the real drivers: Start refuses a spec they refuse
+// (no dir, kernel, vcpus or memory, a Dir too long for socket paths,
+// drives or NICs without ids, a root drive not first) and a second
+// running machine in the same Spec.Dir. A Handle holds the pretend PID and
+// Spec.Dir; Adopt refuses, with vmm.ErrNotRunning, a handle of another
+// driver, a PID that is not running, or a spec with another Dir.
 //
 // How to act on it:
 //   - Make Start fail: MemOptions.StartHook returns the error Start
@@ -48,6 +57,9 @@
 //     DialAgent connection (a Unix socketpair); its ctx ends with the
 //     machine. By default it echoes what it reads. A test can run the real
 //     agent protocol there, and call PowerOff from its shutdown handler.
+//
+// MemDriver passes Run, all cases but ExitAtOnce, which needs a VMM
+// process (memdriver_test.go says which cases pin only its pretend guest).
 //
 // PIDs of MemDriver machines are 1<<22 and above, never a host process, so
 // code that signals or inspects a PID from a Handle touches nothing real.
