@@ -5,10 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +15,7 @@ import (
 
 	"banger/internal/prereq"
 	"banger/internal/vmm"
+	"banger/internal/vmm/vmmtest"
 )
 
 // newStandinDriver returns a driver whose firecracker binary is this test
@@ -242,7 +241,7 @@ func TestContractBootToShutdown(t *testing.T) {
 			t.Errorf("%s: %v", f, err)
 		}
 	}
-	assertNoLeftovers(t, spec.Dir)
+	vmmtest.AssertNoLeftovers(t, spec.Dir)
 	validateAll(t, apiSpec, reqs)
 }
 
@@ -308,12 +307,9 @@ func echoThroughAgent(ctx context.Context, t *testing.T, m vmm.Machine) {
 		t.Fatalf("DialAgent: %v", err)
 	}
 	defer conn.Close()
-	if _, err := io.WriteString(conn, "ping\n"); err != nil {
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := vmmtest.Echo(dctx, conn); err != nil {
 		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil || line != "ping\n" {
-		t.Fatalf("echo through vsock = %q, %v", line, err)
 	}
 }
 
@@ -369,47 +365,6 @@ func TestContractRestore(t *testing.T) {
 	if diff := cmp.Diff(wantLoad, load); diff != "" {
 		t.Errorf("snapshot load body (-want +got):\n%s", diff)
 	}
-	assertNoLeftovers(t, spec.Dir)
+	vmmtest.AssertNoLeftovers(t, spec.Dir)
 	validateAll(t, apiSpec, reqs)
-}
-
-// assertNoLeftovers fails when a socket is left in dir or a process still
-// has dir in its command line.
-func assertNoLeftovers(t *testing.T, dir string) {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		left := leftovers(dir)
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("left behind: %v", left)
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func leftovers(dir string) []string {
-	var left []string
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		if e.Type()&os.ModeSocket != 0 {
-			left = append(left, "socket "+e.Name())
-		}
-	}
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(b), dir) {
-			// A zombie has an empty cmdline, so this is a live process.
-			left = append(left, "process "+strconv.Itoa(pid))
-		}
-	}
-	return left
 }

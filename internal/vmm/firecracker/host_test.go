@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
-
 	"banger/internal/vmm"
 )
 
@@ -63,17 +61,6 @@ func TestProbe(t *testing.T) {
 	}
 }
 
-func TestDriverIdentity(t *testing.T) {
-	d := New(Options{})
-	if d.Name() != "firecracker" {
-		t.Errorf("Name = %q", d.Name())
-	}
-	want := vmm.Features{Snapshots: true, Pause: true, Accel: vmm.AccelKVM, Transport: vmm.TransportHybridVsock}
-	if diff := cmp.Diff(want, d.Features()); diff != "" {
-		t.Errorf("Features (-want +got):\n%s", diff)
-	}
-}
-
 func TestInstanceID(t *testing.T) {
 	tests := []struct {
 		spec vmm.Spec
@@ -99,9 +86,5 @@ func TestDriverCheckBeforeAnythingIsCreated(t *testing.T) {
 	err := d.Check(context.Background())
 	if !errors.Is(err, vmm.ErrUnavailable) || !strings.Contains(err.Error(), "kvm") {
 		t.Fatalf("Check without kvm = %v", err)
-	}
-	d = New(Options{Bin: "/nonexistent/firecracker", CheckKVM: func() error { return nil }})
-	if err := d.Check(context.Background()); !errors.Is(err, vmm.ErrUnavailable) {
-		t.Fatalf("Check with a missing binary = %v", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"banger/internal/vmm"
+	"banger/internal/vmm/vmmtest"
 )
 
 // TestContractJailer boots under a stand-in jailer: firecracker sees
@@ -89,7 +90,7 @@ func TestContractJailer(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("paths firecracker sees (-want +got):\n%s", diff)
 	}
-	assertNoLeftovers(t, spec.Dir)
+	vmmtest.AssertNoLeftovers(t, spec.Dir)
 	if _, err := os.Stat(filepath.Join(spec.Dir, "jail")); !os.IsNotExist(err) {
 		t.Errorf("jail left behind after exit: %v", err)
 	}

@@ -39,8 +39,10 @@ const (
 	modeExit       = "exit"        // exits at once with an error
 	modeNoSocket   = "nosocket"    // never creates the API socket
 	modeOldVersion = "old-version" // GET /version says 1.5.0
-	modeStubborn   = "stubborn"    // ignores Ctrl-Alt-Del
 )
+
+// standinIgnoreCAD in the boot args makes the guest ignore Ctrl-Alt-Del.
+const standinIgnoreCAD = "standin.ignore-ctrl-alt-del"
 
 type recorded struct {
 	Method string          `json:"method"`
@@ -61,6 +63,7 @@ type standin struct {
 	kernel   bool
 	metrics  bool
 	vsockUDS string
+	stubborn bool // the boot args say the guest ignores Ctrl-Alt-Del
 }
 
 func newStandin(mode, logPath string) *standin {
@@ -141,7 +144,12 @@ func (s *standin) apply(rec recorded) string {
 			return "Unable to create the block device: No such file or directory (os error 2)"
 		}
 		s.boot = true
-		s.kernel = s.kernel || top == "/boot-source"
+		if top == "/boot-source" {
+			var b BootSource
+			json.Unmarshal(rec.Body, &b)
+			s.kernel = true
+			s.stubborn = strings.Contains(b.BootArgs, standinIgnoreCAD)
+		}
 		if top == "/vsock" {
 			var v VsockConfig
 			json.Unmarshal(rec.Body, &v)
@@ -225,7 +233,7 @@ func (s *standin) action(rec recorded) string {
 		if s.state != "Running" {
 			return "The requested operation is not supported before starting the microVM."
 		}
-		if s.mode != modeStubborn {
+		if !s.stubborn {
 			go s.exit()
 		}
 	default:

@@ -107,26 +107,6 @@ func TestValidateSpec(t *testing.T) {
 	}
 }
 
-func TestStartMissingBinary(t *testing.T) {
-	d := New(Options{Bin: "/nonexistent/qemu-system-x86_64", TSCkHz: 1})
-	dir := t.TempDir()
-	_, err := d.Start(t.Context(), vmm.Spec{Dir: dir, VCPUs: 1, MemoryMiB: 64, Kernel: "/k", ConsoleLog: dir + "/c.log"})
-	if !errors.Is(err, vmm.ErrUnavailable) || !strings.Contains(err.Error(), "install qemu-system-x86") {
-		t.Errorf("Start = %v, want ErrUnavailable with an install hint", err)
-	}
-}
-
-func TestFeatures(t *testing.T) {
-	d := New(Options{Accel: vmm.AccelTCG, Transport: vmm.TransportVirtioSerial})
-	want := vmm.Features{Pause: true, Accel: vmm.AccelTCG, Transport: vmm.TransportVirtioSerial}
-	if diff := cmp.Diff(want, d.Features()); diff != "" {
-		t.Errorf("Features (-want +got):\n%s", diff)
-	}
-	if d.Name() != "qemu" {
-		t.Errorf("Name = %q", d.Name())
-	}
-}
-
 // TestStartCIDInUse: when vhost-vsock refuses the guest cid (another VM
 // on the host holds it), Start says so with vmm.ErrCIDInUse, so the
 // daemon can pick another. A stand-in QEMU prints what QEMU 7.2 prints.

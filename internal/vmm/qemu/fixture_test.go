@@ -1,17 +1,13 @@
 package qemu
 
 import (
-	"bytes"
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"banger/internal/prereq"
 	"banger/internal/vmm"
@@ -219,43 +215,18 @@ func buildInitrd(k kernelFixture) (string, string) {
 	return out, ""
 }
 
-// testSpec is a small VM in a fresh temp dir.
+// testSpec is a small VM whose Dir, not made yet, and console log are in
+// a fresh temp dir.
 func testSpec(t testing.TB, k kernelFixture, initrd string) vmm.Spec {
 	dir := t.TempDir()
 	return vmm.Spec{
 		ID:         "t" + strings.ReplaceAll(t.Name(), "/", "-"),
 		Name:       t.Name(),
-		Dir:        dir,
+		Dir:        filepath.Join(dir, "vm"),
 		VCPUs:      1,
 		MemoryMiB:  256,
 		Kernel:     k.Vmlinuz,
 		Initrd:     initrd,
 		ConsoleLog: filepath.Join(dir, "console.log"),
 	}
-}
-
-// waitConsole polls the console log until it contains want.
-func waitConsole(ctx context.Context, path, want string) error {
-	for {
-		b, _ := os.ReadFile(path)
-		if bytes.Contains(b, []byte(want)) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// pidAlive reports whether a process with pid exists (zombies count as
-// gone: they are not running).
-func pidAlive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	_, rest, _ := strings.Cut(string(b), ") ")
-	return !strings.HasPrefix(rest, "Z")
 }
