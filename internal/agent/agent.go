@@ -55,6 +55,10 @@ func NewServer(logger *slog.Logger, powerOff func() error) *Server {
 		handshakes: make(chan struct{}, maxHandshakes)}
 }
 
+// SetKeyFile makes s read the VM's agent key from path rather than from
+// guest.AgentKeyPath: for an agent served in-process by a host's tests.
+func (s *Server) SetKeyFile(path string) { s.keyFile = path }
+
 // key reads the VM's agent key. It is read for every handshake, so a key
 // that appears later is used without a restart. Without a key every host
 // is refused.
