@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/guest"
 	"banger/internal/vmm"
 )
 
@@ -286,7 +287,7 @@ func (m *Machine) DialAgent(ctx context.Context) (net.Conn, error) {
 
 func (m *Machine) dialAgentOnce(ctx context.Context) (net.Conn, error) {
 	if m.transport == vmm.TransportVsock {
-		return dialVsock(ctx, m.spec.VsockCID, vmm.AgentPort)
+		return dialVsock(ctx, m.spec.VsockCID, guest.AgentPort)
 	}
 	var d net.Dialer
 	return d.DialContext(ctx, "unix", m.paths.Agent)
