@@ -245,7 +245,7 @@ func (m *Machine) waitQMP(ctx context.Context) error {
 		}
 		if m.exited() {
 			<-m.done
-			tail := logTail(m.paths.Log, 20)
+			tail := vmm.LogTail(m.paths.Log, 20)
 			if cidRefused(tail) {
 				return fmt.Errorf("vsock cid %d: %w\n%s", m.spec.VsockCID, vmm.ErrCIDInUse, tail)
 			}
