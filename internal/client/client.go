@@ -10,13 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/unixhttp"
 	"banger/internal/version"
 )
 
@@ -29,13 +29,8 @@ type Client struct {
 // New returns a client for the daemon listening on socket. It does not
 // connect; see Ping and Ensure.
 func New(socket string) *Client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-		DisableCompression: true,
-	}
+	tr := unixhttp.Transport(socket)
+	tr.DisableCompression = true
 	return &Client{socket: socket, http: &http.Client{Transport: tr}}
 }
 

@@ -6,9 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
+
+	"banger/internal/unixhttp"
 )
 
 // Wire types of the Firecracker API, named after the definitions in the
@@ -135,13 +136,8 @@ type Client struct {
 
 // NewClient returns a client for the API socket at path.
 func NewClient(path string) *Client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-		DisableKeepAlives: true,
-	}
+	tr := unixhttp.Transport(path)
+	tr.DisableKeepAlives = true
 	return &Client{socket: path, http: &http.Client{Transport: tr}}
 }
 
