@@ -13,11 +13,12 @@ import (
 	"syscall"
 	"time"
 
+	"banger/internal/atomicfile"
 	"banger/internal/guest"
 )
 
-// put runs one OpPut stream: the content goes to a temp file beside the
-// target, which is renamed into place once complete.
+// put runs one OpPut stream: the target is replaced atomically once the
+// content is complete.
 func (s *Server) put(conn net.Conn, fw *guest.FrameWriter, req *guest.PutRequest) error {
 	content := guest.NewContentReader(conn)
 	if err := writeFileAtomic(req, content); err != nil {
@@ -34,33 +35,16 @@ func writeFileAtomic(req *guest.PutRequest, r io.Reader) error {
 	if !filepath.IsAbs(req.Path) {
 		return invalid("path %q is not absolute", req.Path)
 	}
-	dir := filepath.Dir(req.Path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(req.Path), 0o755); err != nil {
 		return fmt.Errorf("creating parent: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(req.Path)+".banger-*")
-	if err != nil {
-		return fmt.Errorf("creating temp file: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // no-op once renamed
-	if err := fillFile(tmp, req, r); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("closing %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), req.Path); err != nil {
-		return fmt.Errorf("renaming into place: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
+	// atomicfile sets the mode after fillFile's chown, which clears
+	// setuid and setgid bits.
+	mode := req.Mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+	return atomicfile.Write(req.Path, mode, func(f *os.File) error { return fillFile(f, req, r) })
 }
 
-// fillFile writes the content and the metadata, and syncs.
+// fillFile writes the content, the owner and the mtime.
 func fillFile(f *os.File, req *guest.PutRequest, r io.Reader) error {
 	if _, err := io.Copy(f, r); err != nil {
 		var re *guest.RemoteError
@@ -69,20 +53,13 @@ func fillFile(f *os.File, req *guest.PutRequest, r io.Reader) error {
 		}
 		return fmt.Errorf("writing %s: %w", req.Path, err)
 	}
-	// Chown first: it clears setuid and setgid bits.
 	if err := f.Chown(req.UID, req.GID); err != nil {
 		return fmt.Errorf("setting owner: %w", err)
-	}
-	if err := f.Chmod(req.Mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)); err != nil {
-		return fmt.Errorf("setting mode: %w", err)
 	}
 	if !req.MTime.IsZero() {
 		if err := os.Chtimes(f.Name(), req.MTime, req.MTime); err != nil {
 			return fmt.Errorf("setting mtime: %w", err)
 		}
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("syncing: %w", err)
 	}
 	return nil
 }

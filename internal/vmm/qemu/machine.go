@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/atomicfile"
 	"banger/internal/guest"
 	"banger/internal/vmm"
 )
@@ -296,5 +297,5 @@ func (m *Machine) dialAgentOnce(ctx context.Context) (net.Conn, error) {
 // writePID records QEMU's PID in the VM directory for people and scripts;
 // the daemon persists Handle instead.
 func (m *Machine) writePID() error {
-	return writeFileAtomic(m.paths.PID, []byte(strconv.Itoa(m.pid)+"\n"))
+	return atomicfile.WriteFile(m.paths.PID, []byte(strconv.Itoa(m.pid)+"\n"), 0o600)
 }
