@@ -229,6 +229,7 @@ func TestPutTarRefusesEscapes(t *testing.T) {
 		hdrs []*tar.Header
 	}{
 		{"dotdot", []*tar.Header{{Name: "../evil", Typeflag: tar.TypeReg, Mode: 0o644, Linkname: "x"}}},
+		{"absolute", []*tar.Header{{Name: filepath.Join(base, "evil"), Typeflag: tar.TypeReg, Mode: 0o644, Linkname: "x"}}},
 		{"through symlink", []*tar.Header{
 			{Name: "out", Typeflag: tar.TypeSymlink, Linkname: base},
 			{Name: "out/evil", Typeflag: tar.TypeReg, Mode: 0o644, Linkname: "x"}}},
@@ -239,6 +240,10 @@ func TestPutTarRefusesEscapes(t *testing.T) {
 			err := ta.client.PutTar(callCtx(t, 10*time.Second), dir, tarOf(t, tt.hdrs...))
 			if err == nil {
 				t.Error("PutTar succeeded")
+			}
+			var re *guest.RemoteError
+			if tt.name != "through symlink" && (!errors.As(err, &re) || re.Kind != guest.KindInvalid) {
+				t.Errorf("PutTar = %v, want a refusal of kind %q", err, guest.KindInvalid)
 			}
 			if _, err := os.Lstat(filepath.Join(base, "evil")); err == nil {
 				t.Error("a file was written outside the directory")
