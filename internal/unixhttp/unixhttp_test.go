@@ -9,7 +9,7 @@ import (
 )
 
 // A request for any host reaches the server on the socket.
-func TestTransport(t *testing.T) {
+func TestClient(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -21,7 +21,10 @@ func TestTransport(t *testing.T) {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 
-	c := &http.Client{Transport: Transport(sock)}
+	c := NewClient(sock, func(tr *http.Transport) { tr.DisableKeepAlives = true })
+	if c.Socket() != sock {
+		t.Errorf("Socket = %q, want %q", c.Socket(), sock)
+	}
 	resp, err := c.Get("http://whatever.invalid/vms")
 	if err != nil {
 		t.Fatal(err)
