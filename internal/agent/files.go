@@ -37,8 +37,8 @@ func writeFileAtomic(req *guest.PutRequest, r io.Reader) error {
 	if err := os.MkdirAll(filepath.Dir(req.Path), 0o755); err != nil {
 		return fmt.Errorf("creating parent: %w", err)
 	}
-	// atomicfile sets the mode after fillFile's chown, which clears
-	// setuid and setgid bits.
+	// atomicfile applies mode after fillFile, so fillFile's chown (which
+	// clears setuid and setgid) cannot undo it.
 	mode := req.Mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
 	return atomicfile.Write(req.Path, mode, func(f *os.File) error { return fillFile(f, req, r) })
 }
