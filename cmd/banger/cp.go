@@ -4,10 +4,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"banger/internal/atomicfile"
 )
 
 func newVMCpCmd() *cobra.Command {
@@ -58,23 +59,13 @@ is the host file's.`,
 				_, err = io.Copy(os.Stdout, rc)
 				return err
 			}
-			// A fresh, unpredictable name (O_EXCL, mode 0600) in the target's
-			// directory: no planted file or symlink is written through.
-			f, err := os.CreateTemp(filepath.Dir(dstPath), "."+filepath.Base(dstPath)+".banger-tmp-*")
-			if err != nil {
-				return err
-			}
-			tmp := f.Name()
-			if _, err := io.Copy(f, rc); err != nil {
-				f.Close()
-				os.Remove(tmp)
-				return fmt.Errorf("copying %s: %w", args[0], err)
-			}
-			if err := f.Close(); err != nil {
-				os.Remove(tmp)
-				return err
-			}
-			return os.Rename(tmp, dstPath)
+			// No planted file or symlink at dstPath is written through.
+			return atomicfile.Write(dstPath, 0o600, func(f *os.File) error {
+				if _, err := io.Copy(f, rc); err != nil {
+					return fmt.Errorf("copying %s: %w", args[0], err)
+				}
+				return nil
+			})
 		},
 	}
 }

@@ -220,7 +220,7 @@ func (s *Server) serveStream(ctx context.Context, conn net.Conn) {
 	case req.Op == guest.OpGet && req.Get != nil:
 		err = s.get(fw, req.Get)
 	case req.Op == guest.OpPutTar && req.PutTar != nil:
-		err = s.putTar(conn, fw, req.PutTar)
+		err = s.putTar(ctx, conn, fw, req.PutTar)
 	case req.Op == guest.OpShutdown:
 		err = s.shutdown(fw)
 	default:

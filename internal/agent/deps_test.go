@@ -8,7 +8,8 @@ import (
 )
 
 // TestAgentDeps keeps banger-agent small: it must not pull in the
-// daemon's packages.
+// daemon's packages, nor the VMM drivers (the guest contract lives in
+// internal/guest).
 func TestAgentDeps(t *testing.T) {
 	gobin, err := exec.LookPath("go")
 	if err != nil {
@@ -22,7 +23,7 @@ func TestAgentDeps(t *testing.T) {
 	}
 	forbidden := []string{
 		"banger/internal/image", "banger/internal/store", "banger/internal/web",
-		"banger/internal/daemon", "banger/internal/config",
+		"banger/internal/daemon", "banger/internal/config", "banger/internal/vmm",
 	}
 	deps := strings.Fields(string(out))
 	for _, d := range deps {

@@ -1,7 +1,7 @@
 package agent
 
 import (
-	"archive/tar"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,15 +9,15 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
-	"time"
 
+	"banger/internal/atomicfile"
 	"banger/internal/guest"
+	"banger/internal/untar"
 )
 
-// put runs one OpPut stream: the content goes to a temp file beside the
-// target, which is renamed into place once complete.
+// put runs one OpPut stream: the target is replaced atomically once the
+// content is complete.
 func (s *Server) put(conn net.Conn, fw *guest.FrameWriter, req *guest.PutRequest) error {
 	content := guest.NewContentReader(conn)
 	if err := writeFileAtomic(req, content); err != nil {
@@ -34,33 +34,16 @@ func writeFileAtomic(req *guest.PutRequest, r io.Reader) error {
 	if !filepath.IsAbs(req.Path) {
 		return invalid("path %q is not absolute", req.Path)
 	}
-	dir := filepath.Dir(req.Path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(req.Path), 0o755); err != nil {
 		return fmt.Errorf("creating parent: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(req.Path)+".banger-*")
-	if err != nil {
-		return fmt.Errorf("creating temp file: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // no-op once renamed
-	if err := fillFile(tmp, req, r); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("closing %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), req.Path); err != nil {
-		return fmt.Errorf("renaming into place: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
+	// atomicfile applies mode after fillFile, so fillFile's chown (which
+	// clears setuid and setgid) cannot undo it.
+	mode := req.Mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+	return atomicfile.Write(req.Path, mode, func(f *os.File) error { return fillFile(f, req, r) })
 }
 
-// fillFile writes the content and the metadata, and syncs.
+// fillFile writes the content, the owner and the mtime.
 func fillFile(f *os.File, req *guest.PutRequest, r io.Reader) error {
 	if _, err := io.Copy(f, r); err != nil {
 		var re *guest.RemoteError
@@ -69,20 +52,13 @@ func fillFile(f *os.File, req *guest.PutRequest, r io.Reader) error {
 		}
 		return fmt.Errorf("writing %s: %w", req.Path, err)
 	}
-	// Chown first: it clears setuid and setgid bits.
 	if err := f.Chown(req.UID, req.GID); err != nil {
 		return fmt.Errorf("setting owner: %w", err)
-	}
-	if err := f.Chmod(req.Mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)); err != nil {
-		return fmt.Errorf("setting mode: %w", err)
 	}
 	if !req.MTime.IsZero() {
 		if err := os.Chtimes(f.Name(), req.MTime, req.MTime); err != nil {
 			return fmt.Errorf("setting mtime: %w", err)
 		}
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("syncing: %w", err)
 	}
 	return nil
 }
@@ -115,10 +91,11 @@ func (s *Server) get(fw *guest.FrameWriter, req *guest.GetRequest) error {
 	return fw.WriteFrame(guest.FrameEOF, nil)
 }
 
-// putTar runs one OpPutTar stream.
-func (s *Server) putTar(conn net.Conn, fw *guest.FrameWriter, req *guest.PutTarRequest) error {
+// putTar runs one OpPutTar stream: the tar is extracted under the
+// directory with owners and modes as they are in the archive.
+func (s *Server) putTar(ctx context.Context, conn net.Conn, fw *guest.FrameWriter, req *guest.PutTarRequest) error {
 	content := guest.NewContentReader(conn)
-	if err := extractTar(req.Dir, content); err != nil {
+	if err := extractTar(ctx, req.Dir, content); err != nil {
 		werr := fw.WriteError(err)
 		_, _ = io.Copy(io.Discard, content)
 		return errors.Join(err, werr)
@@ -126,136 +103,13 @@ func (s *Server) putTar(conn net.Conn, fw *guest.FrameWriter, req *guest.PutTarR
 	return fw.WriteJSON(guest.FrameResponse, guest.Response{})
 }
 
-// extractTar extracts r under dir. All file operations go through an
-// os.Root, so no entry (nor a symlink it creates) can reach outside dir.
-func extractTar(dir string, r io.Reader) error {
+func extractTar(ctx context.Context, dir string, r io.Reader) error {
 	if !filepath.IsAbs(dir) {
 		return invalid("directory %q is not absolute", dir)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("creating %s: %w", dir, err)
+	err := untar.Extract(ctx, r, dir, untar.Options{Owners: true})
+	if errors.Is(err, untar.ErrUnsafe) {
+		return invalid("%v", err)
 	}
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return err
-	}
-	defer root.Close()
-	tr := tar.NewReader(r)
-	type dirTime struct {
-		name string
-		t    time.Time
-	}
-	var dirTimes []dirTime
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("reading tar: %w", err)
-		}
-		name, err := entryName(hdr.Name)
-		if err != nil {
-			return err
-		}
-		if name == "." && hdr.Typeflag != tar.TypeDir {
-			return invalid("tar entry %q names the directory itself", hdr.Name)
-		}
-		if err := extractEntry(root, name, hdr, tr); err != nil {
-			return fmt.Errorf("extracting %s: %w", hdr.Name, err)
-		}
-		if hdr.Typeflag == tar.TypeDir {
-			dirTimes = append(dirTimes, dirTime{name, hdr.ModTime})
-		}
-	}
-	// Directory mtimes last: extracting their entries changed them.
-	for i := len(dirTimes) - 1; i >= 0; i-- {
-		_ = root.Chtimes(dirTimes[i].name, dirTimes[i].t, dirTimes[i].t)
-	}
-	return nil
-}
-
-// entryName cleans a tar entry name to a path relative to the root. A
-// leading slash is dropped, as tar does; ".." that climbs out is refused.
-func entryName(n string) (string, error) {
-	rel := strings.TrimLeft(n, "/")
-	if rel == "" {
-		rel = "."
-	}
-	if !filepath.IsLocal(rel) {
-		return "", invalid("tar entry %q escapes the directory", n)
-	}
-	return filepath.Clean(rel), nil
-}
-
-// extractEntry creates one entry and applies its metadata.
-func extractEntry(root *os.Root, name string, hdr *tar.Header, r io.Reader) error {
-	if parent := filepath.Dir(name); parent != "." {
-		if err := root.MkdirAll(parent, 0o755); err != nil {
-			return err
-		}
-	}
-	mode := hdr.FileInfo().Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
-	switch hdr.Typeflag {
-	case tar.TypeDir:
-		if err := root.MkdirAll(name, 0o755); err != nil {
-			return err
-		}
-	case tar.TypeReg, tar.TypeRegA:
-		if err := removeNonDir(root, name); err != nil {
-			return err
-		}
-		f, err := root.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(f, r)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
-	case tar.TypeSymlink:
-		if err := removeNonDir(root, name); err != nil {
-			return err
-		}
-		if err := root.Symlink(hdr.Linkname, name); err != nil {
-			return err
-		}
-		return root.Lchown(name, hdr.Uid, hdr.Gid)
-	case tar.TypeLink:
-		target, err := entryName(hdr.Linkname)
-		if err != nil {
-			return err
-		}
-		if err := removeNonDir(root, name); err != nil {
-			return err
-		}
-		return root.Link(target, name)
-	default:
-		return nil // devices, fifos: not part of a workspace
-	}
-	if err := root.Lchown(name, hdr.Uid, hdr.Gid); err != nil {
-		return err
-	}
-	if err := root.Chmod(name, mode); err != nil {
-		return err
-	}
-	return root.Chtimes(name, hdr.ModTime, hdr.ModTime)
-}
-
-// removeNonDir removes what is at name unless it is a directory.
-func removeNonDir(root *os.Root, name string) error {
-	st, err := root.Lstat(name)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if st.IsDir() {
-		return fmt.Errorf("%s is a directory", name)
-	}
-	return root.Remove(name)
+	return err
 }

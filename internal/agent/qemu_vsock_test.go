@@ -15,7 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/guest"
-	"banger/internal/vmm"
 )
 
 // TestQEMUVsockNeedsKey boots a microVM with a vhost-vsock device and
@@ -80,7 +79,7 @@ func dialVsockRetry(ctx context.Context, cid uint32) (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		err = unix.Connect(fd, &unix.SockaddrVM{CID: cid, Port: vmm.AgentPort})
+		err = unix.Connect(fd, &unix.SockaddrVM{CID: cid, Port: guest.AgentPort})
 		if err == nil {
 			return fileConn{os.NewFile(uintptr(fd), "vsock")}, nil
 		}

@@ -19,7 +19,6 @@ import (
 
 	"banger/internal/guest"
 	buildversion "banger/internal/version"
-	"banger/internal/vmm"
 )
 
 const (
@@ -43,14 +42,14 @@ func Run(ctx context.Context) error {
 }
 
 // ServeTransports serves every transport the guest offers until ctx is
-// done: AF_VSOCK port vmm.AgentPort when the kernel has vsock, and the
+// done: AF_VSOCK port guest.AgentPort when the kernel has vsock, and the
 // virtio-serial port named guest.SerialPortName.
 func (s *Server) ServeTransports(ctx context.Context) {
 	var wg sync.WaitGroup
-	if ln, err := listenVsock(vmm.AgentPort); err != nil {
+	if ln, err := listenVsock(guest.AgentPort); err != nil {
 		s.logger.Info("vsock unavailable", "err", err)
 	} else {
-		s.logger.Info("listening on vsock", "port", vmm.AgentPort)
+		s.logger.Info("listening on vsock", "port", guest.AgentPort)
 		wg.Go(func() { s.serveVsock(ctx, ln) })
 	}
 	wg.Go(func() {

@@ -93,7 +93,7 @@ func WaitReady(ctx context.Context, c *Client, timeout time.Duration, pid int) e
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("bangerd did not answer on %s within %s: %v", c.socket, timeout, last)
+			return fmt.Errorf("bangerd did not answer on %s within %s: %v", c.Socket(), timeout, last)
 		case <-tick.C:
 		}
 	}

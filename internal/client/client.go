@@ -10,37 +10,29 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/unixhttp"
 	"banger/internal/version"
 )
 
 // Client talks to one bangerd over its Unix socket.
 type Client struct {
-	socket string
-	http   *http.Client
+	conn *unixhttp.Client
 }
 
 // New returns a client for the daemon listening on socket. It does not
 // connect; see Ping and Ensure.
 func New(socket string) *Client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-		DisableCompression: true,
-	}
-	return &Client{socket: socket, http: &http.Client{Transport: tr}}
+	return &Client{conn: unixhttp.NewClient(socket, func(tr *http.Transport) { tr.DisableCompression = true })}
 }
 
 // Socket is the path of the daemon's socket.
-func (c *Client) Socket() string { return c.socket }
+func (c *Client) Socket() string { return c.conn.Socket() }
 
 // VersionMismatchError reports a CLI and a daemon from different builds.
 type VersionMismatchError struct {
@@ -72,9 +64,9 @@ func (c *Client) newRequest(ctx context.Context, method, path string, body any) 
 }
 
 func (c *Client) send(req *http.Request) (*http.Response, error) {
-	resp, err := c.http.Do(req)
+	resp, err := c.conn.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("talking to bangerd at %s: %w", c.socket, err)
+		return nil, fmt.Errorf("talking to bangerd at %s: %w", c.Socket(), err)
 	}
 	if dv := resp.Header.Get(api.VersionHeader); dv != "" && dv != version.String() && !strings.HasSuffix(req.URL.Path, "/version") && !strings.HasSuffix(req.URL.Path, "/shutdown") {
 		resp.Body.Close()

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"banger/internal/api"
+	"banger/internal/atomicfile"
 	"banger/internal/guest"
 	"banger/internal/store"
 )
@@ -34,7 +35,7 @@ func newAgentKeySeed() ([]byte, seedFile, error) {
 
 // saveAgentKey writes the host's copy of a VM's agent key.
 func saveAgentKey(dir string, key []byte) error {
-	if err := writeFileAtomic(filepath.Join(dir, agentKeyFile), []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, agentKeyFile), []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("saving agent key: %w", err)
 	}
 	return nil
@@ -105,33 +106,6 @@ func readSeed(path string) ([]seedFile, error) {
 		}
 		out = append(out, seedFile{hdr.Name, fs.FileMode(hdr.Mode).Perm(), string(b)})
 	}
-}
-
-// writeFileAtomic writes data to path through a temp file in the same
-// directory (created exclusively) and a rename.
-func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }
 
 // unauthenticated explains a guest agent that refused the VM's key.

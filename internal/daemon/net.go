@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"banger/internal/api"
+	"banger/internal/atomicfile"
 	"banger/internal/config"
 	"banger/internal/network"
 	"banger/internal/store"
@@ -128,19 +129,7 @@ func (ns *netService) recorded() (netState, error) {
 func (ns *netService) record() error {
 	c := ns.mgr.Config()
 	b, _ := json.Marshal(netState{BridgeName: c.BridgeName, BridgeIP: c.BridgeIP, CIDR: c.CIDR})
-	tmp := ns.path + ".tmp"
-	f, err := openNoFollow(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(tmp, ns.path)
+	return atomicfile.WriteFile(ns.path, b, 0o600)
 }
 
 // ensure sets up the bridge, forwarding, NAT and the tap pool once.

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"banger/internal/atomicfile"
 	"banger/internal/image"
 	"banger/internal/sshkeys"
 	"banger/internal/store"
@@ -152,5 +153,5 @@ func writeSeed(path string, files []seedFile) error {
 	if err := tw.Close(); err != nil {
 		return err
 	}
-	return writeFileAtomic(path, buf.Bytes(), 0o600)
+	return atomicfile.WriteFile(path, buf.Bytes(), 0o600)
 }

@@ -15,7 +15,11 @@ import (
 const ProtocolVersion = 2
 
 // AgentPath is where the agent binary lives in a guest's root filesystem.
+// It is also the initrd's fallback init when the rootfs names none.
 const AgentPath = "/usr/lib/banger/banger-agent"
+
+// AgentPort is the vsock port the agent listens on.
+const AgentPort = 1024
 
 // AgentKeyPath is where the agent reads its VM's key in the guest: hex,
 // KeySize bytes, root-only. banger's initrd writes it from the seed drive

@@ -22,9 +22,6 @@ import "strings"
 // ConfigPath is where the initrd's config lives inside the initrd.
 const ConfigPath = "/banger-initrd.json"
 
-// AgentPath is banger's agent inside a rootfs; it is the fallback init.
-const AgentPath = "/usr/lib/banger/banger-agent"
-
 // DefaultInit is the init run when the command line names none.
 const DefaultInit = "/sbin/init"
 

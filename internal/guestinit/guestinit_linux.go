@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"banger/internal/guest"
 )
 
 // DeviceTimeout bounds the wait for the root and modules drives.
@@ -243,12 +245,12 @@ func pickInit(con io.Writer, want string) (string, error) {
 	if isExecutable(want) {
 		return want, nil
 	}
-	if isExecutable(AgentPath) {
-		fmt.Fprintf(con, "banger initrd: %s not found in the root filesystem; running %s as init\n", want, AgentPath)
-		return AgentPath, nil
+	if isExecutable(guest.AgentPath) {
+		fmt.Fprintf(con, "banger initrd: %s not found in the root filesystem; running %s as init\n", want, guest.AgentPath)
+		return guest.AgentPath, nil
 	}
 	return "", fmt.Errorf("the root filesystem has no init: neither %s nor %s exists (install an init system such as systemd-sysv, or banger's agent)",
-		strings.TrimSpace(want), AgentPath)
+		strings.TrimSpace(want), guest.AgentPath)
 }
 
 func isExecutable(path string) bool {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"banger/internal/atomicfile"
 )
 
 // guestNet is the network glue banger puts on the kernel command line:
@@ -129,10 +131,7 @@ func applyGuestNet(g guestNet) error {
 }
 
 func writeIfRW(path, content string) {
-	tmp := path + ".banger-tmp"
-	if err := os.WriteFile(tmp, []byte(content), 0o644); err == nil {
-		os.Rename(tmp, path)
-	}
+	_ = atomicfile.WriteFile(path, []byte(content), 0o644)
 }
 
 // ensureHostsEntry makes the hostname resolve locally (sudo and others

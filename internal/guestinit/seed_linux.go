@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"banger/internal/atomicfile"
 )
 
 // seedMarker records the hash of the last seed applied, so files the user
@@ -81,11 +83,7 @@ func writeSeedEntry(root string, hdr *tar.Header, data []byte) error {
 		if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
 			return err
 		}
-		tmp := name + ".banger-seed"
-		if err := os.WriteFile(tmp, data, mode); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, name); err != nil {
+		if err := atomicfile.WriteFile(name, data, mode); err != nil {
 			return err
 		}
 	default:

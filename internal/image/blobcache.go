@@ -18,6 +18,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+
+	"banger/internal/atomicfile"
 )
 
 // ErrDigest is returned when a blob does not match its digest.
@@ -56,35 +58,28 @@ func (c BlobCache) Fetch(ctx context.Context, l v1.Layer, progress func(done, to
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(dst), ".tmp-"+h.Hex[:12]+"-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // no-op once renamed
-	defer tmp.Close()
 	rc, err := l.Compressed()
 	if err != nil {
 		return fmt.Errorf("fetching layer %s: %w", h, err)
 	}
 	defer rc.Close()
-	sum := sha256.New()
-	w := &countWriter{w: io.MultiWriter(tmp, sum), total: size, progress: progress}
-	if _, err := io.Copy(w, ctxReader{ctx, rc}); err != nil {
-		// go-containerregistry checks digests itself and has no error
-		// type for a mismatch; keep ours recognisable.
-		if strings.Contains(err.Error(), "error verifying") {
-			return fmt.Errorf("layer %s: %w: %w", h, ErrDigest, err)
+	return atomicfile.Write(dst, 0o600, func(f *os.File) error {
+		sum := sha256.New()
+		w := &countWriter{w: io.MultiWriter(f, sum), total: size, progress: progress}
+		if _, err := io.Copy(w, ctxReader{ctx, rc}); err != nil {
+			// go-containerregistry checks digests itself and has no error
+			// type for a mismatch; keep ours recognisable.
+			if strings.Contains(err.Error(), "error verifying") {
+				return fmt.Errorf("layer %s: %w: %w", h, ErrDigest, err)
+			}
+			return fmt.Errorf("fetching layer %s: %w", h, err)
 		}
-		return fmt.Errorf("fetching layer %s: %w", h, err)
-	}
-	if got := hex.EncodeToString(sum.Sum(nil)); got != h.Hex {
-		return fmt.Errorf("layer %s: %w (got sha256:%s)", h, ErrDigest, got)
-	}
-	progress(w.n, size)
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), dst)
+		if got := hex.EncodeToString(sum.Sum(nil)); got != h.Hex {
+			return fmt.Errorf("layer %s: %w (got sha256:%s)", h, ErrDigest, got)
+		}
+		progress(w.n, size)
+		return nil
+	})
 }
 
 // Open returns the uncompressed tar of the cached blob h (gzip, zstd or

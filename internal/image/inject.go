@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/atomicfile"
 	"banger/internal/guest"
 )
 
@@ -102,32 +103,17 @@ func writeAtomicBytes(dst string, data []byte, mode os.FileMode) error {
 	})
 }
 
-// writeAtomicWith writes dst through a temp file beside it: fill, chmod,
-// fsync, rename. Parent directories are created 0755.
+// writeAtomicWith writes dst atomically (see atomicfile.Write). Parent
+// directories are created 0755.
 func writeAtomicWith(dst string, mode os.FileMode, fill func(io.Writer) error) error {
-	dir := filepath.Dir(dst)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // no-op once renamed
-	err = fill(tmp)
-	if err == nil {
-		err = tmp.Chmod(mode)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
+	err := atomicfile.Write(dst, mode, func(f *os.File) error { return fill(f) })
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", dst, err)
 	}
-	return os.Rename(tmp.Name(), dst)
+	return nil
 }
 
 // relink makes link point to target, replacing what was there.

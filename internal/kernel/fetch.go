@@ -16,6 +16,8 @@ import (
 	"strings"
 
 	"github.com/ulikunitz/xz"
+
+	"banger/internal/atomicfile"
 )
 
 // debSource is a verified kernel package found in a Debian archive.
@@ -125,32 +127,25 @@ func (s *Store) fetchFile(ctx context.Context, url, dest string, want fileSum, p
 		return err
 	}
 	defer resp.Body.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(dest), ".part-*")
-	if err != nil {
-		return fmt.Errorf("creating download file: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
 	total := want.Size
 	if total == 0 {
 		total = resp.ContentLength
 	}
-	h := sha256.New()
-	pw := &progressWriter{phase: phase, total: total, fn: progress}
-	n, err := io.Copy(io.MultiWriter(tmp, h, pw), resp.Body)
-	if err != nil {
-		return fmt.Errorf("downloading %s: %w", url, err)
-	}
-	if want.Size > 0 && n != want.Size {
-		return fmt.Errorf("%w: %s: got %d bytes, the signed index says %d", ErrInvalid, url, n, want.Size)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
-		return fmt.Errorf("%w: %s: sha256 %s, the signed index says %s", ErrInvalid, url, got, want.SHA256)
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), dest)
+	return atomicfile.Write(dest, 0o600, func(f *os.File) error {
+		h := sha256.New()
+		pw := &progressWriter{phase: phase, total: total, fn: progress}
+		n, err := io.Copy(io.MultiWriter(f, h, pw), resp.Body)
+		if err != nil {
+			return fmt.Errorf("downloading %s: %w", url, err)
+		}
+		if want.Size > 0 && n != want.Size {
+			return fmt.Errorf("%w: %s: got %d bytes, the signed index says %d", ErrInvalid, url, n, want.Size)
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
+			return fmt.Errorf("%w: %s: sha256 %s, the signed index says %s", ErrInvalid, url, got, want.SHA256)
+		}
+		return nil
+	})
 }
 
 type progressWriter struct {

@@ -15,6 +15,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
+
+	"banger/internal/atomicfile"
 )
 
 // Pin records hostKey (an authorized_keys line) as the only key of host
@@ -51,12 +53,7 @@ func Pin(path, host, hostKey string) error {
 		out.WriteString(line + "\n")
 	}
 	fmt.Fprintf(&out, "%s %s %s\n", host, fields[0], fields[1])
-	tmp := fmt.Sprintf("%s.tmp%d", path, os.Getpid())
-	if err := os.WriteFile(tmp, out.Bytes(), 0o600); err != nil {
-		return fmt.Errorf("writing known_hosts: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.WriteFile(path, out.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("writing known_hosts: %w", err)
 	}
 	return nil

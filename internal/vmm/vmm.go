@@ -41,9 +41,6 @@ const (
 	TransportHybridVsock  AgentTransport = "hybrid-vsock"  // Firecracker's uds + CONNECT
 )
 
-// AgentPort is the vsock port the guest agent listens on.
-const AgentPort = 1024
-
 // Features describes what a driver can do. Capabilities are data.
 type Features struct {
 	Snapshots bool           `json:"snapshots"`

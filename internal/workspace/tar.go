@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"banger/internal/untar"
 )
 
 // WriteTar writes the set as a tar stream to w: regular files, symlinks
@@ -121,66 +123,13 @@ func unwrapPath(err error) error {
 // Extract unpacks the tar stream r into dest (created when missing).
 // Entries may not leave dest, not even through symlinks in the archive
 // or already in dest. Existing files are replaced; mtimes are kept, modes
-// are kept less the process's umask (a guest cannot plant world-writable
-// files on the host), ownership is not kept (the files belong to whoever
-// runs banger). Symlinks are recreated as they are, so one may point
+// are kept less setuid, setgid and sticky bits and the process's umask
+// (a guest cannot plant world-writable or setuid files on the host),
+// ownership is not kept (the files belong to whoever runs banger). Symlinks are recreated as they are, so one may point
 // anywhere on the host: extraction never follows them, but later readers
 // of dest might.
 func Extract(ctx context.Context, r io.Reader, dest string) error {
-	if err := os.MkdirAll(dest, 0o755); err != nil {
-		return fmt.Errorf("extracting into %s: %w", dest, err)
-	}
-	root, err := os.OpenRoot(dest)
-	if err != nil {
-		return fmt.Errorf("extracting into %s: %w", dest, err)
-	}
-	defer root.Close()
-	mask := umask()
-	tr := tar.NewReader(r)
-	type dirTime struct {
-		name string
-		hdr  *tar.Header
-	}
-	var dirs []dirTime
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("reading workspace tar: %w", err)
-		}
-		name, err := cleanName(hdr.Name)
-		if err != nil {
-			return err
-		}
-		if name == "." {
-			continue
-		}
-		if err := extractEntry(root, tr, hdr, name, mask); err != nil {
-			return fmt.Errorf("extracting %s: %w", name, err)
-		}
-		if hdr.Typeflag == tar.TypeDir {
-			dirs = append(dirs, dirTime{name, hdr})
-		}
-	}
-	// Directory mtimes last: creating their entries changed them.
-	for i := len(dirs) - 1; i >= 0; i-- {
-		root.Chtimes(dirs[i].name, dirs[i].hdr.ModTime, dirs[i].hdr.ModTime)
-	}
-	return nil
-}
-
-// cleanName rejects absolute names and names that climb out.
-func cleanName(n string) (string, error) {
-	c := path.Clean(strings.TrimPrefix(n, "./"))
-	if path.IsAbs(n) || c == ".." || strings.HasPrefix(c, "../") {
-		return "", fmt.Errorf("tar entry %q would land outside the destination", n)
-	}
-	return c, nil
+	return untar.Extract(ctx, r, dest, untar.Options{Umask: umask()})
 }
 
 // umask is the process's file mode creation mask (Linux: from
@@ -198,55 +147,4 @@ func umask() fs.FileMode {
 		}
 	}
 	return 0o022
-}
-
-func extractEntry(root *os.Root, tr *tar.Reader, hdr *tar.Header, name string, mask fs.FileMode) error {
-	mode := fs.FileMode(hdr.Mode).Perm() &^ mask
-	if dir := path.Dir(name); dir != "." {
-		if err := root.MkdirAll(dir, 0o755); err != nil {
-			return err
-		}
-	}
-	switch hdr.Typeflag {
-	case tar.TypeDir:
-		if fi, err := root.Lstat(name); err == nil && !fi.IsDir() {
-			root.Remove(name)
-		}
-		if err := root.Mkdir(name, mode); err != nil && !errors.Is(err, fs.ErrExist) {
-			return err
-		}
-		return root.Chmod(name, mode)
-	case tar.TypeReg:
-		if fi, err := root.Lstat(name); err == nil && !fi.Mode().IsRegular() {
-			if err := root.RemoveAll(name); err != nil {
-				return err
-			}
-		}
-		f, err := root.OpenFile(name, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(f, tr)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
-		if err := root.Chmod(name, mode); err != nil {
-			return err
-		}
-		return root.Chtimes(name, hdr.ModTime, hdr.ModTime)
-	case tar.TypeSymlink:
-		root.RemoveAll(name)
-		return root.Symlink(hdr.Linkname, name)
-	case tar.TypeLink:
-		target, err := cleanName(hdr.Linkname)
-		if err != nil {
-			return err
-		}
-		root.RemoveAll(name)
-		return root.Link(target, name)
-	}
-	return nil // devices, fifos: skipped
 }

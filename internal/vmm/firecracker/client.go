@@ -6,9 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
+
+	"banger/internal/unixhttp"
 )
 
 // Wire types of the Firecracker API, named after the definitions in the
@@ -129,24 +130,16 @@ func (e *APIError) Error() string {
 // Client speaks the Firecracker API over its Unix socket. It is safe for
 // concurrent use.
 type Client struct {
-	socket string
-	http   *http.Client
+	conn *unixhttp.Client
 }
 
 // NewClient returns a client for the API socket at path.
 func NewClient(path string) *Client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-		DisableKeepAlives: true,
-	}
-	return &Client{socket: path, http: &http.Client{Transport: tr}}
+	return &Client{conn: unixhttp.NewClient(path, func(tr *http.Transport) { tr.DisableKeepAlives = true })}
 }
 
 // Socket returns the path of the API socket.
-func (c *Client) Socket() string { return c.socket }
+func (c *Client) Socket() string { return c.conn.Socket() }
 
 // do sends one request. body is marshalled as JSON when non-nil; out is
 // filled from a 2xx answer when non-nil.
@@ -167,7 +160,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.http.Do(req)
+	resp, err := c.conn.Do(req)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}

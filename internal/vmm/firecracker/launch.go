@@ -178,7 +178,7 @@ func (m *machine) exitedError(when string) error {
 	if st := m.proc.exitStatus(); st != "" {
 		msg += " (" + st + ")"
 	}
-	if t := tail(m.lay.log, 5); t != "" {
+	if t := vmm.LogTail(m.lay.log, 5); t != "" {
 		msg += ": " + t
 	}
 	return fmt.Errorf("%s: %w", msg, vmm.ErrNotRunning)

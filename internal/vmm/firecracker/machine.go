@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"banger/internal/guest"
 	"banger/internal/vmm"
 )
 
@@ -190,7 +191,7 @@ func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
 	if m.proc.exited() {
 		return nil, fmt.Errorf("dialing agent of vm %s: %w", m.spec.Name, vmm.ErrNotRunning)
 	}
-	conn, err := dialVsock(ctx, m.lay.vsock, vmm.AgentPort, m.proc.done)
+	conn, err := dialVsock(ctx, m.lay.vsock, guest.AgentPort, m.proc.done)
 	if errors.Is(err, errStopped) {
 		return nil, fmt.Errorf("dialing agent of vm %s: %w", m.spec.Name, vmm.ErrNotRunning)
 	}

@@ -1,13 +1,9 @@
 package firecracker
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -72,7 +68,7 @@ func adoptProcess(pid int, cmdlineArg string) (*process, error) {
 	}
 	// Check the command line after the pidfd is held: from here on the
 	// pidfd refers to this process even if the PID is reused later.
-	if err := checkCmdline(pid, cmdlineArg); err != nil {
+	if err := vmm.CheckCmdline(pid, "", cmdlineArg); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
@@ -83,20 +79,6 @@ func adoptProcess(pid int, cmdlineArg string) (*process, error) {
 	}
 	go p.watch()
 	return p, nil
-}
-
-// checkCmdline reports whether /proc/pid/cmdline has arg as one argument.
-func checkCmdline(pid int, arg string) error {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil {
-		return fmt.Errorf("pid %d: %w: %w", pid, vmm.ErrNotRunning, err)
-	}
-	for _, a := range bytes.Split(b, []byte{0}) {
-		if string(a) == arg {
-			return nil
-		}
-	}
-	return fmt.Errorf("pid %d is not the firecracker serving %s (PID reused?): %w", pid, arg, vmm.ErrNotRunning)
 }
 
 func (p *process) openStopPipe() error {
@@ -202,17 +184,4 @@ func (p *process) exitStatus() string {
 		return "exit status 0"
 	}
 	return p.waitErr.Error()
-}
-
-// tail returns the last n lines of the file at path, for error messages.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -298,9 +298,9 @@ func TestAdoptSilentAPI(t *testing.T) {
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	// Until the child has exec'd, /proc shows the test binary's command
 	// line and Adopt rightly calls the pid someone else's.
-	for deadline := time.Now().Add(5 * time.Second); checkCmdline(cmd.Process.Pid, sock) != nil; time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); vmm.CheckCmdline(cmd.Process.Pid, "", sock) != nil; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("stand-in never showed --api-sock %s: %v", sock, checkCmdline(cmd.Process.Pid, sock))
+			t.Fatalf("stand-in never showed --api-sock %s: %v", sock, vmm.CheckCmdline(cmd.Process.Pid, "", sock))
 		}
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
@@ -309,7 +309,7 @@ func TestAdoptSilentAPI(t *testing.T) {
 	if _, err := d.Adopt(ctx, spec, h); err == nil || !strings.Contains(err.Error(), "api of pid") {
 		t.Fatalf("Adopt = %v, want an error about the API", err)
 	}
-	if err := checkCmdline(cmd.Process.Pid, sock); err != nil {
+	if err := vmm.CheckCmdline(cmd.Process.Pid, "", sock); err != nil {
 		t.Errorf("Adopt disturbed the process: %v", err)
 	}
 }

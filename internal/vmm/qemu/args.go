@@ -91,6 +91,10 @@ func validateSpec(s vmm.Spec) error {
 // literal comma is written as two.
 func opt(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
+// qmpArg is the -qmp argument of a VM whose QMP socket is at path; Adopt
+// finds it on the command line of the process it adopts.
+func qmpArg(path string) string { return "unix:" + opt(path) + ",server=on,wait=off" }
+
 // args builds QEMU's argument list (without argv[0]).
 func (l launch) args() []string {
 	s := l.spec
@@ -119,7 +123,7 @@ func (l launch) args() []string {
 		// under its cap (vmm.TrimConsoleFile).
 		"-chardev", "file,id=console,append=on,path="+opt(s.ConsoleLog),
 		"-serial", "chardev:console",
-		"-qmp", "unix:"+opt(l.paths.QMP)+",server=on,wait=off",
+		"-qmp", qmpArg(l.paths.QMP),
 	)
 	for i, d := range s.Drives {
 		id := "vd" + strconv.Itoa(i)

@@ -214,7 +214,7 @@ func (d *Driver) Adopt(ctx context.Context, spec vmm.Spec, h vmm.Handle) (vmm.Ma
 		return nil, fmt.Errorf("adopting vm %q: %w", spec.Name, err)
 	}
 	// Checked after opening the pidfd, so the fd names the checked process.
-	if err := checkCmdline(h.PID, p.QMP); err != nil {
+	if err := vmm.CheckCmdline(h.PID, "qemu", qmpArg(p.QMP)); err != nil {
 		syscall.Close(pidfd)
 		return nil, fmt.Errorf("adopting vm %q: %w", spec.Name, err)
 	}

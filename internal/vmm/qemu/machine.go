@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/atomicfile"
+	"banger/internal/guest"
 	"banger/internal/vmm"
 )
 
@@ -244,7 +246,7 @@ func (m *Machine) waitQMP(ctx context.Context) error {
 		}
 		if m.exited() {
 			<-m.done
-			tail := logTail(m.paths.Log, 20)
+			tail := vmm.LogTail(m.paths.Log, 20)
 			if cidRefused(tail) {
 				return fmt.Errorf("vsock cid %d: %w\n%s", m.spec.VsockCID, vmm.ErrCIDInUse, tail)
 			}
@@ -286,7 +288,7 @@ func (m *Machine) DialAgent(ctx context.Context) (net.Conn, error) {
 
 func (m *Machine) dialAgentOnce(ctx context.Context) (net.Conn, error) {
 	if m.transport == vmm.TransportVsock {
-		return dialVsock(ctx, m.spec.VsockCID, vmm.AgentPort)
+		return dialVsock(ctx, m.spec.VsockCID, guest.AgentPort)
 	}
 	var d net.Dialer
 	return d.DialContext(ctx, "unix", m.paths.Agent)
@@ -295,5 +297,5 @@ func (m *Machine) dialAgentOnce(ctx context.Context) (net.Conn, error) {
 // writePID records QEMU's PID in the VM directory for people and scripts;
 // the daemon persists Handle instead.
 func (m *Machine) writePID() error {
-	return writeFileAtomic(m.paths.PID, []byte(strconv.Itoa(m.pid)+"\n"))
+	return atomicfile.WriteFile(m.paths.PID, []byte(strconv.Itoa(m.pid)+"\n"), 0o600)
 }

@@ -1,14 +1,9 @@
 package qemu
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -64,64 +59,4 @@ func exitedPidfd(fd int) bool {
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 	n, err := unix.Poll(fds, 0)
 	return err == nil && n > 0
-}
-
-// checkCmdline verifies that pid is a QEMU process serving qmpPath, so a
-// stale handle whose PID was reused is not mistaken for our VMM.
-func checkCmdline(pid int, qmpPath string) error {
-	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil {
-		return fmt.Errorf("pid %d: %w", pid, vmm.ErrNotRunning)
-	}
-	argv := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
-	if len(argv) == 0 || !strings.Contains(filepath.Base(argv[0]), "qemu") {
-		return fmt.Errorf("pid %d is %q, not qemu: %w", pid, argv[0], vmm.ErrNotRunning)
-	}
-	want := "unix:" + opt(qmpPath) + ","
-	for _, a := range argv {
-		if strings.HasPrefix(a, want) {
-			return nil
-		}
-	}
-	return fmt.Errorf("pid %d is a qemu for another vm (no qmp socket %s): %w", pid, qmpPath, vmm.ErrNotRunning)
-}
-
-// logTail returns the last lines of a log file, for error messages.
-func logTail(path string, maxLines int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	const maxBytes = 4096
-	if st, err := f.Stat(); err == nil && st.Size() > maxBytes {
-		f.Seek(st.Size()-maxBytes, io.SeekStart)
-	}
-	b, _ := io.ReadAll(f)
-	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
-	if len(lines) > maxLines {
-		lines = lines[len(lines)-maxLines:]
-	}
-	return strings.TrimSpace(string(bytes.Join(lines, []byte("\n"))))
-}
-
-// writeFileAtomic writes data to path through a temp file and a rename.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -81,7 +81,7 @@ func soakBoot(t *testing.T, d *Driver, spec vmm.Spec, hangAfter time.Duration) (
 	conn.SetReadDeadline(start.Add(hangAfter))
 	buf := make([]byte, len("hello-from-guest"))
 	if _, err := io.ReadFull(conn, buf); err != nil {
-		return 0, errors.Join(err, errors.New(logTail(spec.ConsoleLog, 3)))
+		return 0, errors.Join(err, errors.New(vmm.LogTail(spec.ConsoleLog, 3)))
 	}
 	return time.Since(start), nil
 }
