@@ -9,6 +9,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/catalog"
+	"banger/internal/config"
 	"banger/internal/daemon"
 	"banger/internal/image"
 	"banger/internal/kernel"
@@ -43,7 +44,7 @@ a no-op unless --refresh.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Ref = args[0]
 			if sizeFlag != "" {
-				n, err := parseSize(sizeFlag)
+				n, err := config.ParseSize(sizeFlag)
 				if err != nil {
 					return fmt.Errorf("--size: %w", err)
 				}
@@ -65,33 +66,9 @@ a no-op unless --refresh.`,
 	}
 	cmd.Flags().StringVar(&req.Name, "name", "", "image name (default: from the reference, e.g. alpine-3.20)")
 	cmd.Flags().StringVar(&req.KernelRef, "kernel-ref", "", "kernel the image boots (default generic-6.1)")
-	cmd.Flags().StringVar(&sizeFlag, "size", "", "ext4 size, e.g. 4G (default: content plus headroom)")
+	cmd.Flags().StringVar(&sizeFlag, "size", "", "ext4 size, e.g. 4G (default: content plus headroom)"+sizeHelp)
 	cmd.Flags().BoolVar(&req.Refresh, "refresh", false, "rebuild even if the image exists")
 	return cmd
-}
-
-// parseSize reads 512M, 4G, 1T or bytes.
-func parseSize(s string) (int64, error) {
-	mult := int64(1)
-	switch strings.ToUpper(s[len(s)-1:]) {
-	case "K":
-		mult = 1 << 10
-	case "M":
-		mult = 1 << 20
-	case "G":
-		mult = 1 << 30
-	case "T":
-		mult = 1 << 40
-	}
-	num := s
-	if mult > 1 {
-		num = s[:len(s)-1]
-	}
-	var n int64
-	if _, err := fmt.Sscan(num, &n); err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a size (e.g. 4G, 512M)", s)
-	}
-	return n * mult, nil
 }
 
 func newImageExportCmd() *cobra.Command {

@@ -94,7 +94,7 @@ deletes the VM once the command ended; by default it is kept.`,
 	f.BoolVar(&o.rm, "rm", false, "delete the VM after the command ended (command mode)")
 	f.IntVar(&o.readyTimeout, "ready-timeout", 90, "seconds to wait for the guest's agent and sshd")
 	f.IntVar(&o.cpus, "cpus", 2, "vCPUs")
-	f.StringVar(&o.memory, "memory", "1G", "memory, e.g. 512M or 2G")
+	f.StringVar(&o.memory, "memory", "1G", "memory, e.g. 512M or 2G"+sizeHelp)
 	return cmd
 }
 
@@ -117,9 +117,9 @@ func runVM(cmd *cobra.Command, o runOptions, path string, argv []string) error {
 			return fmt.Errorf("--branch and --from need a git repository, and %s is not one", path)
 		}
 	}
-	mem, err := parseMiB(o.memory)
+	mem, err := parseMiB("--memory", o.memory)
 	if err != nil {
-		return fmt.Errorf("--memory: %w", err)
+		return err
 	}
 	keyPath, err := userKey()
 	if err != nil {
