@@ -10,14 +10,11 @@ import (
 	"banger/internal/api"
 	"banger/internal/catalog"
 	"banger/internal/config"
-	"banger/internal/daemon"
-	"banger/internal/image"
-	"banger/internal/kernel"
 )
 
 // newImagePullCmds returns image pull, export and import.
 func newImagePullCmds() []*cobra.Command {
-	return []*cobra.Command{newImagePullCmd(), newImageExportCmd(), newImageImportCmd(), newImageBuildCatalogCmd()}
+	return []*cobra.Command{newImagePullCmd(), newImageExportCmd(), newImageImportCmd()}
 }
 
 func newImagePullCmd() *cobra.Command {
@@ -134,50 +131,5 @@ func newImageImportCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&req.Name, "name", "", "image name (default: the bundle's)")
 	cmd.Flags().StringVar(&req.SHA256, "sha256", "", "expected sha256 of the bundle")
-	return cmd
-}
-
-// newImageBuildCatalogCmd builds a catalog image into a bundle without a
-// daemon, on a host that reaches the mirror (CI builds the default image
-// this way once, then imports it where VMs boot).
-func newImageBuildCatalogCmd() *cobra.Command {
-	var out, mirror, agent string
-	cmd := &cobra.Command{
-		Use:    "build-catalog NAME -o FILE.tar.zst [--mirror URL]",
-		Short:  "Build a catalog image into a bundle, without the daemon (needs root)",
-		Hidden: true,
-		Args:   cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			e, ok := catalog.Lookup(args[0])
-			if !ok {
-				return fmt.Errorf("unknown catalog image %q (valid: %s)", args[0], strings.Join(catalog.Names(), ", "))
-			}
-			if out == "" {
-				return fmt.Errorf("-o is required")
-			}
-			if agent == "" {
-				var err error
-				if agent, err = daemon.FindAgent(); err != nil {
-					return err
-				}
-			}
-			if mirror == "" {
-				mirror = kernel.HostMirror("/", e.Suite)
-			}
-			p := newProgress()
-			sum, err := image.BuildCatalogBundle(cmd.Context(), e, mirror, agent, out, func(phase string, d, t int64) {
-				p.event(api.Event{Type: api.EventProgress, Phase: phase, Done: d, Total: t})
-			})
-			p.done()
-			if err != nil {
-				return err
-			}
-			cmd.Printf("%s  %s\n", sum, out)
-			return nil
-		},
-	}
-	cmd.Flags().StringVarP(&out, "output", "o", "", "bundle file to write")
-	cmd.Flags().StringVar(&mirror, "mirror", "", "Debian mirror (default: the host's apt mirror)")
-	cmd.Flags().StringVar(&agent, "agent", "", "banger-agent binary (default: beside banger)")
 	return cmd
 }
