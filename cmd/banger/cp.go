@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -30,51 +29,21 @@ is the host file's.`,
 			if err != nil {
 				return err
 			}
-			if dstRemote {
-				in, mode := io.Reader(os.Stdin), uint32(0o644)
-				if srcPath != "-" {
-					f, err := os.Open(srcPath)
-					if err != nil {
-						return err
-					}
-					defer f.Close()
-					st, err := f.Stat()
-					if err != nil {
-						return err
-					}
-					if !st.Mode().IsRegular() {
-						return fmt.Errorf("%s is not a regular file", srcPath)
-					}
-					in, mode = f, uint32(st.Mode().Perm())
+			switch {
+			case dstRemote && srcPath == "-":
+				return c.PutFile(cmd.Context(), dstVM, dstPath, 0o644, os.Stdin)
+			case dstRemote:
+				return c.CopyToVM(cmd.Context(), dstVM, dstPath, srcPath)
+			case dstPath == "-":
+				rc, err := c.GetFile(cmd.Context(), srcVM, srcPath)
+				if err != nil {
+					return err
 				}
-				return c.PutFile(cmd.Context(), dstVM, dstPath, mode, in)
-			}
-			rc, err := c.GetFile(cmd.Context(), srcVM, srcPath)
-			if err != nil {
-				return err
-			}
-			defer rc.Close()
-			if dstPath == "-" {
+				defer rc.Close()
 				_, err = io.Copy(os.Stdout, rc)
 				return err
 			}
-			// A fresh, unpredictable name (O_EXCL, mode 0600) in the target's
-			// directory: no planted file or symlink is written through.
-			f, err := os.CreateTemp(filepath.Dir(dstPath), "."+filepath.Base(dstPath)+".banger-tmp-*")
-			if err != nil {
-				return err
-			}
-			tmp := f.Name()
-			if _, err := io.Copy(f, rc); err != nil {
-				f.Close()
-				os.Remove(tmp)
-				return fmt.Errorf("copying %s: %w", args[0], err)
-			}
-			if err := f.Close(); err != nil {
-				os.Remove(tmp)
-				return err
-			}
-			return os.Rename(tmp, dstPath)
+			return c.CopyFromVM(cmd.Context(), srcVM, srcPath, dstPath)
 		},
 	}
 }

@@ -42,8 +42,8 @@ A rootfs without an init system boots with the agent as PID 1.`,
 				return err
 			}
 			p := newProgress()
-			im, err := c.RegisterImage(cmd.Context(), req, p.event)
-			p.done()
+			im, err := c.RegisterImage(cmd.Context(), req, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}

@@ -52,8 +52,8 @@ a no-op unless --refresh.`,
 				return err
 			}
 			p := newProgress()
-			im, err := c.PullImage(cmd.Context(), req, p.event)
-			p.done()
+			im, err := c.PullImage(cmd.Context(), req, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}
@@ -87,8 +87,8 @@ func newImageExportCmd() *cobra.Command {
 				return err
 			}
 			p := newProgress()
-			res, err := c.ExportImage(cmd.Context(), api.ExportImageRequest{Name: args[0], Output: abs}, p.event)
-			p.done()
+			res, err := c.ExportImage(cmd.Context(), api.ExportImageRequest{Name: args[0], Output: abs}, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}
@@ -120,8 +120,8 @@ func newImageImportCmd() *cobra.Command {
 				return err
 			}
 			p := newProgress()
-			im, err := c.ImportImage(cmd.Context(), req, p.event)
-			p.done()
+			im, err := c.ImportImage(cmd.Context(), req, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}

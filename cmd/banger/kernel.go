@@ -92,8 +92,8 @@ archive keyring, the Packages index hash, then the package's sha256.`,
 				return err
 			}
 			p := newProgress()
-			k, err := c.PullKernel(cmd.Context(), req, p.event)
-			p.done()
+			k, err := c.PullKernel(cmd.Context(), req, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}
@@ -132,8 +132,8 @@ func newKernelImportCmd() *cobra.Command {
 				return err
 			}
 			p := newProgress()
-			k, err := c.ImportKernel(cmd.Context(), req, p.event)
-			p.done()
+			k, err := c.ImportKernel(cmd.Context(), req, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}

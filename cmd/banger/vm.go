@@ -47,8 +47,8 @@ once the guest agent answers (bounded by --ready-timeout).`,
 				return err
 			}
 			p := newProgress()
-			vm, err := c.CreateVM(cmd.Context(), req, p.event)
-			p.done()
+			vm, err := c.CreateVM(cmd.Context(), req, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}
@@ -99,8 +99,8 @@ func newVMStartCmd() *cobra.Command {
 				return err
 			}
 			p := newProgress()
-			vm, err := c.StartVM(cmd.Context(), args[0], api.StartVMRequest{ReadyTimeoutSeconds: timeout}, p.event)
-			p.done()
+			vm, err := c.StartVM(cmd.Context(), args[0], api.StartVMRequest{ReadyTimeoutSeconds: timeout}, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}

@@ -1,0 +1,54 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// CopyToVM writes the regular file hostPath to guestPath in vm, with its
+// mode. The guest file is written atomically.
+func (c *Client) CopyToVM(ctx context.Context, vm, guestPath, hostPath string) error {
+	f, err := os.Open(hostPath)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", hostPath)
+	}
+	return c.PutFile(ctx, vm, guestPath, uint32(st.Mode().Perm()), f)
+}
+
+// CopyFromVM writes guestPath of vm to hostPath, replacing it atomically:
+// the data goes to a fresh, unpredictable name (O_EXCL, mode 0600) in
+// hostPath's directory, so no planted file or symlink is written
+// through, then is renamed over hostPath.
+func (c *Client) CopyFromVM(ctx context.Context, vm, guestPath, hostPath string) error {
+	rc, err := c.GetFile(ctx, vm, guestPath)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	f, err := os.CreateTemp(filepath.Dir(hostPath), "."+filepath.Base(hostPath)+".banger-tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	if _, err := io.Copy(f, rc); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("copying %s:%s: %w", vm, guestPath, err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, hostPath)
+}
