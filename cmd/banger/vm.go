@@ -4,12 +4,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"banger/internal/api"
+	"banger/internal/client"
 	"banger/internal/config"
 )
 
@@ -161,35 +161,11 @@ func newVMDeleteCmd() *cobra.Command {
 }
 
 func newVMListCmd() *cobra.Command {
-	var asJSON bool
-	cmd := &cobra.Command{
-		Use:     "list",
-		Aliases: []string{"ls"},
-		Short:   "List VMs",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			vms, err := c.ListVMs(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(vms)
-			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIP\tIMAGE\tVMM\tVCPUS\tMEMORY\tAGE")
-			for _, v := range vms {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\n", v.Name, v.State, dash(v.IP), v.Image,
-					v.VMM, v.VCPUs, v.MemoryMiB, age(v.CreatedAt))
-			}
-			return tw.Flush()
-		},
-	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	return cmd
+	return newListCmd("List VMs", (*client.Client).ListVMs, "NAME\tSTATE\tIP\tIMAGE\tVMM\tVCPUS\tMEMORY\tAGE",
+		func(v api.VM) string {
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s", v.Name, v.State, dash(v.IP), v.Image,
+				v.VMM, v.VCPUs, v.MemoryMiB, age(v.CreatedAt))
+		})
 }
 
 func dash(s string) string {

@@ -215,3 +215,46 @@ func TestShellQuote(t *testing.T) {
 		t.Errorf("shellQuote = %s", got)
 	}
 }
+
+// Each typed call asks for the route bangerd serves.
+func TestRoutes(t *testing.T) {
+	var got []string
+	c := fakeDaemon(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.Method+" "+r.URL.Path)
+		if r.Method == http.MethodPost {
+			json.NewEncoder(w).Encode(api.Event{Type: api.EventResult, Result: json.RawMessage("{}")})
+			return
+		}
+		if strings.Count(r.URL.Path, "/") == 2 {
+			io.WriteString(w, "[]")
+			return
+		}
+		io.WriteString(w, "{}")
+	}))
+	ctx := t.Context()
+	c.ListVMs(ctx)
+	c.VM(ctx, "a b")
+	c.CreateVM(ctx, api.CreateVMRequest{}, nil)
+	c.StartVM(ctx, "v", api.StartVMRequest{}, nil)
+	c.ListImages(ctx)
+	c.Image(ctx, "i")
+	c.PullImage(ctx, api.PullImageRequest{}, nil)
+	c.RegisterImage(ctx, api.RegisterImageRequest{}, nil)
+	c.ExportImage(ctx, api.ExportImageRequest{}, nil)
+	c.ImportImage(ctx, api.ImportImageRequest{}, nil)
+	c.DeleteImage(ctx, "i")
+	c.ListKernels(ctx)
+	c.Kernel(ctx, "k")
+	c.PullKernel(ctx, api.PullKernelRequest{}, nil)
+	c.ImportKernel(ctx, api.ImportKernelRequest{}, nil)
+	c.DeleteKernel(ctx, "k")
+	want := []string{
+		"GET /v1/vms", "GET /v1/vms/a b", "POST /v1/vms", "POST /v1/vms/v/start",
+		"GET /v1/images", "GET /v1/images/i", "POST /v1/images/pull", "POST /v1/images/register",
+		"POST /v1/images/export", "POST /v1/images/import", "DELETE /v1/images/i",
+		"GET /v1/kernels", "GET /v1/kernels/k", "POST /v1/kernels/pull", "POST /v1/kernels/import", "DELETE /v1/kernels/k",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("routes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
