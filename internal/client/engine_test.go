@@ -258,3 +258,27 @@ func TestRoutes(t *testing.T) {
 		t.Errorf("routes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// One VM's ssh target asks bangerd for its address and host key once,
+// however often the engine needs them (vm run ./repo: upload, wait,
+// session).
+func TestGuestSSHAsksOnce(t *testing.T) {
+	asked := 0
+	c := fakeDaemon(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked++
+		json.NewEncoder(w).Encode(api.SSHInfo{IP: "127.0.0.1", Port: 22, User: "root"})
+	}))
+	keys, err := UserKeys(config.Default(), config.Dirs{Config: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &guestSSH{c: c, vm: "dev", keys: keys}
+	for range 3 {
+		if info, _, err := g.target(t.Context()); err != nil || info.IP != "127.0.0.1" {
+			t.Fatalf("target = %+v, %v", info, err)
+		}
+	}
+	if asked != 1 {
+		t.Errorf("asked bangerd %d times, want 1", asked)
+	}
+}
