@@ -4,9 +4,40 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 )
+
+// PutFile writes r to path in the VM with mode.
+func (c *Client) PutFile(ctx context.Context, vm, guestPath string, mode uint32, r io.Reader) error {
+	q := url.Values{"path": {guestPath}, "mode": {strconv.FormatUint(uint64(mode), 8)}}
+	return c.put(ctx, path("vms", vm, "files")+"?"+q.Encode(), "application/octet-stream", r)
+}
+
+// GetFile streams path from the VM.
+func (c *Client) GetFile(ctx context.Context, vm, guestPath string) (io.ReadCloser, error) {
+	q := url.Values{"path": {guestPath}}
+	return c.Raw(ctx, http.MethodGet, path("vms", vm, "files")+"?"+q.Encode())
+}
+
+// put sends r as the body of a PUT to p.
+func (c *Client) put(ctx context.Context, p, contentType string, r io.Reader) error {
+	req, err := c.newRequest(ctx, http.MethodPut, p, nil)
+	if err != nil {
+		return err
+	}
+	req.Body = io.NopCloser(r)
+	req.Header.Set("Content-Type", contentType)
+	resp, err := c.send(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	return resp.Body.Close()
+}
 
 // CopyToVM writes the regular file hostPath to guestPath in vm, with its
 // mode. The guest file is written atomically.

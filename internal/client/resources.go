@@ -123,29 +123,6 @@ func (c *Client) DeleteImage(ctx context.Context, name string) error {
 	return c.Do(ctx, http.MethodDelete, path("images", name), nil, nil)
 }
 
-// PutFile writes r to path in the VM with mode.
-func (c *Client) PutFile(ctx context.Context, vm, guestPath string, mode uint32, r io.Reader) error {
-	q := url.Values{"path": {guestPath}, "mode": {strconv.FormatUint(uint64(mode), 8)}}
-	req, err := c.newRequest(ctx, http.MethodPut, path("vms", vm, "files")+"?"+q.Encode(), nil)
-	if err != nil {
-		return err
-	}
-	req.Body = io.NopCloser(r)
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := c.send(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	return nil
-}
-
-// GetFile streams path from the VM.
-func (c *Client) GetFile(ctx context.Context, vm, guestPath string) (io.ReadCloser, error) {
-	q := url.Values{"path": {guestPath}}
-	return c.Raw(ctx, http.MethodGet, path("vms", vm, "files")+"?"+q.Encode())
-}
-
 // PullImage makes an image from a catalog name or an OCI reference.
 func (c *Client) PullImage(ctx context.Context, req api.PullImageRequest, p Progress) (api.Image, error) {
 	return stream[api.Image](ctx, c, path("images", "pull"), req, p)

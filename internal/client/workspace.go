@@ -18,18 +18,7 @@ import (
 // symlinks and mtimes in the stream are kept.
 func (c *Client) PutWorkspace(ctx context.Context, vm, guestDir string, r io.Reader) error {
 	q := url.Values{"dir": {guestDir}}
-	req, err := c.newRequest(ctx, http.MethodPut, path("vms", vm, "workspace")+"?"+q.Encode(), nil)
-	if err != nil {
-		return err
-	}
-	req.Body = io.NopCloser(r)
-	req.Header.Set("Content-Type", "application/x-tar")
-	resp, err := c.send(req)
-	if err != nil {
-		return err
-	}
-	io.Copy(io.Discard, resp.Body)
-	return resp.Body.Close()
+	return c.put(ctx, path("vms", vm, "workspace")+"?"+q.Encode(), "application/x-tar", r)
 }
 
 // GetWorkspace returns a tar stream of guestDir in the VM. A stream that
