@@ -7,8 +7,6 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-
-	"banger/internal/atomicfile"
 )
 
 func newVMCpCmd() *cobra.Command {
@@ -31,41 +29,21 @@ is the host file's.`,
 			if err != nil {
 				return err
 			}
-			if dstRemote {
-				in, mode := io.Reader(os.Stdin), uint32(0o644)
-				if srcPath != "-" {
-					f, err := os.Open(srcPath)
-					if err != nil {
-						return err
-					}
-					defer f.Close()
-					st, err := f.Stat()
-					if err != nil {
-						return err
-					}
-					if !st.Mode().IsRegular() {
-						return fmt.Errorf("%s is not a regular file", srcPath)
-					}
-					in, mode = f, uint32(st.Mode().Perm())
+			switch {
+			case dstRemote && srcPath == "-":
+				return c.PutFile(cmd.Context(), dstVM, dstPath, 0o644, os.Stdin)
+			case dstRemote:
+				return c.CopyToVM(cmd.Context(), dstVM, dstPath, srcPath)
+			case dstPath == "-":
+				rc, err := c.GetFile(cmd.Context(), srcVM, srcPath)
+				if err != nil {
+					return err
 				}
-				return c.PutFile(cmd.Context(), dstVM, dstPath, mode, in)
-			}
-			rc, err := c.GetFile(cmd.Context(), srcVM, srcPath)
-			if err != nil {
-				return err
-			}
-			defer rc.Close()
-			if dstPath == "-" {
+				defer rc.Close()
 				_, err = io.Copy(os.Stdout, rc)
 				return err
 			}
-			// No planted file or symlink at dstPath is written through.
-			return atomicfile.Write(dstPath, 0o600, func(f *os.File) error {
-				if _, err := io.Copy(f, rc); err != nil {
-					return fmt.Errorf("copying %s: %w", args[0], err)
-				}
-				return nil
-			})
+			return c.CopyFromVM(cmd.Context(), srcVM, srcPath, dstPath)
 		},
 	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -79,23 +78,14 @@ func newDaemonCmd() *cobra.Command {
 }
 
 func stopDaemon(cmd *cobra.Command) error {
-	c := client.New(dirs().Socket())
-	v, err := c.Version(cmd.Context())
-	if err != nil {
-		cmd.Println("bangerd is not running")
-		return nil
-	}
-	if err := c.Shutdown(cmd.Context()); err != nil {
+	running, err := client.New(dirs().Socket()).Stop(cmd.Context())
+	switch {
+	case err != nil:
 		return err
+	case running:
+		cmd.Println("bangerd stopped")
+	default:
+		cmd.Println("bangerd is not running")
 	}
-	// Wait for the process to be gone, so that its lock is free.
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", v.PID)); err != nil {
-			cmd.Println("bangerd stopped")
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("bangerd did not stop within 15s")
+	return nil
 }

@@ -2,8 +2,8 @@ package main
 
 import (
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
+	"banger/internal/client"
 	"banger/internal/guest"
 )
 
@@ -20,48 +20,17 @@ found). Ctrl-C is forwarded to the command; a second Ctrl-C detaches.
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Argv = args[1:]
-			code, err := runExec(cmd, args[0], req)
+			sigs, stop := guestSignals()
+			defer stop()
+			c, err := connect(cmd.Context())
 			if err != nil {
 				return err
 			}
-			if code != 0 {
-				return &exitError{code: code}
-			}
-			return nil
+			return exitStatus(c.RunCommand(cmd.Context(), args[0], client.CommandOptions{Req: req, Stdio: stdio(), Signals: sigs}))
 		},
 	}
 	cmd.Flags().StringVar(&req.Dir, "cwd", "", "working directory in the guest (default: /root)")
 	cmd.Flags().StringArrayVar(&req.Env, "env", nil, "environment variable K=V (repeatable)")
 	cmd.Flags().BoolVarP(&req.TTY, "tty", "t", false, "allocate a terminal")
 	return cmd
-}
-
-// runExec runs req in vm with this process's stdio, as vm run's command
-// mode does, and returns the exit code.
-func runExec(cmd *cobra.Command, vm string, req guest.ExecRequest) (int, error) {
-	c, err := connect(cmd.Context())
-	if err != nil {
-		return 0, err
-	}
-	return runCommand(cmd.Context(), c, vm, req, false)
-}
-
-// makeRaw puts the terminal fd into raw mode and returns the restore
-// function, or nil when fd is not a terminal.
-func makeRaw(fd int) func() {
-	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
-	if err != nil {
-		return nil
-	}
-	raw := *old
-	raw.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
-	raw.Oflag &^= unix.OPOST
-	raw.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
-	raw.Cflag &^= unix.CSIZE | unix.PARENB
-	raw.Cflag |= unix.CS8
-	raw.Cc[unix.VMIN], raw.Cc[unix.VTIME] = 1, 0
-	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &raw); err != nil {
-		return nil
-	}
-	return func() { unix.IoctlSetTermios(fd, unix.TCSETS, old) }
 }

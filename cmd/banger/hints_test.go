@@ -38,12 +38,12 @@ func TestHints(t *testing.T) {
 
 func TestParseMiB(t *testing.T) {
 	for in, want := range map[string]int{"512": 512, "512M": 512, "2G": 2048, "1.5G": 1536, "1GiB": 1024} {
-		if got, err := parseMiB(in); err != nil || got != want {
+		if got, err := parseMiB("--memory", in); err != nil || got != want {
 			t.Errorf("parseMiB(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"", "lots", "-1G", "0"} {
-		if _, err := parseMiB(bad); err == nil {
+	for _, bad := range []string{"", "lots", "-1G", "0", "0.5", "512K"} {
+		if _, err := parseMiB("--memory", bad); err == nil {
 			t.Errorf("parseMiB(%q) accepted", bad)
 		}
 	}

@@ -2,13 +2,11 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"banger/internal/api"
-	"time"
+	"banger/internal/client"
 )
 
 func newImageCmd() *cobra.Command {
@@ -42,8 +40,8 @@ A rootfs without an init system boots with the agent as PID 1.`,
 				return err
 			}
 			p := newProgress()
-			im, err := c.RegisterImage(cmd.Context(), req, p.event)
-			p.done()
+			im, err := c.RegisterImage(cmd.Context(), req, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}
@@ -58,74 +56,23 @@ A rootfs without an init system boots with the agent as PID 1.`,
 }
 
 func newImageListCmd() *cobra.Command {
-	var asJSON bool
-	cmd := &cobra.Command{
-		Use: "list", Aliases: []string{"ls"}, Short: "List images", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			ims, err := c.ListImages(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(ims)
-			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tDISTRO\tKERNEL\tSIZE\tSSHD\tAGE")
-			for _, im := range ims {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\t%s\n", im.Name, dash(im.Distro), im.KernelRef, size(im.SizeBytes), im.HasSSHD, age(im.CreatedAt))
-			}
-			return tw.Flush()
-		},
-	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	return cmd
+	return newListCmd("List images", (*client.Client).ListImages, "NAME\tDISTRO\tKERNEL\tSIZE\tSSHD\tAGE",
+		func(im api.Image) string {
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%t\t%s", im.Name, dash(im.Distro), im.KernelRef, size(im.SizeBytes), im.HasSSHD, age(im.CreatedAt))
+		})
 }
 
 func newImageInspectCmd() *cobra.Command {
-	var asJSON bool
-	cmd := &cobra.Command{
-		Use: "inspect NAME", Short: "Show an image", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			im, err := c.Image(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(im)
-			}
-			return printFields([][2]string{
-				{"name", im.Name}, {"source", im.Source}, {"digest", dash(im.Digest)}, {"rootfs", im.Rootfs},
-				{"size", size(im.SizeBytes)}, {"kernel", im.KernelRef}, {"distro", dash(im.Distro)},
-				{"sshd", fmt.Sprint(im.HasSSHD)}, {"agent injected", fmt.Sprint(im.Injected)},
-				{"created", im.CreatedAt.Local().Format(time.RFC3339) + " (" + age(im.CreatedAt) + " ago)"},
-			})
-		},
-	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	return cmd
+	return newInspectCmd("Show an image", (*client.Client).Image, func(im api.Image) [][2]string {
+		return [][2]string{
+			{"name", im.Name}, {"source", im.Source}, {"digest", dash(im.Digest)}, {"rootfs", im.Rootfs},
+			{"size", size(im.SizeBytes)}, {"kernel", im.KernelRef}, {"distro", dash(im.Distro)},
+			{"sshd", fmt.Sprint(im.HasSSHD)}, {"agent injected", fmt.Sprint(im.Injected)},
+			{"created", created(im.CreatedAt)},
+		}
+	})
 }
 
 func newImageDeleteCmd() *cobra.Command {
-	return &cobra.Command{
-		Use: "delete NAME", Short: "Delete an image no VM uses", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if err := c.DeleteImage(cmd.Context(), args[0]); err != nil {
-				return err
-			}
-			cmd.Printf("%s deleted\n", args[0])
-			return nil
-		},
-	}
+	return newDeleteCmd("Delete an image no VM uses", (*client.Client).DeleteImage)
 }

@@ -9,14 +9,12 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/catalog"
-	"banger/internal/daemon"
-	"banger/internal/image"
-	"banger/internal/kernel"
+	"banger/internal/config"
 )
 
 // newImagePullCmds returns image pull, export and import.
 func newImagePullCmds() []*cobra.Command {
-	return []*cobra.Command{newImagePullCmd(), newImageExportCmd(), newImageImportCmd(), newImageBuildCatalogCmd()}
+	return []*cobra.Command{newImagePullCmd(), newImageExportCmd(), newImageImportCmd()}
 }
 
 func newImagePullCmd() *cobra.Command {
@@ -43,7 +41,7 @@ a no-op unless --refresh.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Ref = args[0]
 			if sizeFlag != "" {
-				n, err := parseSize(sizeFlag)
+				n, err := config.ParseSize(sizeFlag)
 				if err != nil {
 					return fmt.Errorf("--size: %w", err)
 				}
@@ -54,8 +52,8 @@ a no-op unless --refresh.`,
 				return err
 			}
 			p := newProgress()
-			im, err := c.PullImage(cmd.Context(), req, p.event)
-			p.done()
+			im, err := c.PullImage(cmd.Context(), req, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}
@@ -65,33 +63,9 @@ a no-op unless --refresh.`,
 	}
 	cmd.Flags().StringVar(&req.Name, "name", "", "image name (default: from the reference, e.g. alpine-3.20)")
 	cmd.Flags().StringVar(&req.KernelRef, "kernel-ref", "", "kernel the image boots (default generic-6.1)")
-	cmd.Flags().StringVar(&sizeFlag, "size", "", "ext4 size, e.g. 4G (default: content plus headroom)")
+	cmd.Flags().StringVar(&sizeFlag, "size", "", "ext4 size, e.g. 4G (default: content plus headroom)"+sizeHelp)
 	cmd.Flags().BoolVar(&req.Refresh, "refresh", false, "rebuild even if the image exists")
 	return cmd
-}
-
-// parseSize reads 512M, 4G, 1T or bytes.
-func parseSize(s string) (int64, error) {
-	mult := int64(1)
-	switch strings.ToUpper(s[len(s)-1:]) {
-	case "K":
-		mult = 1 << 10
-	case "M":
-		mult = 1 << 20
-	case "G":
-		mult = 1 << 30
-	case "T":
-		mult = 1 << 40
-	}
-	num := s
-	if mult > 1 {
-		num = s[:len(s)-1]
-	}
-	var n int64
-	if _, err := fmt.Sscan(num, &n); err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a size (e.g. 4G, 512M)", s)
-	}
-	return n * mult, nil
 }
 
 func newImageExportCmd() *cobra.Command {
@@ -113,8 +87,8 @@ func newImageExportCmd() *cobra.Command {
 				return err
 			}
 			p := newProgress()
-			res, err := c.ExportImage(cmd.Context(), api.ExportImageRequest{Name: args[0], Output: abs}, p.event)
-			p.done()
+			res, err := c.ExportImage(cmd.Context(), api.ExportImageRequest{Name: args[0], Output: abs}, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}
@@ -146,8 +120,8 @@ func newImageImportCmd() *cobra.Command {
 				return err
 			}
 			p := newProgress()
-			im, err := c.ImportImage(cmd.Context(), req, p.event)
-			p.done()
+			im, err := c.ImportImage(cmd.Context(), req, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}
@@ -157,50 +131,5 @@ func newImageImportCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&req.Name, "name", "", "image name (default: the bundle's)")
 	cmd.Flags().StringVar(&req.SHA256, "sha256", "", "expected sha256 of the bundle")
-	return cmd
-}
-
-// newImageBuildCatalogCmd builds a catalog image into a bundle without a
-// daemon, on a host that reaches the mirror (CI builds the default image
-// this way once, then imports it where VMs boot).
-func newImageBuildCatalogCmd() *cobra.Command {
-	var out, mirror, agent string
-	cmd := &cobra.Command{
-		Use:    "build-catalog NAME -o FILE.tar.zst [--mirror URL]",
-		Short:  "Build a catalog image into a bundle, without the daemon (needs root)",
-		Hidden: true,
-		Args:   cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			e, ok := catalog.Lookup(args[0])
-			if !ok {
-				return fmt.Errorf("unknown catalog image %q (valid: %s)", args[0], strings.Join(catalog.Names(), ", "))
-			}
-			if out == "" {
-				return fmt.Errorf("-o is required")
-			}
-			if agent == "" {
-				var err error
-				if agent, err = daemon.FindAgent(); err != nil {
-					return err
-				}
-			}
-			if mirror == "" {
-				mirror = kernel.HostMirror("/", e.Suite)
-			}
-			p := newProgress()
-			sum, err := image.BuildCatalogBundle(cmd.Context(), e, mirror, agent, out, func(phase string, d, t int64) {
-				p.event(api.Event{Type: api.EventProgress, Phase: phase, Done: d, Total: t})
-			})
-			p.done()
-			if err != nil {
-				return err
-			}
-			cmd.Printf("%s  %s\n", sum, out)
-			return nil
-		},
-	}
-	cmd.Flags().StringVarP(&out, "output", "o", "", "bundle file to write")
-	cmd.Flags().StringVar(&mirror, "mirror", "", "Debian mirror (default: the host's apt mirror)")
-	cmd.Flags().StringVar(&agent, "agent", "", "banger-agent binary (default: beside banger)")
 	return cmd
 }

@@ -4,12 +4,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"banger/internal/api"
-	"time"
+	"banger/internal/client"
 )
 
 func newKernelCmd() *cobra.Command {
@@ -20,58 +19,20 @@ func newKernelCmd() *cobra.Command {
 }
 
 func newKernelListCmd() *cobra.Command {
-	var asJSON bool
-	cmd := &cobra.Command{
-		Use: "list", Aliases: []string{"ls"}, Short: "List kernel bundles", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			ks, err := c.ListKernels(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(ks)
-			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tRELEASE\tSOURCE\tAGE")
-			for _, k := range ks {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", k.Name, dash(k.Release), k.Source, age(k.CreatedAt))
-			}
-			return tw.Flush()
-		},
-	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	return cmd
+	return newListCmd("List kernel bundles", (*client.Client).ListKernels, "NAME\tRELEASE\tSOURCE\tAGE",
+		func(k api.Kernel) string {
+			return fmt.Sprintf("%s\t%s\t%s\t%s", k.Name, dash(k.Release), k.Source, age(k.CreatedAt))
+		})
 }
 
 func newKernelInspectCmd() *cobra.Command {
-	var asJSON bool
-	cmd := &cobra.Command{
-		Use: "inspect NAME", Short: "Show a kernel bundle", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			k, err := c.Kernel(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(k)
-			}
-			return printFields([][2]string{
-				{"name", k.Name}, {"release", dash(k.Release)}, {"kernel", k.Kernel}, {"initrd", dash(k.Initrd)},
-				{"modules", dash(k.Modules)}, {"source", k.Source}, {"sha256", dash(k.SHA256)},
-				{"created", k.CreatedAt.Local().Format(time.RFC3339) + " (" + age(k.CreatedAt) + " ago)"},
-			})
-		},
-	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	return cmd
+	return newInspectCmd("Show a kernel bundle", (*client.Client).Kernel, func(k api.Kernel) [][2]string {
+		return [][2]string{
+			{"name", k.Name}, {"release", dash(k.Release)}, {"kernel", k.Kernel}, {"initrd", dash(k.Initrd)},
+			{"modules", dash(k.Modules)}, {"source", k.Source}, {"sha256", dash(k.SHA256)},
+			{"created", created(k.CreatedAt)},
+		}
+	})
 }
 
 func newKernelPullCmd() *cobra.Command {
@@ -92,8 +53,8 @@ archive keyring, the Packages index hash, then the package's sha256.`,
 				return err
 			}
 			p := newProgress()
-			k, err := c.PullKernel(cmd.Context(), req, p.event)
-			p.done()
+			k, err := c.PullKernel(cmd.Context(), req, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}
@@ -132,8 +93,8 @@ func newKernelImportCmd() *cobra.Command {
 				return err
 			}
 			p := newProgress()
-			k, err := c.ImportKernel(cmd.Context(), req, p.event)
-			p.done()
+			k, err := c.ImportKernel(cmd.Context(), req, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}
@@ -198,18 +159,5 @@ func absExisting(flag, p string) (string, error) {
 }
 
 func newKernelDeleteCmd() *cobra.Command {
-	return &cobra.Command{
-		Use: "delete NAME", Short: "Delete a kernel bundle no VM uses", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if err := c.DeleteKernel(cmd.Context(), args[0]); err != nil {
-				return err
-			}
-			cmd.Printf("%s deleted\n", args[0])
-			return nil
-		},
-	}
+	return newDeleteCmd("Delete a kernel bundle no VM uses", (*client.Client).DeleteKernel)
 }

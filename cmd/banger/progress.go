@@ -13,6 +13,7 @@ import (
 
 // progress renders a daemon's progress events on stderr: a redrawn bar on a
 // terminal, one line per phase otherwise. Results go to stdout elsewhere.
+// It is the CLI's client.Display.
 type progress struct {
 	mu    sync.Mutex
 	tty   bool
@@ -25,7 +26,8 @@ func newProgress() *progress {
 	return &progress{tty: err == nil}
 }
 
-func (p *progress) event(ev api.Event) {
+// Event shows ev.
+func (p *progress) Event(ev api.Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch ev.Type {
@@ -80,9 +82,10 @@ func (p *progress) clear() {
 	}
 }
 
-// done ends the display.
-func (p *progress) done() {
+// Done ends the display of one step.
+func (p *progress) Done() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.clear()
+	p.phase = ""
 }

@@ -3,15 +3,17 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"banger/internal/client"
 	"banger/internal/config"
 	"banger/internal/version"
-	"fmt"
-	"text/tabwriter"
 )
 
 const rootLong = `banger gives you a disposable Linux microVM in one command.
@@ -49,6 +51,41 @@ func newRootCmd() *cobra.Command {
 }
 
 func dirs() config.Dirs { return config.DefaultDirs() }
+
+// loadConfig reads config.toml; a command reads it once and passes it on.
+func loadConfig() (config.Config, error) {
+	cfg, _, err := config.Load(dirs().ConfigFile())
+	return cfg, err
+}
+
+// userKeys returns the ssh files of the user's config, making the key when
+// it is missing.
+func userKeys() (client.SSHKeys, error) {
+	cfg, err := loadConfig()
+	if err != nil {
+		return client.SSHKeys{}, err
+	}
+	return client.UserKeys(cfg, dirs())
+}
+
+// stdio is this process's stdin, stdout and stderr.
+func stdio() client.Stdio { return client.Stdio{In: os.Stdin, Out: os.Stdout, Err: os.Stderr} }
+
+// guestSignals subscribes to the signals a command in a guest gets
+// forwarded (client.CommandOptions.Signals); stop ends that.
+func guestSignals() (<-chan os.Signal, func()) {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGWINCH)
+	return sigs, func() { signal.Stop(sigs) }
+}
+
+// exitStatus turns a guest command's or ssh's status into banger's.
+func exitStatus(code int, err error) error {
+	if err == nil && code != 0 {
+		return &exitError{code: code}
+	}
+	return err
+}
 
 // connect returns a client of a running daemon, starting one if needed.
 func connect(ctx context.Context) (*client.Client, error) {

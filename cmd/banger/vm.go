@@ -4,13 +4,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"banger/internal/api"
+	"banger/internal/client"
+	"banger/internal/config"
 )
 
 func newVMCmd() *cobra.Command {
@@ -34,23 +34,21 @@ once the guest agent answers (bounded by --ready-timeout).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
-			if req.MemoryMiB, err = parseMiB(memory); err != nil {
-				return fmt.Errorf("--memory: %w", err)
+			if req.MemoryMiB, err = parseMiB("--memory", memory); err != nil {
+				return err
 			}
 			if disk != "" {
-				mib, err := parseMiB(disk)
-				if err != nil {
+				if req.DiskBytes, err = config.ParseSize(disk); err != nil {
 					return fmt.Errorf("--disk: %w", err)
 				}
-				req.DiskBytes = int64(mib) << 20
 			}
 			c, err := connect(cmd.Context())
 			if err != nil {
 				return err
 			}
 			p := newProgress()
-			vm, err := c.CreateVM(cmd.Context(), req, p.event)
-			p.done()
+			vm, err := c.CreateVM(cmd.Context(), req, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}
@@ -66,33 +64,28 @@ once the guest agent answers (bounded by --ready-timeout).`,
 	f.StringVar(&req.Name, "name", "", "VM name (default: a generated one)")
 	f.StringVar(&req.Kernel, "kernel", "", "kernel bundle, overriding the image's")
 	f.IntVar(&req.VCPUs, "cpus", 2, "vCPUs")
-	f.StringVar(&memory, "memory", "1G", "memory, e.g. 512M or 2G")
-	f.StringVar(&disk, "disk", "", "grow the root disk to this size, e.g. 10G")
+	f.StringVar(&memory, "memory", "1G", "memory, e.g. 512M or 2G"+sizeHelp)
+	f.StringVar(&disk, "disk", "", "grow the root disk to this size, e.g. 10G"+sizeHelp)
 	f.BoolVar(&req.NoStart, "no-start", false, "create the VM but do not boot it")
 	f.IntVar(&req.ReadyTimeoutSeconds, "ready-timeout", 90, "seconds to wait for the guest agent")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	return cmd
 }
 
-// parseMiB parses sizes like 512, 512M, 2G, 1.5G into MiB.
-func parseMiB(s string) (int, error) {
-	s = strings.TrimSpace(strings.ToUpper(s))
-	s = strings.TrimSuffix(strings.TrimSuffix(s, "B"), "I")
-	mult := 1.0
-	switch {
-	case strings.HasSuffix(s, "G"):
-		mult, s = 1024, strings.TrimSuffix(s, "G")
-	case strings.HasSuffix(s, "M"):
-		s = strings.TrimSuffix(s, "M")
-	case strings.HasSuffix(s, "T"):
-		mult, s = 1024*1024, strings.TrimSuffix(s, "T")
+// parseMiB reads a size flag (config.ParseSize) as whole MiB.
+func parseMiB(flag, s string) (int, error) {
+	n, err := config.ParseSize(s)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", flag, err)
 	}
-	var v float64
-	if _, err := fmt.Sscanf(s, "%g", &v); err != nil || v <= 0 {
-		return 0, fmt.Errorf("%q is not a size like 512M or 2G", s)
+	if n < 1<<20 {
+		return 0, fmt.Errorf("%s: %q is less than 1 MiB", flag, s)
 	}
-	return int(v * mult), nil
+	return int(n >> 20), nil
 }
+
+// sizeHelp is said in each size flag's help.
+const sizeHelp = "; " + config.SizeRule
 
 func newVMStartCmd() *cobra.Command {
 	var timeout int
@@ -106,8 +99,8 @@ func newVMStartCmd() *cobra.Command {
 				return err
 			}
 			p := newProgress()
-			vm, err := c.StartVM(cmd.Context(), args[0], api.StartVMRequest{ReadyTimeoutSeconds: timeout}, p.event)
-			p.done()
+			vm, err := c.StartVM(cmd.Context(), args[0], api.StartVMRequest{ReadyTimeoutSeconds: timeout}, p.Event)
+			p.Done()
 			if err != nil {
 				return err
 			}
@@ -168,35 +161,11 @@ func newVMDeleteCmd() *cobra.Command {
 }
 
 func newVMListCmd() *cobra.Command {
-	var asJSON bool
-	cmd := &cobra.Command{
-		Use:     "list",
-		Aliases: []string{"ls"},
-		Short:   "List VMs",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			vms, err := c.ListVMs(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return printJSON(vms)
-			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIP\tIMAGE\tVMM\tVCPUS\tMEMORY\tAGE")
-			for _, v := range vms {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s\n", v.Name, v.State, dash(v.IP), v.Image,
-					v.VMM, v.VCPUs, v.MemoryMiB, age(v.CreatedAt))
-			}
-			return tw.Flush()
-		},
-	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	return cmd
+	return newListCmd("List VMs", (*client.Client).ListVMs, "NAME\tSTATE\tIP\tIMAGE\tVMM\tVCPUS\tMEMORY\tAGE",
+		func(v api.VM) string {
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%d\t%dM\t%s", v.Name, v.State, dash(v.IP), v.Image,
+				v.VMM, v.VCPUs, v.MemoryMiB, age(v.CreatedAt))
+		})
 }
 
 func dash(s string) string {

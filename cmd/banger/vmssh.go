@@ -1,112 +1,12 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
-	"banger/internal/api"
 	"banger/internal/client"
-	"banger/internal/sshkeys"
 )
-
-// waitSSH waits until the VM's sshd answers with the pinned host key and
-// accepts the user's key, or deadline passes.
-func waitSSH(ctx context.Context, c *client.Client, vm, keyPath string, deadline time.Time) error {
-	info, err := c.SSHInfo(ctx, vm)
-	if err != nil {
-		return err
-	}
-	signer, err := sshkeys.Signer(keyPath)
-	if err != nil {
-		return err
-	}
-	if time.Until(deadline) < 5*time.Second {
-		deadline = time.Now().Add(5 * time.Second)
-	}
-	wctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	addr := net.JoinHostPort(info.IP, strconv.Itoa(info.Port))
-	pctx, pcancel := context.WithTimeout(wctx, 10*time.Second)
-	err = sshkeys.Probe(pctx, addr, info.User, info.HostKey, signer)
-	pcancel()
-	if err == nil {
-		return nil // already up: no progress line
-	}
-	if errors.Is(err, sshkeys.ErrHostKeyChanged) {
-		return hostKeyChanged(vm, err)
-	}
-	p := newProgress()
-	p.event(api.Event{Type: api.EventProgress, Phase: "waiting for sshd"})
-	err = sshkeys.WaitReady(wctx, addr, info.User, info.HostKey, signer)
-	p.done()
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, sshkeys.ErrHostKeyChanged):
-		return hostKeyChanged(vm, err)
-	case ctx.Err() != nil:
-		return ctx.Err()
-	}
-	return &api.Error{Code: api.Timeout,
-		Message: fmt.Sprintf("vm %q did not become ready in time: its sshd never answered (%v)", vm, err),
-		Hint: fmt.Sprintf("sshd or the guest agent is the likely cause; see banger vm logs %s. "+
-			"The VM is still running for inspection; remove it with banger vm delete %s", vm, vm)}
-}
-
-func hostKeyChanged(vm string, err error) error {
-	return &api.Error{Code: api.Conflict,
-		Message: fmt.Sprintf("refusing to connect to vm %q: %v", vm, err),
-		Hint:    "the guest's /etc/ssh/ssh_host_ed25519_key was replaced after banger made it; if that was on purpose, recreate the VM"}
-}
-
-// sshSession runs the system ssh into vm as root, trusting only the host
-// key banger pinned for it, and returns ssh's exit status.
-func sshSession(ctx context.Context, c *client.Client, vm, keyPath string, remote []string, tty bool) (int, error) {
-	info, err := c.SSHInfo(ctx, vm)
-	if err != nil {
-		return 0, err
-	}
-	known := filepath.Join(dirs().Config, "ssh", "known_hosts")
-	if err := sshkeys.Pin(known, info.IP, info.HostKey); err != nil {
-		return 0, err
-	}
-	args := sshkeys.Args(keyPath, known, info.User, info.IP, tty)
-	if info.Port != 22 {
-		args = append([]string{"-p", strconv.Itoa(info.Port)}, args...)
-	}
-	if len(remote) > 0 {
-		args = append(append(args, "--"), remote...)
-	}
-	cmd := exec.Command("ssh", args...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	// ssh ends with banger, like a hung-up terminal would end it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGHUP}
-	// Ctrl-C reaches ssh as well (same process group); banger itself
-	// only notes it and waits for ssh to end.
-	err = cmd.Run()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("running ssh: %w", err)
-	}
-	return 0, nil
-}
-
-// sshWait bounds how long vm ssh waits for a booting guest's sshd.
-const sshWait = 60 * time.Second
 
 func newVMSSHCmd() *cobra.Command {
 	return &cobra.Command{
@@ -121,7 +21,7 @@ ForwardAgent=no, ForwardX11=no and ClearAllForwardings=yes: a guest never
 gets your ssh agent or a forwarded port, whatever the config says.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			keyPath, err := userKey()
+			keys, err := userKeys()
 			if err != nil {
 				return err
 			}
@@ -129,21 +29,10 @@ gets your ssh agent or a forwarded port, whatever the config says.`,
 			if err != nil {
 				return err
 			}
-			// A VM just made may have its agent up before sshd: wait a
-			// little, bounded, for sshd to answer with the pinned key.
-			if err := waitSSH(cmd.Context(), c, args[0], keyPath, time.Now().Add(sshWait)); err != nil {
-				return err
-			}
-			_, terr := unix.IoctlGetTermios(int(os.Stdin.Fd()), unix.TCGETS)
-			tty := len(args) == 1 || terr == nil
-			code, err := sshSession(cmd.Context(), c, args[0], keyPath, args[1:], tty)
-			if err != nil {
-				return err
-			}
-			if code != 0 {
-				return &exitError{code: code}
-			}
-			return nil
+			return exitStatus(c.SSH(cmd.Context(), args[0], client.SSHOptions{
+				Keys: keys, Remote: args[1:], TTY: len(args) == 1 || client.IsTerminal(os.Stdin),
+				Wait: client.SSHWait, Stdio: stdio(), Display: newProgress(),
+			}))
 		},
 	}
 }

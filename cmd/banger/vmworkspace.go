@@ -1,10 +1,11 @@
 package main
 
 import (
-	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
+	"banger/internal/client"
 	"banger/internal/workspace"
 )
 
@@ -22,25 +23,27 @@ ssh when the VM's sshd answers, else through the guest agent
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			ws, err := workspace.Collect(ctx, args[1])
+			ws, err := client.CollectWorkspace(ctx, args[1])
 			if err != nil {
 				return err
 			}
-			if err := ws.CheckReadable(); err != nil {
+			keys, err := userKeys()
+			if err != nil {
 				return err
 			}
 			c, err := connect(ctx)
 			if err != nil {
 				return err
 			}
-			dir := guestPath
-			if dir == "" {
-				dir = workspace.GuestDir(ws.Name)
+			o := client.WorkspaceOptions{Dir: guestPath, Via: os.Getenv("BANGER_WORKSPACE_VIA"), Keys: keys,
+				Stderr: os.Stderr, Display: newProgress()}
+			if o.Dir == "" {
+				o.Dir = workspace.GuestDir(ws.Name)
 			}
-			if err := prepareWorkspace(ctx, c, args[0], ws, dir, "", ""); err != nil {
+			if err := c.PrepareWorkspace(ctx, args[0], ws, o); err != nil {
 				return err
 			}
-			cmd.Println(dir)
+			cmd.Println(o.Dir)
 			return nil
 		},
 	}
@@ -57,18 +60,12 @@ whatever reads DIR later might), so treat an exported tree like any
 download.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := connect(ctx)
+			c, err := connect(cmd.Context())
 			if err != nil {
 				return err
 			}
-			rc, err := c.GetWorkspace(ctx, args[0], guestPath)
-			if err != nil {
+			if err := c.ExportWorkspace(cmd.Context(), args[0], guestPath, out); err != nil {
 				return err
-			}
-			defer rc.Close()
-			if err := workspace.Extract(ctx, rc, out); err != nil {
-				return fmt.Errorf("exporting %s from vm %s: %w", guestPath, args[0], err)
 			}
 			cmd.Println(out)
 			return nil

@@ -20,6 +20,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "build-catalog" {
+		os.Exit(buildCatalog(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	foreground := flag.Bool("foreground", false, "run in this process and log to stderr (for debugging)")
 	logFile := flag.String("log-file", "", "with --foreground, log to this file instead of stderr")
 	debug := flag.Bool("debug", false, "log debug messages")

@@ -11,9 +11,10 @@ import (
 // Write creates or replaces the file at path with what fill writes. fill
 // gets a fresh temp file in path's directory, created exclusively with
 // mode 0600 and an unpredictable name (.tmp-<base>-<random>, for sweeps
-// of what a crash left), so nothing planted there is written through. Once fill returns nil the temp file gets mode (after
-// whatever fill did to it, so a chown in fill cannot clear setuid), is
-// synced, renamed over path, and the directory is synced. On error the
+// of what a crash left), so nothing planted there is written through.
+// Once fill returns nil the temp file gets mode (after whatever fill did
+// to it, so a chown in fill cannot clear setuid), is synced, renamed over
+// path, and the directory is synced. On error the
 // temp file is removed and path is left as it was. The parent directory
 // must exist.
 func Write(path string, mode fs.FileMode, fill func(f *os.File) error) error {

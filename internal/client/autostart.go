@@ -131,3 +131,32 @@ func notYours(dirs config.Dirs, err error) error {
 	}
 	return nil
 }
+
+// Stop asks the daemon to exit and waits, up to 15s, until its process is
+// gone, so that its lock is free. running is false when no daemon
+// answered, and there was nothing to stop. VMs keep running; the next
+// daemon re-adopts them.
+func (c *Client) Stop(ctx context.Context) (running bool, err error) {
+	v, err := c.Version(ctx)
+	if err != nil {
+		return false, nil
+	}
+	if err := c.Shutdown(ctx); err != nil {
+		return true, err
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(15 * time.Second)
+	for {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", v.PID)); err != nil {
+			return true, nil
+		}
+		select {
+		case <-ctx.Done():
+			return true, ctx.Err()
+		case <-deadline:
+			return true, fmt.Errorf("bangerd did not stop within 15s")
+		case <-tick.C:
+		}
+	}
+}

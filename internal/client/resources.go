@@ -13,28 +13,40 @@ import (
 // Progress receives progress and log events of long operations.
 type Progress func(api.Event)
 
-// ListVMs returns all VMs.
-func (c *Client) ListVMs(ctx context.Context) ([]api.VM, error) {
-	var out []api.VM
-	return out, c.Do(ctx, http.MethodGet, "/v1/vms", nil, &out)
+// list, get and stream are the calls that VMs, images and kernels make
+// alike: GET /v1/KIND, GET /v1/KIND/NAME, and a POST whose answer is a
+// progress stream ending in the resource.
+func list[T any](ctx context.Context, c *Client, kind string) ([]T, error) {
+	var out []T
+	return out, c.Do(ctx, http.MethodGet, path(kind), nil, &out)
 }
+
+func get[T any](ctx context.Context, c *Client, kind, name string) (T, error) {
+	var out T
+	return out, c.Do(ctx, http.MethodGet, path(kind, name), nil, &out)
+}
+
+func stream[T any](ctx context.Context, c *Client, p string, req any, pr Progress) (T, error) {
+	var out T
+	return out, c.Stream(ctx, http.MethodPost, p, req, &out, pr)
+}
+
+// ListVMs returns all VMs.
+func (c *Client) ListVMs(ctx context.Context) ([]api.VM, error) { return list[api.VM](ctx, c, "vms") }
 
 // VM returns one VM by name or id.
 func (c *Client) VM(ctx context.Context, name string) (api.VM, error) {
-	var out api.VM
-	return out, c.Do(ctx, http.MethodGet, path("vms", name), nil, &out)
+	return get[api.VM](ctx, c, "vms", name)
 }
 
 // CreateVM creates (and, unless NoStart, starts) a VM.
 func (c *Client) CreateVM(ctx context.Context, req api.CreateVMRequest, p Progress) (api.VM, error) {
-	var out api.VM
-	return out, c.Stream(ctx, http.MethodPost, "/v1/vms", req, &out, p)
+	return stream[api.VM](ctx, c, path("vms"), req, p)
 }
 
 // StartVM boots a stopped VM and waits for its agent.
 func (c *Client) StartVM(ctx context.Context, name string, req api.StartVMRequest, p Progress) (api.VM, error) {
-	var out api.VM
-	return out, c.Stream(ctx, http.MethodPost, path("vms", name, "start"), req, &out, p)
+	return stream[api.VM](ctx, c, path("vms", name, "start"), req, p)
 }
 
 // StopVM stops a VM: gracefully, then by force after the timeout.
@@ -62,26 +74,22 @@ func (c *Client) Logs(ctx context.Context, name string, follow bool) (io.ReadClo
 
 // ListKernels returns the kernel bundles.
 func (c *Client) ListKernels(ctx context.Context) ([]api.Kernel, error) {
-	var out []api.Kernel
-	return out, c.Do(ctx, http.MethodGet, "/v1/kernels", nil, &out)
+	return list[api.Kernel](ctx, c, "kernels")
 }
 
 // Kernel returns one kernel bundle.
 func (c *Client) Kernel(ctx context.Context, name string) (api.Kernel, error) {
-	var out api.Kernel
-	return out, c.Do(ctx, http.MethodGet, path("kernels", name), nil, &out)
+	return get[api.Kernel](ctx, c, "kernels", name)
 }
 
 // PullKernel builds a catalog kernel from the Debian archive.
 func (c *Client) PullKernel(ctx context.Context, req api.PullKernelRequest, p Progress) (api.Kernel, error) {
-	var out api.Kernel
-	return out, c.Stream(ctx, http.MethodPost, "/v1/kernels/pull", req, &out, p)
+	return stream[api.Kernel](ctx, c, path("kernels", "pull"), req, p)
 }
 
 // ImportKernel builds a kernel bundle from a local Debian .deb.
 func (c *Client) ImportKernel(ctx context.Context, req api.ImportKernelRequest, p Progress) (api.Kernel, error) {
-	var out api.Kernel
-	return out, c.Stream(ctx, http.MethodPost, "/v1/kernels/import", req, &out, p)
+	return stream[api.Kernel](ctx, c, path("kernels", "import"), req, p)
 }
 
 // RegisterKernel adopts a plain kernel image and optional initrd.
@@ -97,20 +105,17 @@ func (c *Client) DeleteKernel(ctx context.Context, name string) error {
 
 // ListImages returns the images.
 func (c *Client) ListImages(ctx context.Context) ([]api.Image, error) {
-	var out []api.Image
-	return out, c.Do(ctx, http.MethodGet, "/v1/images", nil, &out)
+	return list[api.Image](ctx, c, "images")
 }
 
 // Image returns one image.
 func (c *Client) Image(ctx context.Context, name string) (api.Image, error) {
-	var out api.Image
-	return out, c.Do(ctx, http.MethodGet, path("images", name), nil, &out)
+	return get[api.Image](ctx, c, "images", name)
 }
 
 // RegisterImage adopts an existing ext4 rootfs.
 func (c *Client) RegisterImage(ctx context.Context, req api.RegisterImageRequest, p Progress) (api.Image, error) {
-	var out api.Image
-	return out, c.Stream(ctx, http.MethodPost, "/v1/images/register", req, &out, p)
+	return stream[api.Image](ctx, c, path("images", "register"), req, p)
 }
 
 // DeleteImage removes an image no VM uses.
@@ -118,31 +123,7 @@ func (c *Client) DeleteImage(ctx context.Context, name string) error {
 	return c.Do(ctx, http.MethodDelete, path("images", name), nil, nil)
 }
 
-// PutFile writes r to path in the VM with mode.
-func (c *Client) PutFile(ctx context.Context, vm, guestPath string, mode uint32, r io.Reader) error {
-	q := url.Values{"path": {guestPath}, "mode": {strconv.FormatUint(uint64(mode), 8)}}
-	req, err := c.newRequest(ctx, http.MethodPut, path("vms", vm, "files")+"?"+q.Encode(), nil)
-	if err != nil {
-		return err
-	}
-	req.Body = io.NopCloser(r)
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := c.send(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	return nil
-}
-
-// GetFile streams path from the VM.
-func (c *Client) GetFile(ctx context.Context, vm, guestPath string) (io.ReadCloser, error) {
-	q := url.Values{"path": {guestPath}}
-	return c.Raw(ctx, http.MethodGet, path("vms", vm, "files")+"?"+q.Encode())
-}
-
 // PullImage makes an image from a catalog name or an OCI reference.
 func (c *Client) PullImage(ctx context.Context, req api.PullImageRequest, p Progress) (api.Image, error) {
-	var out api.Image
-	return out, c.Stream(ctx, http.MethodPost, "/v1/images/pull", req, &out, p)
+	return stream[api.Image](ctx, c, path("images", "pull"), req, p)
 }

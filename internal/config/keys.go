@@ -347,26 +347,19 @@ func dnsStrings(addrs []netip.Addr) []string {
 	return out
 }
 
-// applyImageMaxBytes takes an integer number of bytes or a string with a
-// binary unit: "512M", "32G", "1T".
+// applyImageMaxBytes takes an integer number of bytes or a size string
+// read by ParseSize: "512M", "32G", "1T".
 func applyImageMaxBytes(c *Config, v any) error {
-	const hint = `an integer number of bytes or a size like "32G" (K, M, G, T; at least 1M)`
+	const hint = `an integer number of bytes or a size like "32G" (` + SizeRule + `; at least 1M)`
 	var n int64
 	switch v := v.(type) {
 	case int64:
 		n = v
 	case string:
-		s := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(v)), "B"), "I")
-		mult := int64(1)
-		if i := strings.IndexAny(s, "KMGT"); i >= 0 && i == len(s)-1 {
-			mult = map[byte]int64{'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}[s[i]]
-			s = s[:i]
-		}
-		x, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || x > (1<<62)/mult {
+		var err error
+		if n, err = ParseSize(v); err != nil {
 			return fmt.Errorf("image_max_bytes = %q: expected %s", v, hint)
 		}
-		n = x * mult
 	default:
 		return fmt.Errorf("image_max_bytes: expected %s, got %s", hint, tomlType(v))
 	}

@@ -13,7 +13,7 @@ import (
 
 // catalogBundle returns the debian-bookworm catalog image as a bundle,
 // built once per fixtures dir on the host side (a test namespace cannot
-// reach the Debian mirror): banger image build-catalog, no daemon.
+// reach the Debian mirror): bangerd build-catalog, no daemon.
 func catalogBundle(t testing.TB) string {
 	t.Helper()
 	out := filepath.Join(fixtures(t), "debian-bookworm.tar.zst")
@@ -23,7 +23,7 @@ func catalogBundle(t testing.TB) string {
 	t.Logf("building the debian-bookworm catalog image into %s (once; a few minutes)", out)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "banger"), "image", "build-catalog", "debian-bookworm", "-o", out)
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "bangerd"), "build-catalog", "debian-bookworm", "-o", out)
 	cmd.Env = append(os.Environ(), "BANGER_AGENT_BIN="+filepath.Join(binDir, "banger-agent"))
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building debian-bookworm: %v\n%s", err, tail(string(b), 3000))

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+
+	"banger/internal/prereq"
+)
+
+// TestCLIDeps keeps the CLI a thin client of bangerd: it must not link
+// the daemon, the image and kernel builders, the store (sqlite), the host
+// network or the VMM drivers.
+func TestCLIDeps(t *testing.T) {
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		prereq.Missing(t, "go tool not in PATH: %v", err)
+	}
+	out, err := exec.Command(gobin, "list", "-deps", "banger/cmd/banger").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	forbidden := []string{
+		"banger/internal/daemon", "banger/internal/image", "banger/internal/kernel",
+		"banger/internal/store", "banger/internal/network",
+		"banger/internal/vmm/qemu", "banger/internal/vmm/firecracker",
+	}
+	// allowed are forbidden packages the CLI still needs, with the reason.
+	allowed := map[string]string{
+		// banger doctor probes the firecracker binary (CheckBinary, Probe,
+		// SupportedAPIVersion in host.go). Remove this once those live in
+		// a package apart from the driver.
+		"banger/internal/vmm/firecracker": "internal/doctor",
+	}
+	deps := strings.Fields(string(out))
+	for _, d := range deps {
+		for _, f := range forbidden {
+			if (d == f || strings.HasPrefix(d, f+"/")) && allowed[d] == "" {
+				t.Errorf("banger depends on %s", d)
+			}
+		}
+		if strings.HasPrefix(d, "modernc.org/") { // the store's sqlite
+			t.Errorf("banger depends on %s", d)
+		}
+	}
+	if len(deps) == 0 {
+		t.Error("go list printed no dependencies")
+	}
+}
