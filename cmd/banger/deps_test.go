@@ -25,17 +25,10 @@ func TestCLIDeps(t *testing.T) {
 		"banger/internal/store", "banger/internal/network",
 		"banger/internal/vmm/qemu", "banger/internal/vmm/firecracker",
 	}
-	// allowed are forbidden packages the CLI still needs, with the reason.
-	allowed := map[string]string{
-		// banger doctor probes the firecracker binary (CheckBinary, Probe,
-		// SupportedAPIVersion in host.go). Remove this once those live in
-		// a package apart from the driver.
-		"banger/internal/vmm/firecracker": "internal/doctor",
-	}
 	deps := strings.Fields(string(out))
 	for _, d := range deps {
 		for _, f := range forbidden {
-			if (d == f || strings.HasPrefix(d, f+"/")) && allowed[d] == "" {
+			if d == f || strings.HasPrefix(d, f+"/") {
 				t.Errorf("banger depends on %s", d)
 			}
 		}

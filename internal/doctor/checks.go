@@ -1,7 +1,6 @@
 package doctor
 
 import (
-	"banger/internal/vmm/firecracker"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +9,7 @@ import (
 	"strings"
 
 	"banger/internal/config"
+	"banger/internal/vmm/fchost"
 )
 
 const (
@@ -78,14 +78,14 @@ func checkFirecracker(ctx context.Context, o Options, path string, findErr error
 		}
 		return c
 	}
-	ver, err := firecracker.Probe(ctx, path)
+	ver, err := fchost.Probe(ctx, path)
 	switch {
 	case err != nil:
 		c.Status, c.Fix = StatusWarn, fixFirecracker
 		c.Detail = fmt.Sprintf("%s does not run: %v", path, err)
-	case !firecracker.SupportedAPIVersion(ver):
-		c.Status, c.Fix = StatusWarn, "install firecracker "+firecracker.MinAPIVersion+" or a later 1.x release"
-		c.Detail = fmt.Sprintf("%s is version %s; banger supports API %s and later 1.x", path, ver, firecracker.MinAPIVersion)
+	case !fchost.SupportedAPIVersion(ver):
+		c.Status, c.Fix = StatusWarn, "install firecracker "+fchost.MinAPIVersion+" or a later 1.x release"
+		c.Detail = fmt.Sprintf("%s is version %s; banger supports API %s and later 1.x", path, ver, fchost.MinAPIVersion)
 	default:
 		c.Status = StatusOK
 		c.Detail = fmt.Sprintf("%s version %s (supported API)", path, ver)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"banger/internal/vmm"
+	"banger/internal/vmm/fchost"
 )
 
 var _ vmm.Checker = (*Driver)(nil)
@@ -15,12 +16,12 @@ func (d *Driver) Check(ctx context.Context) error {
 	if err := d.opts.CheckKVM(); err != nil {
 		return err
 	}
-	ver, err := Probe(ctx, d.opts.Bin)
+	ver, err := fchost.Probe(ctx, d.opts.Bin)
 	if err != nil {
 		return fmt.Errorf("%w: %v", vmm.ErrUnavailable, err)
 	}
-	if !SupportedAPIVersion(ver) {
-		return fmt.Errorf("%w: firecracker %s is too old: banger needs API %s or a later 1.x release", vmm.ErrUnavailable, ver, MinAPIVersion)
+	if !fchost.SupportedAPIVersion(ver) {
+		return fmt.Errorf("%w: firecracker %s is too old: banger needs API %s or a later 1.x release", vmm.ErrUnavailable, ver, fchost.MinAPIVersion)
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"banger/internal/vmm"
+	"banger/internal/vmm/fchost"
 )
 
 // Name is the driver name stored in vmm.Handle.Driver.
@@ -85,7 +86,7 @@ func New(opts Options) *Driver {
 		opts.SocketTimeout = 10 * time.Second
 	}
 	if opts.CheckKVM == nil {
-		opts.CheckKVM = CheckKVM
+		opts.CheckKVM = fchost.CheckKVM
 	}
 	log := opts.Logger
 	if log == nil {
@@ -145,11 +146,11 @@ var idRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 // preflight checks everything it can before anything is created.
 func (d *Driver) preflight(spec vmm.Spec) error {
-	if err := CheckBinary(d.opts.Bin); err != nil {
+	if err := fchost.CheckBinary(d.opts.Bin); err != nil {
 		return err
 	}
 	if d.opts.JailerBin != "" {
-		if err := checkBinary("jailer", "jailer_bin", d.opts.JailerBin); err != nil {
+		if err := fchost.CheckJailer(d.opts.JailerBin); err != nil {
 			return err
 		}
 	}

@@ -10,35 +10,8 @@ import (
 	"testing"
 
 	"banger/internal/vmm"
+	"banger/internal/vmm/fchost"
 )
-
-func TestSupportedAPIVersion(t *testing.T) {
-	tests := []struct {
-		v    string
-		want bool
-	}{
-		{"1.16.1", true},
-		{"v1.16.1", true},
-		{"1.16.0", true},
-		{"1.16", true},
-		{"1.17.0-dev", true},
-		{"1.20.3", true},
-		{"1.15.9", false},
-		{"1.5.0", false},
-		{"0.25.0", false},
-		{"2.0.0", false},
-		{"", false},
-		{"latest", false},
-		{"1.x.0", false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.v, func(t *testing.T) {
-			if got := SupportedAPIVersion(tt.v); got != tt.want {
-				t.Errorf("SupportedAPIVersion(%q) = %v, want %v", tt.v, got, tt.want)
-			}
-		})
-	}
-}
 
 func TestProbe(t *testing.T) {
 	exe, err := os.Executable()
@@ -46,18 +19,18 @@ func TestProbe(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv(standinEnv, modeOK)
-	v, err := Probe(t.Context(), exe)
+	v, err := fchost.Probe(t.Context(), exe)
 	if err != nil || v != "1.16.1" {
-		t.Fatalf("Probe = %q, %v; want 1.16.1", v, err)
+		t.Fatalf("fchost.Probe = %q, %v; want 1.16.1", v, err)
 	}
 
 	noVersion := filepath.Join(t.TempDir(), "fc")
 	os.WriteFile(noVersion, []byte("#!/bin/sh\necho hello\n"), 0o755)
-	if _, err := Probe(t.Context(), noVersion); err == nil {
-		t.Error("Probe of a binary printing no version succeeded")
+	if _, err := fchost.Probe(t.Context(), noVersion); err == nil {
+		t.Error("fchost.Probe of a binary printing no version succeeded")
 	}
-	if _, err := Probe(t.Context(), filepath.Join(t.TempDir(), "missing")); !errors.Is(err, vmm.ErrUnavailable) {
-		t.Errorf("Probe of a missing binary = %v, want ErrUnavailable", err)
+	if _, err := fchost.Probe(t.Context(), filepath.Join(t.TempDir(), "missing")); !errors.Is(err, vmm.ErrUnavailable) {
+		t.Errorf("fchost.Probe of a missing binary = %v, want ErrUnavailable", err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"banger/internal/vmm"
+	"banger/internal/vmm/fchost"
 )
 
 // layout is where one VM's files are, on the host and as firecracker sees
@@ -90,9 +91,9 @@ func (d *Driver) launch(ctx context.Context, spec vmm.Spec) (*machine, error) {
 		m.abort()
 		return nil, err
 	}
-	if !SupportedAPIVersion(m.version) {
+	if !fchost.SupportedAPIVersion(m.version) {
 		m.abort()
-		return nil, fmt.Errorf("%w: %s speaks API %s, banger needs 1.x not older than %s: install a newer firecracker or point firecracker_bin at one", vmm.ErrUnavailable, d.opts.Bin, m.version, MinAPIVersion)
+		return nil, fmt.Errorf("%w: %s speaks API %s, banger needs 1.x not older than %s: install a newer firecracker or point firecracker_bin at one", vmm.ErrUnavailable, d.opts.Bin, m.version, fchost.MinAPIVersion)
 	}
 	if err := m.client.PutLogger(ctx, LoggerConfig{LogPath: lay.logArg, Level: "Info", ShowLevel: true}); err != nil {
 		m.abort()

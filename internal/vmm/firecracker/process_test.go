@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/prereq"
 	"banger/internal/vmm"
+	"banger/internal/vmm/fchost"
 	"banger/internal/vmm/vmmtest"
 )
 
@@ -43,7 +43,7 @@ func TestStartFailures(t *testing.T) {
 		},
 		{
 			name: "unsupported API version", mode: modeOldVersion, timeout: 5 * time.Second,
-			wantIn: []string{"speaks API 1.5.0", MinAPIVersion, "install a newer firecracker"},
+			wantIn: []string{"speaks API 1.5.0", fchost.MinAPIVersion, "install a newer firecracker"},
 			wantIs: vmm.ErrUnavailable,
 		},
 	}
@@ -87,7 +87,7 @@ func TestStartBadInput(t *testing.T) {
 	notExec := filepath.Join(dir, "firecracker-noexec")
 	os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644)
 	exe, _ := os.Executable()
-	noKVM := func() error { return checkKVMAt(filepath.Join(dir, "no-kvm")) }
+	noKVM := func() error { return fchost.CheckKVMAt(filepath.Join(dir, "no-kvm")) }
 	okKVM := func() error { return nil }
 	tests := []struct {
 		name   string
@@ -127,35 +127,6 @@ func TestStartBadInput(t *testing.T) {
 			}
 		})
 	}
-}
-
-func TestKVMErrors(t *testing.T) {
-	tests := []struct {
-		name   string
-		err    error
-		wantIn string
-	}{
-		{"missing", fs.ErrNotExist, "modprobe kvm_intel"},
-		{"no permission", fs.ErrPermission, "kvm group"},
-		{"other", errors.New("boom"), "boom"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			err := kvmError("/dev/kvm", tt.err)
-			if !errors.Is(err, vmm.ErrUnavailable) || !strings.Contains(err.Error(), tt.wantIn) {
-				t.Fatalf("kvmError = %v, want ErrUnavailable mentioning %q", err, tt.wantIn)
-			}
-		})
-	}
-	t.Run("this host", func(t *testing.T) {
-		if _, err := os.Stat(KVMDevice); err == nil {
-			prereq.ByDesign(t, "this host has /dev/kvm")
-		}
-		err := CheckKVM()
-		if !errors.Is(err, vmm.ErrUnavailable) || !strings.Contains(err.Error(), "modprobe") {
-			t.Fatalf("CheckKVM on a host without /dev/kvm = %v", err)
-		}
-	})
 }
 
 // TestAdoptNonChild starts a stand-in that is not a child of this
@@ -311,15 +282,5 @@ func TestAdoptSilentAPI(t *testing.T) {
 	}
 	if err := vmm.CheckCmdline(cmd.Process.Pid, "", sock); err != nil {
 		t.Errorf("Adopt disturbed the process: %v", err)
-	}
-}
-
-func TestAvailableOnThisHost(t *testing.T) {
-	if _, err := os.Stat(KVMDevice); err == nil {
-		prereq.ByDesign(t, "this host has /dev/kvm")
-	}
-	exe, _ := os.Executable()
-	if err := Available(exe); !errors.Is(err, vmm.ErrUnavailable) {
-		t.Fatalf("Available without /dev/kvm = %v, want ErrUnavailable", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"banger/internal/prereq"
+
 	"gopkg.in/yaml.v3"
 )
 

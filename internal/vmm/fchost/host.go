@@ -1,4 +1,8 @@
-package firecracker
+// Package fchost is what the firecracker driver needs of the host, apart
+// from the driver so that banger doctor can check it without linking the
+// driver: a usable /dev/kvm, an executable firecracker (and jailer), and
+// a supported API version.
+package fchost
 
 import (
 	"context"
@@ -67,6 +71,9 @@ func parseVersion(v string) ([3]int, bool) {
 // vmm.ErrUnavailable and says how to fix it.
 func CheckBinary(bin string) error { return checkBinary("firecracker", "firecracker_bin", bin) }
 
+// CheckJailer is CheckBinary for the jailer, configured by jailer_bin.
+func CheckJailer(bin string) error { return checkBinary("jailer", "jailer_bin", bin) }
+
 // checkBinary checks the binary of program, configured by key.
 func checkBinary(program, key, bin string) error {
 	if bin == "" {
@@ -105,9 +112,10 @@ func Available(bin string) error {
 
 // CheckKVM reports whether /dev/kvm can be opened for reading and writing.
 // The error wraps vmm.ErrUnavailable and says how to fix it.
-func CheckKVM() error { return checkKVMAt(KVMDevice) }
+func CheckKVM() error { return CheckKVMAt(KVMDevice) }
 
-func checkKVMAt(dev string) error {
+// CheckKVMAt is CheckKVM of the device dev.
+func CheckKVMAt(dev string) error {
 	f, err := os.OpenFile(dev, os.O_RDWR, 0)
 	if err != nil {
 		return kvmError(dev, err)
