@@ -11,9 +11,7 @@ import (
 )
 
 func (s *Server) imageRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/images", s.handleImageList)
-	mux.HandleFunc("GET /v1/images/{name}", s.handleImageGet)
-	mux.HandleFunc("DELETE /v1/images/{name}", s.handleImageDelete)
+	entryRoutes(s, mux, "image", s.images.List, s.images.Get, imageView, s.store.VMsUsingImage, s.images.Delete)
 	mux.HandleFunc("POST /v1/images/register", s.handleImageRegister)
 	s.imagePullRoutes(mux)
 }
@@ -21,20 +19,6 @@ func (s *Server) imageRoutes(mux *http.ServeMux) {
 func imageView(im image.Image) api.Image {
 	return api.Image{Name: im.Name, Source: im.Source, Digest: im.Digest, Rootfs: im.Rootfs, SizeBytes: im.SizeBytes,
 		KernelRef: im.KernelRef, Distro: im.Distro, HasSSHD: im.HasSSHD, Injected: im.Injected, CreatedAt: im.CreatedAt}
-}
-
-func (s *Server) handleImageList(w http.ResponseWriter, r *http.Request) {
-	ims, err := s.images.List()
-	writeList(w, ims, err, imageView)
-}
-
-func (s *Server) handleImageGet(w http.ResponseWriter, r *http.Request) {
-	im, err := s.images.Get(r.PathValue("name"))
-	writeOne(w, im, err, imageView)
-}
-
-func (s *Server) handleImageDelete(w http.ResponseWriter, r *http.Request) {
-	s.deleteUnused(w, r, "image", s.store.VMsUsingImage, s.images.Delete)
 }
 
 func (s *Server) handleImageRegister(w http.ResponseWriter, r *http.Request) {
@@ -73,26 +57,34 @@ func (s *Server) kernelNames() string {
 	return strings.Join(names, ", ")
 }
 
-// writeList answers with items as the API shows them, or with err.
-func writeList[T, V any](w http.ResponseWriter, items []T, err error, view func(T) V) {
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	out := make([]V, 0, len(items))
-	for _, it := range items {
-		out = append(out, view(it))
-	}
-	writeJSON(w, http.StatusOK, out)
-}
-
-// writeOne answers with item as the API shows it, or with err.
-func writeOne[T, V any](w http.ResponseWriter, item T, err error, view func(T) V) {
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, view(item))
+// entryRoutes serves the entries of a store (images, kernels) under
+// /v1/<kind>s: the list, one by name, and the delete of one no VM uses.
+func entryRoutes[T, V any](s *Server, mux *http.ServeMux, kind string,
+	list func() ([]T, error), get func(string) (T, error), view func(T) V,
+	users func(context.Context, string) ([]string, error), del func(string) error) {
+	mux.HandleFunc("GET /v1/"+kind+"s", func(w http.ResponseWriter, r *http.Request) {
+		items, err := list()
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		out := make([]V, 0, len(items))
+		for _, it := range items {
+			out = append(out, view(it))
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("GET /v1/"+kind+"s/{name}", func(w http.ResponseWriter, r *http.Request) {
+		it, err := get(r.PathValue("name"))
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, view(it))
+	})
+	mux.HandleFunc("DELETE /v1/"+kind+"s/{name}", func(w http.ResponseWriter, r *http.Request) {
+		s.deleteUnused(w, r, kind, users, del)
+	})
 }
 
 // deleteUnused deletes the image or kernel the request names unless VMs

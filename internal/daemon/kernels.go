@@ -9,9 +9,7 @@ import (
 )
 
 func (s *Server) kernelRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/kernels", s.handleKernelList)
-	mux.HandleFunc("GET /v1/kernels/{name}", s.handleKernelGet)
-	mux.HandleFunc("DELETE /v1/kernels/{name}", s.handleKernelDelete)
+	entryRoutes(s, mux, "kernel", s.kernels.List, s.kernels.Get, kernelView, s.store.VMsUsingKernel, s.kernels.Delete)
 	mux.HandleFunc("POST /v1/kernels/pull", s.handleKernelPull)
 	mux.HandleFunc("POST /v1/kernels/import", s.handleKernelImport)
 	mux.HandleFunc("POST /v1/kernels/register", s.handleKernelRegister)
@@ -20,20 +18,6 @@ func (s *Server) kernelRoutes(mux *http.ServeMux) {
 func kernelView(b kernel.Bundle) api.Kernel {
 	return api.Kernel{Name: b.Name, Release: b.Release, Kernel: b.Kernel, Initrd: b.Initrd, Modules: b.Modules,
 		Source: b.Source, SHA256: b.SHA256, CreatedAt: b.CreatedAt}
-}
-
-func (s *Server) handleKernelList(w http.ResponseWriter, r *http.Request) {
-	bs, err := s.kernels.List()
-	writeList(w, bs, err, kernelView)
-}
-
-func (s *Server) handleKernelGet(w http.ResponseWriter, r *http.Request) {
-	b, err := s.kernels.Get(r.PathValue("name"))
-	writeOne(w, b, err, kernelView)
-}
-
-func (s *Server) handleKernelDelete(w http.ResponseWriter, r *http.Request) {
-	s.deleteUnused(w, r, "kernel", s.store.VMsUsingKernel, s.kernels.Delete)
 }
 
 func (s *Server) handleKernelPull(w http.ResponseWriter, r *http.Request) {
