@@ -190,11 +190,7 @@ func TestContractBootToShutdown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 
-	m, err := d.Start(ctx, spec)
-	if err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(func() { m.Kill() })
+	m := vmmtest.Start(ctx, t, d, spec)
 	echoThroughAgent(ctx, t, m)
 	p := m.(vmm.Pauser)
 	if err := p.Pause(ctx); err != nil {
@@ -215,7 +211,7 @@ func TestContractBootToShutdown(t *testing.T) {
 	if err := m.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	waitDone(t, m)
+	vmmtest.WaitDone(t, m)
 
 	reqs := readRecorded(t, logPath)
 	want := []string{
@@ -313,15 +309,6 @@ func echoThroughAgent(ctx context.Context, t *testing.T, m vmm.Machine) {
 	}
 }
 
-func waitDone(t *testing.T, m vmm.Machine) {
-	t.Helper()
-	select {
-	case <-m.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("Done not closed after the process exited")
-	}
-}
-
 // TestContractRestore loads a snapshot into a fresh stand-in: the load is
 // the only VM request after logger and metrics.
 func TestContractRestore(t *testing.T) {
@@ -343,7 +330,7 @@ func TestContractRestore(t *testing.T) {
 	if err := m.Kill(); err != nil {
 		t.Fatalf("Kill: %v", err)
 	}
-	waitDone(t, m)
+	vmmtest.WaitDone(t, m)
 
 	reqs := readRecorded(t, logPath)
 	want := []string{"GET /version", "PUT /logger", "PUT /metrics", "PUT /snapshot/load"}

@@ -29,11 +29,7 @@ func TestContractJailer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 
-	m, err := d.Start(ctx, spec)
-	if err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(func() { m.Kill() })
+	m := vmmtest.Start(ctx, t, d, spec)
 	root := filepath.Join(spec.Dir, "jail", filepath.Base(d.opts.Bin), instanceID(spec), "root")
 	if got := m.Handle().Data[dataJailRoot]; got != root {
 		t.Errorf("jail root = %q, want %q", got, root)
@@ -60,8 +56,8 @@ func TestContractJailer(t *testing.T) {
 	if err := m.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	waitDone(t, m)
-	waitDone(t, adopted)
+	vmmtest.WaitDone(t, m)
+	vmmtest.WaitDone(t, adopted)
 
 	reqs := readRecorded(t, logPath)
 	if err := checkOrder(reqs); err != nil {

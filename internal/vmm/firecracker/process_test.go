@@ -162,7 +162,7 @@ func TestAdoptNonChild(t *testing.T) {
 	if err := m.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	waitDone(t, m)
+	vmmtest.WaitDone(t, m)
 	vmmtest.AssertNoLeftovers(t, spec.Dir)
 }
 
@@ -200,7 +200,7 @@ func TestAdoptPausedResumesOnShutdown(t *testing.T) {
 		t.Errorf("requests end with %q, want %q", got, want)
 	}
 	for _, mm := range []vmm.Machine{m, m2} {
-		waitDone(t, mm)
+		vmmtest.WaitDone(t, mm)
 	}
 	vmmtest.AssertNoLeftovers(t, spec.Dir)
 }

@@ -21,12 +21,7 @@ func startVM(t *testing.T, d *Driver, spec vmm.Spec) vmm.Machine {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	m, err := d.Start(ctx, spec)
-	if err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(func() { m.Kill() })
-	return m
+	return vmmtest.Start(ctx, t, d, spec)
 }
 
 // assertGone checks that QEMU has exited and left nothing behind.

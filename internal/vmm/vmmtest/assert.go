@@ -34,20 +34,33 @@ func Echo(_ context.Context, conn net.Conn) error {
 // longer running) and left nothing behind (see AssertNoLeftovers).
 func AssertGone(t *testing.T, m vmm.Machine, spec vmm.Spec, runFiles ...string) {
 	t.Helper()
-	waitDone(t, m, "machine")
+	WaitDone(t, m)
 	if pid := m.Handle().PID; pidAlive(pid) {
 		t.Errorf("vmm pid %d still running after Done", pid)
 	}
 	AssertNoLeftovers(t, spec.Dir, runFiles...)
 }
 
-func waitDone(t *testing.T, m vmm.Machine, what string) {
+// WaitDone fails t unless m's Done closes within 10 seconds.
+func WaitDone(t *testing.T, m vmm.Machine) {
 	t.Helper()
 	select {
 	case <-m.Done():
 	case <-time.After(10 * time.Second):
-		t.Fatalf("%s: Done not closed 10s after the vmm should have exited", what)
+		t.Fatal("Done not closed 10s after the vmm should have exited")
 	}
+}
+
+// Start starts spec on d, fails t when it cannot, and kills the machine
+// at cleanup.
+func Start(ctx context.Context, t *testing.T, d vmm.Driver, spec vmm.Spec) vmm.Machine {
+	t.Helper()
+	m, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() { m.Kill() })
+	return m
 }
 
 // AssertNoLeftovers fails t when, after a short grace, a socket is still

@@ -282,7 +282,7 @@ func (s *suite) adoptAfterRestart(t *testing.T) {
 		t.Error("Shutdown of the adopted machine returned only once its ctx was done")
 	}
 	s.assertGone(t, m2, spec)
-	waitDone(t, m1, "the first daemon's machine") // the child was reaped, not left a zombie
+	WaitDone(t, m1) // the first daemon's child was reaped, not left a zombie
 	if _, err := d2.Adopt(ctx, spec, h); !errors.Is(err, vmm.ErrNotRunning) {
 		t.Errorf("Adopt after exit = %v, want ErrNotRunning", err)
 	}
