@@ -145,7 +145,8 @@ func (s *stream) finish(v any, err error) {
 	s.send(api.Event{Type: api.EventResult, Result: b})
 }
 
-// progressFunc adapts s to the callback shape the stores use.
+// progressFunc is the one progress callback (image.Progress, kernel.Progress);
+// a stream's Progress method is one.
 type progressFunc = image.Progress
 
 // peerKey is the context key of the connecting process's credentials.
