@@ -47,7 +47,7 @@ func Collect(ctx context.Context, root string) (Set, error) {
 		return Set{}, fmt.Errorf("workspace %s is not a directory", root)
 	}
 	s := Set{Root: abs, Name: filepath.Base(abs)}
-	if fi, err := os.Lstat(filepath.Join(abs, ".git")); err == nil && fi.IsDir() {
+	if fi, lerr := os.Lstat(filepath.Join(abs, ".git")); lerr == nil && fi.IsDir() {
 		s.Git = true
 		s.Files, err = gitFiles(ctx, abs)
 	} else {

@@ -84,9 +84,14 @@ func TestCollectErrors(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "f")
 	os.WriteFile(file, nil, 0o644)
+	// A .git that git cannot read: the copy must fail, not come out empty.
+	broken := filepath.Join(dir, "broken")
+	os.MkdirAll(filepath.Join(broken, ".git"), 0o755)
+	os.WriteFile(filepath.Join(broken, "f"), []byte("x"), 0o644)
 	for _, tc := range []struct{ name, path, want string }{
 		{"missing", filepath.Join(dir, "nope"), "does not exist"},
 		{"not a dir", file, "is not a directory"},
+		{"broken git", broken, "git"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Collect(context.Background(), tc.path)
