@@ -205,28 +205,26 @@ func applyCIDR(c *Config, v any) error {
 // MaxConsoleLogMiB is the largest console_log_max_mib accepted.
 const MaxConsoleLogMiB = 1024
 
-func applyConsoleLogMax(c *Config, v any) error {
-	n, ok := v.(int64)
-	if !ok {
-		return fmt.Errorf("console_log_max_mib: expected an integer from 1 to %d, got %s", MaxConsoleLogMiB, tomlType(v))
-	}
-	if n < 1 || n > MaxConsoleLogMiB {
-		return fmt.Errorf("console_log_max_mib = %d: must be from 1 to %d", n, MaxConsoleLogMiB)
-	}
-	c.ConsoleLogMaxMiB = int(n)
-	return nil
+func applyConsoleLogMax(c *Config, v any) (err error) {
+	c.ConsoleLogMaxMiB, err = intIn("console_log_max_mib", v, 1, MaxConsoleLogMiB)
+	return err
 }
 
-func applyTapPoolSize(c *Config, v any) error {
+func applyTapPoolSize(c *Config, v any) (err error) {
+	c.TapPoolSize, err = intIn("tap_pool_size", v, 0, MaxTapPoolSize)
+	return err
+}
+
+// intIn is the value of key, a TOML integer from lo to hi.
+func intIn(key string, v any, lo, hi int64) (int, error) {
 	n, ok := v.(int64)
 	if !ok {
-		return fmt.Errorf("tap_pool_size: expected an integer from 0 to %d, got %s", MaxTapPoolSize, tomlType(v))
+		return 0, fmt.Errorf("%s: expected an integer from %d to %d, got %s", key, lo, hi, tomlType(v))
 	}
-	if n < 0 || n > MaxTapPoolSize {
-		return fmt.Errorf("tap_pool_size = %d: must be from 0 to %d", n, MaxTapPoolSize)
+	if n < lo || n > hi {
+		return 0, fmt.Errorf("%s = %d: must be from %d to %d", key, n, lo, hi)
 	}
-	c.TapPoolSize = int(n)
-	return nil
+	return int(n), nil
 }
 
 func applyDefaultDNS(c *Config, v any) error {

@@ -25,7 +25,6 @@ import (
 
 // fakeNet is a vmNetwork that hands out taps by name only.
 type fakeNet struct {
-	st       *store.Store
 	mu       sync.Mutex
 	attached map[string]bool // VM ids with a tap
 	fail     error           // attach fails with it when set
@@ -98,7 +97,7 @@ func newLifeRig(t *testing.T, opts vmmtest.MemOptions) *lifeRig {
 		opts.Agent = memAgent(false)
 	}
 	r := &lifeRig{d: vmmtest.NewMemDriver(opts), st: st, dir: dir}
-	r.net = &fakeNet{st: st, attached: map[string]bool{}}
+	r.net = &fakeNet{attached: map[string]bool{}}
 	r.m = r.manager(r.d)
 	return r
 }
