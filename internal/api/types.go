@@ -45,6 +45,19 @@ type VM struct {
 	Agent      string    `json:"agent,omitempty"` // agent version once it answered
 	VsockCID   uint32    `json:"vsock_cid,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
+	// Workspace is where the VM's workspace was copied from, if any.
+	Workspace *WorkspaceSource `json:"workspace,omitempty"`
+	// Credentials are the guest paths of the credential files synced at
+	// the last start (paths only, never contents).
+	Credentials []string `json:"credentials,omitempty"`
+}
+
+// WorkspaceSource records the host repo a VM's workspace came from.
+type WorkspaceSource struct {
+	HostPath  string `json:"host_path"`  // the host repo's top directory
+	GuestPath string `json:"guest_path"` // where it was copied in the guest
+	Branch    string `json:"branch,omitempty"`
+	Commit    string `json:"commit,omitempty"` // the host HEAD it was copied at
 }
 
 // CreateVMRequest is the body of POST /v1/vms.

@@ -55,6 +55,47 @@ const (
 	OpPutTar Op = "put-tar"
 	// OpShutdown: guest answers FrameResponse, then syncs and powers off.
 	OpShutdown Op = "shutdown"
+
+	// Sessions are long-lived commands the agent owns: they outlive the
+	// stream that started them and every attach, and their output is kept
+	// in the guest under SessionDir/<name>/ (stdout, stderr) from the
+	// first byte, so any reader can ask for it from any offset.
+
+	// OpSessionStart: guest answers FrameResponse{Session} once the
+	// process runs, or FrameError (a taken name, a command not found, a
+	// missing working directory). The stream then ends.
+	OpSessionStart Op = "session-start"
+	// OpSessionList: guest answers FrameResponse{Sessions}, oldest first.
+	OpSessionList Op = "session-list"
+	// OpSessionAttach: guest answers FrameResponse{Session} (or
+	// FrameError), then sends the session's output from the requested
+	// offsets as FrameStdout/FrameStderr in the order it was written.
+	// Once the process has exited and its output is all sent, FrameExit
+	// ends the stream; without Follow, a FrameEOF ends it as soon as the
+	// output written so far is sent. With Input, the host may send
+	// FrameStdin (bytes for the session's stdin; refused in null mode) and
+	// FrameResize (tty mode). The host closing the stream ends the attach
+	// only: the session goes on.
+	OpSessionAttach Op = "session-attach"
+	// OpSessionControl: signal, resize or close the stdin of a session;
+	// guest answers FrameResponse{Session} or FrameError.
+	OpSessionControl Op = "session-control"
+)
+
+// SessionDir is where the agent keeps each session's output in the guest.
+const SessionDir = "/var/lib/banger/sessions"
+
+// Stdin modes of a session.
+const (
+	StdinPipe = "pipe" // stdin is a pipe the attached clients write to
+	StdinTTY  = "tty"  // the session runs on a pty; stdout carries its output
+	StdinNull = "null" // stdin is /dev/null
+)
+
+// Session states as the agent reports them.
+const (
+	SessionRunning = "running"
+	SessionExited  = "exited"
 )
 
 // Request opens every stream.
@@ -65,13 +106,74 @@ type Request struct {
 	Put     *PutRequest    `json:"put,omitempty"`
 	Get     *GetRequest    `json:"get,omitempty"`
 	PutTar  *PutTarRequest `json:"put_tar,omitempty"`
+
+	SessionStart   *SessionStartRequest   `json:"session_start,omitempty"`
+	SessionAttach  *SessionAttachRequest  `json:"session_attach,omitempty"`
+	SessionControl *SessionControlRequest `json:"session_control,omitempty"`
 }
 
 // Response answers a Request.
 type Response struct {
-	Hello *Info     `json:"hello,omitempty"`
-	PID   int       `json:"pid,omitempty"`
-	File  *FileInfo `json:"file,omitempty"`
+	Hello    *Info         `json:"hello,omitempty"`
+	PID      int           `json:"pid,omitempty"`
+	File     *FileInfo     `json:"file,omitempty"`
+	Session  *SessionInfo  `json:"session,omitempty"`
+	Sessions []SessionInfo `json:"sessions,omitempty"`
+}
+
+// SessionStartRequest starts a session. Name must match
+// [A-Za-z0-9][A-Za-z0-9._-]{0,63}. A name in use by a running session is
+// refused; the name of one that has exited is taken over (its record
+// and output are replaced).
+type SessionStartRequest struct {
+	Name      string   `json:"name"`
+	Argv      []string `json:"argv"`
+	Env       []string `json:"env,omitempty"` // as ExecRequest.Env
+	Dir       string   `json:"dir,omitempty"` // as ExecRequest.Dir
+	StdinMode string   `json:"stdin_mode"`    // StdinPipe, StdinTTY or StdinNull
+	Rows      uint16   `json:"rows,omitempty"`
+	Cols      uint16   `json:"cols,omitempty"`
+}
+
+// SessionInfo is what the agent knows of a session.
+type SessionInfo struct {
+	Name        string      `json:"name"`
+	Argv        []string    `json:"argv"`
+	Dir         string      `json:"dir"`
+	StdinMode   string      `json:"stdin_mode"`
+	State       string      `json:"state"` // SessionRunning or SessionExited
+	PID         int         `json:"pid"`
+	Exit        *ExitStatus `json:"exit,omitempty"` // once exited
+	StartedAt   time.Time   `json:"started_at"`
+	EndedAt     time.Time   `json:"ended_at,omitzero"`
+	StdoutBytes int64       `json:"stdout_bytes"` // output kept so far
+	StderrBytes int64       `json:"stderr_bytes"`
+	Attached    int         `json:"attached"` // attach streams open with Input
+}
+
+// SessionAttachRequest reads (and, with Input, writes to) a session.
+// An offset below zero means the current end: only output written from
+// now on. Stdout and Stderr choose the streams sent; both false means
+// both.
+type SessionAttachRequest struct {
+	Name         string `json:"name"`
+	StdoutOffset int64  `json:"stdout_offset"`
+	StderrOffset int64  `json:"stderr_offset"`
+	Stdout       bool   `json:"stdout,omitempty"`
+	Stderr       bool   `json:"stderr,omitempty"`
+	Follow       bool   `json:"follow,omitempty"`
+	Input        bool   `json:"input,omitempty"`
+}
+
+// SessionControlRequest acts on a session. Signal (if not 0) is delivered
+// to its process group; Rows and Cols (if not 0) resize its tty;
+// CloseStdin closes its stdin pipe (pipe mode) or types ^D (tty mode).
+type SessionControlRequest struct {
+	Name       string `json:"name"`
+	Signal     int    `json:"signal,omitempty"`
+	Rows       uint16 `json:"rows,omitempty"`
+	Cols       uint16 `json:"cols,omitempty"`
+	CloseStdin bool   `json:"close_stdin,omitempty"`
 }
 
 // Info describes the guest, as answered to Hello.
@@ -147,6 +249,7 @@ const (
 	KindInternal = "internal"  // anything else
 	KindNotExist = "not-exist" // a path does not exist
 	KindInvalid  = "invalid"   // a malformed or unsupported request
+	KindExist    = "exist"     // a name is taken (a running session's)
 )
 
 // RemoteError is an error reported by the agent.
@@ -173,9 +276,11 @@ func truncated(s string, n int) string {
 	return s[:n] + " [truncated]"
 }
 
-// Is lets errors.Is(err, fs.ErrNotExist) match a KindNotExist error.
+// Is lets errors.Is(err, fs.ErrNotExist) match a KindNotExist error and
+// errors.Is(err, fs.ErrExist) a KindExist one.
 func (e *RemoteError) Is(target error) bool {
-	return target == fs.ErrNotExist && e.Kind == KindNotExist
+	return (target == fs.ErrNotExist && e.Kind == KindNotExist) ||
+		(target == fs.ErrExist && e.Kind == KindExist)
 }
 
 // ToRemoteError converts err for sending in a FrameError.
@@ -185,8 +290,11 @@ func ToRemoteError(err error) *RemoteError {
 		return re
 	}
 	kind := KindInternal
-	if errors.Is(err, fs.ErrNotExist) {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		kind = KindNotExist
+	case errors.Is(err, fs.ErrExist):
+		kind = KindExist
 	}
 	return &RemoteError{Kind: kind, Message: err.Error()}
 }

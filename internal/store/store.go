@@ -92,6 +92,28 @@ var migrations = []string{
 	// 0 means none assigned yet.
 	`ALTER TABLE vms ADD COLUMN vsock_cid INTEGER NOT NULL DEFAULT 0;
 	CREATE UNIQUE INDEX vms_vsock_cid ON vms(vsock_cid) WHERE vsock_cid != 0;`,
+	// 4: where a VM's workspace came from (JSON of api.WorkspaceSource)
+	// and which credential files were synced into it (JSON list of guest
+	// paths, never contents).
+	`ALTER TABLE vms ADD COLUMN workspace TEXT NOT NULL DEFAULT '{}';
+	ALTER TABLE vms ADD COLUMN synced TEXT NOT NULL DEFAULT '[]';`,
+	// 5: sessions: long-lived guest commands. The guest agent owns the
+	// process; this row is what the daemon knows of it.
+	`CREATE TABLE sessions (
+		vm_id      TEXT NOT NULL,
+		name       TEXT NOT NULL,
+		argv       TEXT NOT NULL DEFAULT '[]',
+		dir        TEXT NOT NULL DEFAULT '',
+		stdin_mode TEXT NOT NULL DEFAULT 'pipe',
+		state      TEXT NOT NULL,
+		pid        INTEGER NOT NULL DEFAULT 0,
+		exit_code  INTEGER NOT NULL DEFAULT -1,
+		exit_signal INTEGER NOT NULL DEFAULT 0,
+		reason     TEXT NOT NULL DEFAULT '',
+		started_at INTEGER NOT NULL,
+		ended_at   INTEGER NOT NULL DEFAULT 0,
+		PRIMARY KEY (vm_id, name)
+	);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -25,18 +25,20 @@ type VM struct {
 	Handle     string // JSON of vmm.Handle
 	LastError  string
 	VsockCID   uint32 // set only by AllocateCID; 0: none yet
+	Workspace  string // JSON of api.WorkspaceSource; "{}" when none
+	Synced     string // JSON list of the credential files synced at the last start
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
 }
 
 const vmColumns = `id, name, state, image, kernel, vmm, vcpus, memory_mib, disk_bytes, dir,
-	disk_method, spec, handle, last_error, vsock_cid, created_at, updated_at`
+	disk_method, spec, handle, last_error, vsock_cid, workspace, synced, created_at, updated_at`
 
 func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
 	var v VM
 	var created, updated int64
 	err := sc.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPUs, &v.MemoryMiB,
-		&v.DiskBytes, &v.Dir, &v.DiskMethod, &v.Spec, &v.Handle, &v.LastError, &v.VsockCID, &created, &updated)
+		&v.DiskBytes, &v.Dir, &v.DiskMethod, &v.Spec, &v.Handle, &v.LastError, &v.VsockCID, &v.Workspace, &v.Synced, &created, &updated)
 	v.CreatedAt = time.Unix(0, created)
 	v.UpdatedAt = time.Unix(0, updated)
 	return v, err
@@ -46,9 +48,9 @@ func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
 func (s *Store) CreateVM(ctx context.Context, v VM) error {
 	now := time.Now().UnixNano()
 	_, err := s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?)`,
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,?,?)`,
 		v.ID, v.Name, v.State, v.Image, v.Kernel, v.VMM, v.VCPUs, v.MemoryMiB, v.DiskBytes, v.Dir,
-		v.DiskMethod, nz(v.Spec), nz(v.Handle), v.LastError, now, now)
+		v.DiskMethod, nz(v.Spec), nz(v.Handle), v.LastError, nz(v.Workspace), nzList(v.Synced), now, now)
 	if isUniqueViolation(err) {
 		return fmt.Errorf("vm %q: %w", v.Name, ErrExist)
 	}
@@ -62,11 +64,19 @@ func nz(s string) string {
 	return s
 }
 
+func nzList(s string) string {
+	if s == "" {
+		return "[]"
+	}
+	return s
+}
+
 // UpdateVM replaces the mutable fields of the VM with v.ID.
 func (s *Store) UpdateVM(ctx context.Context, v VM) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET state=?, vmm=?, spec=?, handle=?, last_error=?,
-		disk_method=?, dir=?, updated_at=? WHERE id=?`,
-		v.State, v.VMM, nz(v.Spec), nz(v.Handle), v.LastError, v.DiskMethod, v.Dir, time.Now().UnixNano(), v.ID)
+		disk_method=?, dir=?, workspace=?, synced=?, updated_at=? WHERE id=?`,
+		v.State, v.VMM, nz(v.Spec), nz(v.Handle), v.LastError, v.DiskMethod, v.Dir,
+		nz(v.Workspace), nzList(v.Synced), time.Now().UnixNano(), v.ID)
 	if err != nil {
 		return err
 	}
