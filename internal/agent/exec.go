@@ -42,8 +42,44 @@ func (s *Server) exec(ctx context.Context, conn net.Conn, fw *guest.FrameWriter,
 	if len(req.Argv) == 0 {
 		return fw.WriteError(invalid("exec: empty argv"))
 	}
-	env := execEnv(req)
-	dir := req.Dir
+	cmd, err := newCommand(req.Argv, req.Env, req.Dir, req.TTY)
+	var ce *commandError
+	if errors.As(err, &ce) {
+		return notRun(fw, req.TTY, ce.code, ce.msg)
+	} else if err != nil {
+		return fw.WriteError(err)
+	}
+	p, err := s.startCommand(cmd, procSpec{tty: req.TTY, rows: req.Rows, cols: req.Cols})
+	if errors.As(err, &ce) {
+		return notRun(fw, req.TTY, ce.code, ce.msg)
+	} else if err != nil {
+		return fw.WriteError(err)
+	}
+	defer s.procs.forget(p.pid)
+	if err := fw.WriteJSON(guest.FrameResponse, guest.Response{PID: p.pid}); err != nil {
+		_ = unix.Kill(-p.pid, unix.SIGKILL)
+		_ = p.cmd.Wait()
+		return err
+	}
+	return s.runProcess(conn, fw, p)
+}
+
+// commandError is a command that cannot run, as a shell would report it:
+// an exit code (127 not found, 126 not executable) and a message.
+type commandError struct {
+	code int
+	msg  string
+}
+
+func (e *commandError) Error() string { return e.msg }
+
+// newCommand resolves argv the way exec runs it: root's environment plus
+// extraEnv, the working directory dir (empty: root's home, else /), the
+// program looked up like a shell does. A missing or unusable working
+// directory is a *guest.RemoteError, a program not found or not
+// executable a *commandError.
+func newCommand(argv, extraEnv []string, dir string, tty bool) (*exec.Cmd, error) {
+	env := execEnv(extraEnv, tty)
 	if dir == "" {
 		dir = envValue(env, "HOME")
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
@@ -51,36 +87,35 @@ func (s *Server) exec(ctx context.Context, conn net.Conn, fw *guest.FrameWriter,
 		}
 	}
 	if st, err := os.Stat(dir); err != nil {
-		return fw.WriteError(&guest.RemoteError{Kind: guest.KindNotExist,
-			Message: fmt.Sprintf("working directory %s does not exist in the guest", dir)})
+		return nil, &guest.RemoteError{Kind: guest.KindNotExist,
+			Message: fmt.Sprintf("working directory %s does not exist in the guest", dir)}
 	} else if !st.IsDir() {
-		return fw.WriteError(invalid("working directory %s is not a directory", dir))
+		return nil, invalid("working directory %s is not a directory", dir)
 	}
-	path, code, msg := lookPath(req.Argv[0], dir, envValue(env, "PATH"))
+	path, code, msg := lookPath(argv[0], dir, envValue(env, "PATH"))
 	if code != 0 {
-		return notRun(fw, req.TTY, code, msg)
+		return nil, &commandError{code: code, msg: msg}
 	}
-	cmd := &exec.Cmd{Path: path, Args: req.Argv, Env: env, Dir: dir}
-	p, err := s.startProcess(cmd, req)
+	return &exec.Cmd{Path: path, Args: argv, Env: env, Dir: dir}, nil
+}
+
+// startCommand starts cmd with startProcess. Like a shell, it runs a file
+// without #! or ELF header as a /bin/sh script. A program that cannot be
+// executed is a *commandError.
+func (s *Server) startCommand(cmd *exec.Cmd, spec procSpec) (*process, error) {
+	p, err := s.startProcess(cmd, spec)
 	if errors.Is(err, unix.ENOEXEC) {
-		// Like a shell: a file without #! or ELF header is a script.
-		cmd = &exec.Cmd{Path: "/bin/sh", Args: append([]string{"sh", path}, req.Argv[1:]...), Env: env, Dir: dir}
-		p, err = s.startProcess(cmd, req)
+		cmd = &exec.Cmd{Path: "/bin/sh", Args: append([]string{"sh", cmd.Path}, cmd.Args[1:]...), Env: cmd.Env, Dir: cmd.Dir}
+		p, err = s.startProcess(cmd, spec)
 	}
 	if err != nil {
 		code := 126
 		if errors.Is(err, fs.ErrNotExist) {
 			code = 127
 		}
-		return notRun(fw, req.TTY, code, fmt.Sprintf("sh: %s: %v", req.Argv[0], unwrapPathError(err)))
+		return nil, &commandError{code: code, msg: fmt.Sprintf("sh: %s: %v", cmd.Args[0], unwrapPathError(err))}
 	}
-	defer s.procs.forget(p.pid)
-	if err := fw.WriteJSON(guest.FrameResponse, guest.Response{PID: p.pid}); err != nil {
-		_ = unix.Kill(-p.pid, unix.SIGKILL)
-		_ = cmd.Wait()
-		return err
-	}
-	return s.runProcess(conn, fw, p)
+	return p, nil
 }
 
 // notRun reports a command that could not start the way a shell would:
@@ -108,13 +143,20 @@ func unwrapPathError(err error) error {
 	return err
 }
 
+// procSpec says how startProcess wires a process's stdio.
+type procSpec struct {
+	tty        bool   // a pty for stdin, stdout and stderr
+	rows, cols uint16 // its initial size (0: 24x80)
+	nullStdin  bool   // without tty: stdin is /dev/null rather than a pipe
+}
+
 // startProcess starts cmd in its own process group (its own session with
 // a controlling terminal in tty mode).
-func (s *Server) startProcess(cmd *exec.Cmd, req *guest.ExecRequest) (*process, error) {
+func (s *Server) startProcess(cmd *exec.Cmd, spec procSpec) (*process, error) {
 	p := &process{cmd: cmd}
 	var err error
-	if req.TTY {
-		ws := &pty.Winsize{Rows: req.Rows, Cols: req.Cols}
+	if spec.tty {
+		ws := &pty.Winsize{Rows: spec.rows, Cols: spec.cols}
 		if ws.Rows == 0 || ws.Cols == 0 {
 			ws.Rows, ws.Cols = 24, 80
 		}
@@ -137,20 +179,32 @@ func (s *Server) startProcess(cmd *exec.Cmd, req *guest.ExecRequest) (*process, 
 	}()
 	pipes := make([][2]*os.File, 3)
 	for i := range pipes {
+		if i == 0 && spec.nullStdin {
+			continue
+		}
 		r, w, err := os.Pipe()
 		if err != nil {
 			for _, pp := range pipes[:i] {
-				pp[0].Close()
-				pp[1].Close()
+				closeFiles(pp[:])
 			}
 			return nil, fmt.Errorf("creating pipe: %w", err)
 		}
 		pipes[i] = [2]*os.File{r, w}
 	}
-	cmd.Stdin, p.stdin = pipes[0][0], pipes[0][1]
+	if spec.nullStdin {
+		null, err := os.Open(os.DevNull)
+		if err != nil {
+			closeFiles(pipes[1][:])
+			closeFiles(pipes[2][:])
+			return nil, err
+		}
+		cmd.Stdin = null
+	} else {
+		cmd.Stdin, p.stdin = pipes[0][0], pipes[0][1]
+	}
 	cmd.Stdout, cmd.Stderr = pipes[1][1], pipes[2][1]
 	p.output = []*os.File{pipes[1][0], pipes[2][0]}
-	child = []*os.File{pipes[0][0], pipes[1][1], pipes[2][1]}
+	child = []*os.File{cmd.Stdin.(*os.File), pipes[1][1], pipes[2][1]}
 	p.pid, err = s.procs.start(func() (int, error) {
 		if err := cmd.Start(); err != nil {
 			return 0, err
@@ -162,6 +216,14 @@ func (s *Server) startProcess(cmd *exec.Cmd, req *guest.ExecRequest) (*process, 
 		return nil, err
 	}
 	return p, nil
+}
+
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 func (p *process) closeAll() {
@@ -292,14 +354,14 @@ func writeStdin(p *process, chunks <-chan []byte, exited <-chan struct{}) {
 	}
 }
 
-// execEnv is the command's environment: root's defaults overridden by the
-// request's entries.
-func execEnv(req *guest.ExecRequest) []string {
+// execEnv is a command's environment: root's defaults (TERM too with a
+// tty) overridden by the extra entries.
+func execEnv(extra []string, tty bool) []string {
 	env := []string{"PATH=" + defaultPath, "HOME=/root", "USER=root", "LOGNAME=root", "SHELL=/bin/sh"}
-	if req.TTY {
+	if tty {
 		env = append(env, "TERM=xterm-256color")
 	}
-	for _, kv := range req.Env {
+	for _, kv := range extra {
 		k, _, ok := strings.Cut(kv, "=")
 		if !ok {
 			continue
