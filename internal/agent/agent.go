@@ -1,5 +1,5 @@
 // Package agent is the guest side of banger: it serves the daemon's
-// requests (exec, files, shutdown) over vsock or virtio-serial. The
+// requests (exec, files, sessions, shutdown) over vsock or virtio-serial. The
 // protocol lives in package guest.
 package agent
 
@@ -36,6 +36,10 @@ type Server struct {
 	procs    procTable
 	version  int    // protocol version spoken; guest.ProtocolVersion but in tests
 	keyFile  string // the VM's agent key; guest.AgentKeyPath but in tests
+	// sessions are the long-lived commands the agent owns; their output
+	// is kept under sessionDir (guest.SessionDir but in tests).
+	sessions   sessionTable
+	sessionDir string
 	// handshakes holds a token per connection still authenticating, so
 	// unauthenticated peers cannot pile up goroutines.
 	handshakes chan struct{}
@@ -52,6 +56,7 @@ func NewServer(logger *slog.Logger, powerOff func() error) *Server {
 	}
 	return &Server{logger: logger, powerOff: powerOff, procs: procTable{pids: map[int]bool{}},
 		version: guest.ProtocolVersion, keyFile: guest.AgentKeyPath,
+		sessions: sessionTable{byName: map[string]*session{}}, sessionDir: guest.SessionDir,
 		handshakes: make(chan struct{}, maxHandshakes)}
 }
 
@@ -221,6 +226,14 @@ func (s *Server) serveStream(ctx context.Context, conn net.Conn) {
 		err = s.get(fw, req.Get)
 	case req.Op == guest.OpPutTar && req.PutTar != nil:
 		err = s.putTar(ctx, conn, fw, req.PutTar)
+	case req.Op == guest.OpSessionStart && req.SessionStart != nil:
+		err = s.sessionStart(fw, req.SessionStart)
+	case req.Op == guest.OpSessionList:
+		err = s.sessionList(fw)
+	case req.Op == guest.OpSessionAttach && req.SessionAttach != nil:
+		err = s.sessionAttach(conn, fw, req.SessionAttach)
+	case req.Op == guest.OpSessionControl && req.SessionControl != nil:
+		err = s.sessionControl(fw, req.SessionControl)
 	case req.Op == guest.OpShutdown:
 		err = s.shutdown(fw)
 	default:

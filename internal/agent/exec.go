@@ -256,6 +256,16 @@ func (s *Server) runProcess(conn net.Conn, fw *guest.FrameWriter, p *process) er
 
 	waitErr := p.cmd.Wait()
 	close(exited)
+	s.drainOutput(p, &pumps)
+	st := exitStatus(p.cmd, waitErr)
+	s.logger.Debug("exec exited", "pid", p.pid, "code", st.Code)
+	return fw.WriteJSON(guest.FrameExit, st)
+}
+
+// drainOutput waits for pumps (reading p's output) to end once p has
+// exited, for at most outputGrace: children that inherited its stdout or
+// stderr may hold them open. Then it closes p's files.
+func (s *Server) drainOutput(p *process, pumps *sync.WaitGroup) {
 	pumpsDone := make(chan struct{})
 	go func() { pumps.Wait(); close(pumpsDone) }()
 	select {
@@ -265,9 +275,6 @@ func (s *Server) runProcess(conn net.Conn, fw *guest.FrameWriter, p *process) er
 	}
 	p.closeAll()
 	<-pumpsDone
-	st := exitStatus(p.cmd, waitErr)
-	s.logger.Debug("exec exited", "pid", p.pid, "code", st.Code)
-	return fw.WriteJSON(guest.FrameExit, st)
 }
 
 // isClosedOutput tells the normal ends of an output pipe or pty: EOF, the

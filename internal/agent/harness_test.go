@@ -89,6 +89,8 @@ var testKey = bytes.Repeat([]byte{0x42}, guest.KeySize)
 func newTestServer(t *testing.T, powerOff func() error) *Server {
 	t.Helper()
 	s := NewServer(testLogger(t), powerOff)
+	s.sessionDir = filepath.Join(t.TempDir(), "sessions")
+	t.Cleanup(func() { killSessions(t, s) })
 	s.keyFile = filepath.Join(t.TempDir(), "agent.key")
 	if err := os.WriteFile(s.keyFile, []byte(hex.EncodeToString(testKey)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
