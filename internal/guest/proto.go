@@ -68,17 +68,25 @@ const (
 	// OpSessionList: guest answers FrameResponse{Sessions}, oldest first.
 	OpSessionList Op = "session-list"
 	// OpSessionAttach: guest answers FrameResponse{Session} (or
-	// FrameError), then sends the session's output from the requested
-	// offsets as FrameStdout/FrameStderr in the order it was written.
-	// Once the process has exited and its output is all sent, FrameExit
+	// FrameError: an unknown session, an offset past the output written),
+	// then sends the session's output from the requested offsets as
+	// FrameStdout/FrameStderr in the order it was written. With Follow,
+	// once the process has exited and its output is all sent, FrameExit
 	// ends the stream; without Follow, a FrameEOF ends it as soon as the
-	// output written so far is sent. With Input, the host may send
-	// FrameStdin (bytes for the session's stdin; refused in null mode) and
-	// FrameResize (tty mode). The host closing the stream ends the attach
-	// only: the session goes on.
+	// output written when it attached is sent (also when the session has
+	// exited: the Response's Session says so). With Input, the host may
+	// send FrameStdin (bytes for the session's stdin, written whole, so
+	// the input of several attaches interleaves by frame; dropped once
+	// the stdin is closed) and FrameResize (tty mode; ignored otherwise).
+	// FrameStdin without Input or in null mode, and any other frame but
+	// FrameEOF (ignored: it does not close the session's stdin), get a
+	// FrameError that ends the attach. The host closing the stream ends
+	// the attach only: the session goes on.
 	OpSessionAttach Op = "session-attach"
 	// OpSessionControl: signal, resize or close the stdin of a session;
-	// guest answers FrameResponse{Session} or FrameError.
+	// guest answers FrameResponse{Session} (after acting) or FrameError
+	// (then nothing was done: an unknown or exited session, a part of the
+	// request that does not apply to its stdin mode).
 	OpSessionControl Op = "session-control"
 )
 
@@ -128,18 +136,20 @@ type Response struct {
 type SessionStartRequest struct {
 	Name      string   `json:"name"`
 	Argv      []string `json:"argv"`
-	Env       []string `json:"env,omitempty"` // as ExecRequest.Env
-	Dir       string   `json:"dir,omitempty"` // as ExecRequest.Dir
-	StdinMode string   `json:"stdin_mode"`    // StdinPipe, StdinTTY or StdinNull
-	Rows      uint16   `json:"rows,omitempty"`
+	Env       []string `json:"env,omitempty"`  // as ExecRequest.Env
+	Dir       string   `json:"dir,omitempty"`  // as ExecRequest.Dir
+	StdinMode string   `json:"stdin_mode"`     // StdinPipe (also when empty), StdinTTY or StdinNull
+	Rows      uint16   `json:"rows,omitempty"` // initial tty size (0: 24x80)
 	Cols      uint16   `json:"cols,omitempty"`
 }
 
-// SessionInfo is what the agent knows of a session.
+// SessionInfo is what the agent knows of a session. It is exited once
+// its process has exited and its output is all kept (children that hold
+// the output open are given 2 s more).
 type SessionInfo struct {
 	Name        string      `json:"name"`
 	Argv        []string    `json:"argv"`
-	Dir         string      `json:"dir"`
+	Dir         string      `json:"dir"` // the working directory it runs in
 	StdinMode   string      `json:"stdin_mode"`
 	State       string      `json:"state"` // SessionRunning or SessionExited
 	PID         int         `json:"pid"`
@@ -165,9 +175,10 @@ type SessionAttachRequest struct {
 	Input        bool   `json:"input,omitempty"`
 }
 
-// SessionControlRequest acts on a session. Signal (if not 0) is delivered
-// to its process group; Rows and Cols (if not 0) resize its tty;
-// CloseStdin closes its stdin pipe (pipe mode) or types ^D (tty mode).
+// SessionControlRequest acts on a session. Signal (if not 0, up to 64) is
+// delivered to its process group; Rows and Cols (if not 0; both are then
+// needed) resize its tty; CloseStdin closes its stdin pipe (pipe mode) or
+// types ^D (tty mode). A request with none of them just answers.
 type SessionControlRequest struct {
 	Name       string `json:"name"`
 	Signal     int    `json:"signal,omitempty"`
