@@ -28,7 +28,8 @@ import (
 
 // TestQEMUVirtioSerial boots a real microVM (QEMU, TCG) whose initrd runs
 // the agent as PID 1, and drives it over QEMU's virtio-serial chardev:
-// exec, tty, files, a fast reconnect and shutdown. It needs qemu, the
+// exec, tty, files, a session that outlives a fast reconnect, and
+// shutdown. It needs qemu, the
 // Debian cloud kernel fixture and a static busybox.
 func TestQEMUVirtioSerial(t *testing.T) {
 	if testing.Short() {
@@ -81,10 +82,12 @@ func TestQEMUVirtioSerial(t *testing.T) {
 	vmExec(t, ctx, c, []string{"sh", "-c", "kill -9 $$"}, false, 137, "")
 	vmExec(t, ctx, c, []string{"sh", "-c", "test -t 0 && stty size"}, true, 0, "33 99\r\n")
 	vmPutGet(t, ctx, c)
+	vmSessionStart(t, ctx, c)
 
 	// A fast reconnect: the guest may not see the host leave.
 	c.Close()
 	c = dialVM(t, ctx, sock)
+	vmSessionCheck(t, ctx, c)
 	vmExec(t, ctx, c, []string{"cat", "/etc/hostname"}, false, 0, "smokevm\n")
 	vmExec(t, ctx, c, []string{"test", "-e", "/root/pwned"}, false, 1, "")
 
@@ -196,6 +199,49 @@ func vmPutGet(t *testing.T, ctx context.Context, c *guest.Client) {
 	if !bytes.Equal(sent.Sum(nil), got.Sum(nil)) || info.Size != size || info.Mode != 0o600 {
 		t.Errorf("get back %+v with a different sha256", info)
 	}
+}
+
+// vmSessionStart starts a pipe session in the VM and writes it a line
+// through an attach that it then leaves.
+func vmSessionStart(t *testing.T, ctx context.Context, c *guest.Client) {
+	t.Helper()
+	_, err := c.SessionStart(ctx, guest.SessionStartRequest{Name: "vm-echo", StdinMode: guest.StdinPipe,
+		Argv: []string{"sh", "-c", `read a; echo "got $a"; echo err >&2; read b; echo "got $b"`}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _, err := c.SessionAttach(ctx, guest.SessionAttachRequest{Name: "vm-echo", Follow: true, Input: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Write([]byte("one\n")); err != nil {
+		t.Fatal(err)
+	}
+	var o sessionOutput
+	recvUntil(t, st, &o, stdoutHas("got one\n"))
+}
+
+// vmSessionCheck finds the session of vmSessionStart still running on a
+// new connection, feeds it its last line and reads all of its output.
+func vmSessionCheck(t *testing.T, ctx context.Context, c *guest.Client) {
+	t.Helper()
+	st, info, err := c.SessionAttach(ctx, guest.SessionAttachRequest{Name: "vm-echo", Follow: true, Input: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if info.State != guest.SessionRunning {
+		t.Fatalf("session after reconnect: %+v", info)
+	}
+	if _, err := st.Write([]byte("two\n")); err != nil {
+		t.Fatal(err)
+	}
+	o := recvAll(t, st)
+	if o.stdout.String() != "got one\ngot two\n" || o.stderr.String() != "err\n" || o.exit == nil || o.exit.Code != 0 {
+		t.Errorf("session output %q %q exit %+v", o.stdout.String(), o.stderr.String(), o.exit)
+	}
+	vmExec(t, ctx, c, []string{"cat", guest.SessionDir + "/vm-echo/stdout"}, false, 0, "got one\ngot two\n")
 }
 
 // staticBusybox finds a statically linked busybox or skips.

@@ -281,7 +281,7 @@ func (ss *session) infoLocked() guest.SessionInfo {
 	return info
 }
 
-// lookup returns the named session; the error lists the sessions there
+// lookupLocked returns the named session; the error lists the sessions there
 // are. The caller holds t.mu.
 func (t *sessionTable) lookupLocked(name string) (*session, error) {
 	if ss := t.byName[name]; ss != nil {
