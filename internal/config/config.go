@@ -54,6 +54,9 @@ type Config struct {
 	// ConsoleLogMaxMiB caps each VM's console log (console.log plus its
 	// older half console.log.1), in MiB.
 	ConsoleLogMaxMiB int `toml:"console_log_max_mib" json:"console_log_max_mib"`
+	// SessionLogMaxMiB caps the host's copy of each output stream (stdout,
+	// stderr) of each session, in MiB; the guest keeps all of it.
+	SessionLogMaxMiB int `toml:"session_log_max_mib" json:"session_log_max_mib"`
 	// DebianKeyring is the binary OpenPGP keyring a kernel pull checks the
 	// mirror's InRelease against; empty means Debian's archive keyring.
 	DebianKeyring string `toml:"debian_keyring" json:"debian_keyring"`
@@ -74,6 +77,7 @@ func Default() Config {
 		ImageMaxBytes:    32 << 30,
 		ImageMaxEntries:  4 << 20,
 		ConsoleLogMaxMiB: 8,
+		SessionLogMaxMiB: 16,
 	}
 }
 

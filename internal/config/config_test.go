@@ -83,6 +83,7 @@ func TestLoadEveryKey(t *testing.T) {
 		{"image_max_bytes bytes", `image_max_bytes = 2097152`, func(c *Config) { c.ImageMaxBytes = 2 << 20 }},
 		{"image_max_entries", `image_max_entries = 1000`, func(c *Config) { c.ImageMaxEntries = 1000 }},
 		{"console_log_max_mib", `console_log_max_mib = 64`, func(c *Config) { c.ConsoleLogMaxMiB = 64 }},
+		{"session_log_max_mib", `session_log_max_mib = 100`, func(c *Config) { c.SessionLogMaxMiB = 100 }},
 		{"tap_pool_size 64", `tap_pool_size = 64`, func(c *Config) { c.TapPoolSize = 64 }},
 		{"default_dns", `default_dns = ["1.1.1.1", "2606:4700:4700::1111"]`, func(c *Config) {
 			c.DefaultDNS = []netip.Addr{netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("2606:4700:4700::1111")}
@@ -128,6 +129,7 @@ debian_mirror = "http://deb.debian.org/debian"
 image_max_bytes = "8G"
 image_max_entries = 100000
 console_log_max_mib = 16
+session_log_max_mib = 32
 debian_keyring = "/etc/banger/test-keyring.gpg"
 `
 	p := writeConfig(t, body)

@@ -61,6 +61,7 @@ func TestLoadBadValues(t *testing.T) {
 		{"image_max_bytes tiny", `image_max_bytes = 10`, 1, "image_max_bytes", "image_max_bytes = 10: expected"},
 		{"image_max_entries string", `image_max_entries = "x"`, 1, "image_max_entries", "image_max_entries: expected an integer of at least 16"},
 		{"console_log_max_mib zero", `console_log_max_mib = 0`, 1, "console_log_max_mib", "console_log_max_mib = 0: must be from 1 to 1024"},
+		{"session_log_max_mib zero", `session_log_max_mib = 0`, 1, "session_log_max_mib", "session_log_max_mib = 0: must be from 1 to 4096"},
 		{"console_log_max_mib string", `console_log_max_mib = "8M"`, 1, "console_log_max_mib", "expected an integer from 1 to 1024, got string"},
 		{"tap_pool_size string", `tap_pool_size = "2"`, 1, "tap_pool_size", "tap_pool_size: expected an integer from 0 to 64, got string"},
 		{"tap_pool_size float", `tap_pool_size = 2.0`, 1, "tap_pool_size", "expected an integer from 0 to 64, got float"},

@@ -43,6 +43,7 @@ var keys = []key{
 		func(c Config) any { return c.JailerBin }},
 	{"qemu_bin", binary("qemu_bin", false, func(c *Config) *string { return &c.QEMUBin }),
 		func(c Config) any { return c.QEMUBin }},
+	{"session_log_max_mib", applySessionLogMax, func(c Config) any { return c.SessionLogMaxMiB }},
 	{"ssh_key_path", applySSHKeyPath, func(c Config) any { return c.SSHKeyPath }},
 	{"tap_pool_size", applyTapPoolSize, func(c Config) any { return c.TapPoolSize }},
 	{"vmm", applyVMM, func(c Config) any { return c.VMM }},
@@ -207,6 +208,14 @@ const MaxConsoleLogMiB = 1024
 
 func applyConsoleLogMax(c *Config, v any) (err error) {
 	c.ConsoleLogMaxMiB, err = intIn("console_log_max_mib", v, 1, MaxConsoleLogMiB)
+	return err
+}
+
+// MaxSessionLogMiB is the largest session_log_max_mib accepted.
+const MaxSessionLogMiB = 4096
+
+func applySessionLogMax(c *Config, v any) (err error) {
+	c.SessionLogMaxMiB, err = intIn("session_log_max_mib", v, 1, MaxSessionLogMiB)
 	return err
 }
 

@@ -18,8 +18,10 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/config"
+	"banger/internal/guest"
 	"banger/internal/image"
 	"banger/internal/kernel"
+	"banger/internal/session"
 	"banger/internal/store"
 	"banger/internal/version"
 )
@@ -45,11 +47,12 @@ type Server struct {
 	// vmmUser is who VMMs run as; nil: root.
 	vmmUser *vmmUser
 
-	vms     *vmManager
-	net     *netService
-	images  *image.Store
-	kernels *kernel.Store
-	pulls   keyedMutex // by image name: one pull of a name at a time
+	vms      *vmManager
+	sessions *session.Manager
+	net      *netService
+	images   *image.Store
+	kernels  *kernel.Store
+	pulls    keyedMutex // by image name: one pull of a name at a time
 }
 
 // Run serves until ctx is done. It takes the state directory's lock
@@ -85,9 +88,11 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer s.net.close()
 	defer s.vms.close()
+	defer s.sessions.Close()
 	if err := s.vms.adoptAll(ctx); err != nil {
 		s.log.Error("re-adopting vms", "err", err)
 	}
+	s.sessions.Restore(ctx, func(id string) bool { return s.vms.machine(id) != nil })
 	if err := s.net.reconcile(ctx); err != nil {
 		s.log.Error("reconciling network", "err", err)
 	}
@@ -118,8 +123,19 @@ func newServer(ctx context.Context, opts Options, st *store.Store, shutdown cont
 	if s.net, err = newNetService(ctx, opts.Config, opts.Dirs.State, st, s.log, s.vmmUser); err != nil {
 		return nil, err
 	}
+	s.sessions = session.New(ctx, session.Options{
+		Store: st,
+		// s.vms is set below, before anything can start a session.
+		Agent:     func(ctx context.Context, id string) (*guest.Client, error) { return s.vms.agentByID(ctx, id) },
+		Listen:    listen,
+		SocketDir: filepath.Join(opts.Dirs.RunDir(), "sessions"),
+		UID:       config.InvokingUID(), GID: config.InvokingGID(),
+		LogMax: int64(opts.Config.SessionLogMaxMiB) << 20,
+		Logger: s.log,
+	})
 	s.vms = newVMManager(vmParts{
 		store: st, images: s.images, kernels: s.kernels, net: s.net, drivers: drivers, def: def.VMM, log: s.log,
+		sessions: s.sessions,
 		cfg: vmSettings{
 			VMsDir:        filepath.Join(opts.Dirs.State, "vms"),
 			DefaultImage:  opts.Config.DefaultImageName,
@@ -191,6 +207,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/shutdown", s.handleShutdown)
 	mux.HandleFunc("GET /v1/network", s.handleNetwork)
 	s.vmRoutes(mux)
+	s.sessionRoutes(mux)
 	s.kernelRoutes(mux)
 	s.imageRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -111,6 +111,7 @@ func (m *vmManager) track(ctx context.Context, v store.VM, mc vmm.Machine) {
 			return
 		}
 		// The VMM ended on its own (guest power-off, crash): record it.
+		m.sessions.VMGone(v.ID, "the vm's guest powered off or its vmm exited")
 		m.net.detach(ctx, v.ID)
 		if v, err := m.store.VMByName(ctx, v.ID); err == nil && v.State != api.StateStopped {
 			if v.State != api.StateFailed {
@@ -180,16 +181,39 @@ func isDone(c <-chan struct{}) bool {
 	}
 }
 
+// liveAgent is the VM's agent client, when it has one that works.
+func (m *vmManager) liveAgent(id string) *guest.Client {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if a := m.agents[id]; a != nil && !isDone(a.Done()) {
+		return a
+	}
+	return nil
+}
+
+// agentByID is agent for the VM with id.
+func (m *vmManager) agentByID(ctx context.Context, id string) (*guest.Client, error) {
+	v, err := m.store.VMByName(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return m.agent(ctx, v)
+}
+
 // agent returns the agent client of v, dialing (and retrying until ctx
 // is done) when there is none or the last one broke.
 func (m *vmManager) agent(ctx context.Context, v store.VM) (*guest.Client, error) {
-	m.mu.Lock()
-	mc := m.machines[v.ID]
-	if a := m.agents[v.ID]; a != nil && !isDone(a.Done()) {
-		m.mu.Unlock()
+	if a := m.liveAgent(v.ID); a != nil {
 		return a, nil
 	}
-	m.mu.Unlock()
+	// One dial at a time per VM: the serial transport takes one
+	// connection, and a second dial would replace the first one's client
+	// under its users.
+	defer m.dials.lock(v.ID)()
+	if a := m.liveAgent(v.ID); a != nil {
+		return a, nil
+	}
+	mc := m.machine(v.ID)
 	if mc == nil {
 		return nil, api.Errorf(api.Conflict, "vm is not running").WithHint("start it with banger vm start")
 	}
@@ -286,6 +310,7 @@ func (m *vmManager) stopLocked(ctx context.Context, v *store.VM, force bool, tim
 		}
 	}
 	m.forget(v.ID, nil)
+	m.sessions.VMGone(v.ID, "the vm was stopped")
 	m.net.detach(context.WithoutCancel(ctx), v.ID)
 	if v.State != api.StateCreated {
 		v.State = api.StateStopped
@@ -407,6 +432,7 @@ func (m *vmManager) markAnswered(ctx context.Context, id string) {
 
 // removeVM removes a VM's files, then its record (and lease).
 func (m *vmManager) removeVM(ctx context.Context, v store.VM) error {
+	m.sessions.Forget(v)
 	if err := os.RemoveAll(v.Dir); err != nil {
 		return fmt.Errorf("removing %s: %w", v.Dir, err)
 	}

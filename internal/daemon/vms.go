@@ -31,6 +31,7 @@ type vmManager struct {
 	vmParts
 
 	locks keyedMutex // by VM name: one lifecycle change at a time
+	dials keyedMutex // by VM id: one agent dial at a time
 
 	mu       sync.Mutex               // guards the maps below
 	machines map[string]vmm.Machine   // by VM id, while the VMM runs
@@ -48,6 +49,22 @@ type vmParts struct {
 	def     string // driver new VMs use
 	cfg     vmSettings
 	log     *slog.Logger
+	// sessions hears when a VM stops or goes, to end its sessions.
+	sessions vmSessions
+}
+
+// noSessions is vmSessions for a vmManager that serves none (tests).
+type noSessions struct{}
+
+func (noSessions) VMGone(string, string) {}
+func (noSessions) Forget(store.VM)       {}
+
+// vmSessions is what the VMs tell the sessions (session.Manager).
+type vmSessions interface {
+	// VMGone ends the running sessions of a VM that stopped.
+	VMGone(vmID, reason string)
+	// Forget drops what is served for a VM about to be deleted.
+	Forget(vm store.VM)
 }
 
 // vmNetwork is what the VMs need of the network (netService): an address
@@ -73,6 +90,9 @@ type vmSettings struct {
 func newVMManager(p vmParts) *vmManager {
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
+	}
+	if p.sessions == nil {
+		p.sessions = noSessions{}
 	}
 	return &vmManager{
 		vmParts:  p,

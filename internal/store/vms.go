@@ -113,10 +113,13 @@ func (s *Store) ListVMs(ctx context.Context) ([]VM, error) {
 	return out, rows.Err()
 }
 
-// DeleteVM removes the VM and its leases in one transaction.
+// DeleteVM removes the VM, its leases and its sessions in one transaction.
 func (s *Store) DeleteVM(ctx context.Context, id string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM leases WHERE vm_id = ?`, id); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE vm_id = ?`, id); err != nil {
 			return err
 		}
 		res, err := tx.ExecContext(ctx, `DELETE FROM vms WHERE id = ?`, id)
