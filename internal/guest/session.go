@@ -27,16 +27,26 @@ func ValidateSessionName(name string) error {
 // does not exist, with one matching fs.ErrNotExist.
 func (c *Client) SessionStart(ctx context.Context, req SessionStartRequest) (SessionInfo, error) {
 	if len(req.Argv) == 0 {
-		return SessionInfo{}, fmt.Errorf("session %s: empty command", req.Name)
+		return SessionInfo{}, fmt.Errorf("starting session %s: empty command", req.Name)
 	}
 	resp, err := c.oneShot(ctx, Request{Op: OpSessionStart, SessionStart: &req})
 	if err != nil {
-		return SessionInfo{}, fmt.Errorf("session %s: %w", req.Name, err)
+		return SessionInfo{}, sessionError("starting session", req.Name, err)
 	}
 	if resp.Session == nil {
-		return SessionInfo{}, fmt.Errorf("session %s: agent sent no session", req.Name)
+		return SessionInfo{}, fmt.Errorf("starting session %s: agent sent no session", req.Name)
 	}
 	return *resp.Session, nil
+}
+
+// sessionError gives err the call's context. The agent's own errors name
+// the session already and are returned as they are.
+func sessionError(what, name string, err error) error {
+	var re *RemoteError
+	if errors.As(err, &re) {
+		return err
+	}
+	return fmt.Errorf("%s %s: %w", what, name, err)
 }
 
 // SessionList returns the guest's sessions, oldest first.
@@ -55,7 +65,7 @@ func (c *Client) SessionList(ctx context.Context) ([]SessionInfo, error) {
 func (c *Client) SessionControl(ctx context.Context, req SessionControlRequest) (SessionInfo, error) {
 	resp, err := c.oneShot(ctx, Request{Op: OpSessionControl, SessionControl: &req})
 	if err != nil {
-		return SessionInfo{}, fmt.Errorf("session %s: %w", req.Name, err)
+		return SessionInfo{}, sessionError("session", req.Name, err)
 	}
 	if resp.Session == nil {
 		return SessionInfo{}, fmt.Errorf("session %s: agent sent no session", req.Name)
@@ -88,7 +98,7 @@ type SessionStream struct {
 func (c *Client) SessionAttach(ctx context.Context, req SessionAttachRequest) (*SessionStream, SessionInfo, error) {
 	cl, err := c.start(ctx, Request{Op: OpSessionAttach, SessionAttach: &req})
 	if err != nil {
-		return nil, SessionInfo{}, fmt.Errorf("attaching to session %s: %w", req.Name, err)
+		return nil, SessionInfo{}, sessionError("attaching to session", req.Name, err)
 	}
 	resp, err := cl.response()
 	if err == nil && resp.Session == nil {
@@ -96,7 +106,7 @@ func (c *Client) SessionAttach(ctx context.Context, req SessionAttachRequest) (*
 	}
 	if err != nil {
 		cl.close()
-		return nil, SessionInfo{}, fmt.Errorf("attaching to session %s: %w", req.Name, err)
+		return nil, SessionInfo{}, sessionError("attaching to session", req.Name, err)
 	}
 	return &SessionStream{cl: cl}, *resp.Session, nil
 }
