@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/Microsoft/hcsshim/ext4/tar2ext4"
+
+	"banger/internal/prereq"
 )
 
 // mkfs makes an ext4 image of size with mkfs.ext4, as the e2e fixture
@@ -18,7 +20,7 @@ import (
 func mkfs(t *testing.T, size string, opts ...string) string {
 	t.Helper()
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("mkfs.ext4 (e2fsprogs) is not installed")
+		prereq.Missing(t, "mkfs.ext4 not installed (apt-get install e2fsprogs)")
 	}
 	img := filepath.Join(t.TempDir(), "fs.img")
 	args := append([]string{"-q", "-F"}, opts...)
@@ -33,7 +35,7 @@ func mkfs(t *testing.T, size string, opts ...string) string {
 func tarExt4(t *testing.T) string {
 	t.Helper()
 	if _, err := exec.LookPath("tune2fs"); err != nil {
-		t.Skip("tune2fs (e2fsprogs) is not installed")
+		prereq.Missing(t, "tune2fs not installed (apt-get install e2fsprogs)")
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)

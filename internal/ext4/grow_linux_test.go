@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"banger/internal/prereq"
 )
 
 // loopMount mounts img on a loop device (needs root) and returns the
@@ -16,11 +18,11 @@ import (
 func loopMount(t *testing.T, img string) (dir, dev string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("mounting an image on a loop device needs root")
+		prereq.Missing(t, "needs root to mount an image on a loop device")
 	}
 	out, err := exec.Command("losetup", "--find", "--show", img).CombinedOutput()
 	if err != nil {
-		t.Skipf("no loop device: %v: %s", err, out)
+		prereq.Missing(t, "no loop device (losetup --find: %v: %s)", err, out)
 	}
 	dev = strings.TrimSpace(string(out))
 	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
@@ -37,7 +39,7 @@ func loopMount(t *testing.T, img string) (dir, dev string) {
 // second call has nothing to do.
 func TestGrowMounted(t *testing.T) {
 	if !hasCapSysResource() {
-		t.Skip("growing a mounted ext4 needs CAP_SYS_RESOURCE, which this process lacks (the e2e tests grow a guest's root)")
+		prereq.ByDesign(t, "growing a mounted ext4 needs CAP_SYS_RESOURCE, which this sandbox withholds (the e2e tests grow a booted guest's root)")
 	}
 	img := mkfs(t, "64M")
 	if err := os.Truncate(img, 1<<30); err != nil {
