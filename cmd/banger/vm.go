@@ -30,7 +30,11 @@ func newVMCreateCmd() *cobra.Command {
 		Short: "Create a VM from an image and start it",
 		Long: `Create a VM from an image: it gets its own writable copy of the image's
 root filesystem, and boots unless --no-start is given. The command returns
-once the guest agent answers (bounded by --ready-timeout).`,
+once the guest agent answers (bounded by --ready-timeout).
+
+The root disk is --disk (default vm_disk in config.toml, 16G), a sparse
+file; / in the guest fills it (grown online at boot where the filesystem
+allows, else by resize2fs here). See docs/disks.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := parseSizes(&req, memory, disk); err != nil {

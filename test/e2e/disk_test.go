@@ -135,7 +135,7 @@ func TestDiskGrowSparseSuper2Image(t *testing.T) {
 // tar2ext4Fixture rebuilds the fixture rootfs the way image pulls build
 // theirs (internal/image buildExt4): tar2ext4 from a tar of its tree,
 // then writable, 1200 MiB, with a journal.
-func tar2ext4Fixture(t *testing.T) string {
+func tar2ext4Fixture(t testing.TB) string {
 	t.Helper()
 	mnt := t.TempDir()
 	run(t, "mount", "-o", "loop,ro", filepath.Join(fixtures(t), "rootfs.ext4"), mnt)
