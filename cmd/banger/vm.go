@@ -30,17 +30,15 @@ func newVMCreateCmd() *cobra.Command {
 		Short: "Create a VM from an image and start it",
 		Long: `Create a VM from an image: it gets its own writable copy of the image's
 root filesystem, and boots unless --no-start is given. The command returns
-once the guest agent answers (bounded by --ready-timeout).`,
+once the guest agent answers (bounded by --ready-timeout).
+
+The root disk is --disk (default vm_disk in config.toml, 16G), a sparse
+file; / in the guest fills it (grown online at boot where the filesystem
+allows, else by resize2fs here). See docs/disks.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var err error
-			if req.MemoryMiB, err = parseMiB("--memory", memory); err != nil {
+			if err := parseSizes(&req, memory, disk); err != nil {
 				return err
-			}
-			if disk != "" {
-				if req.DiskBytes, err = config.ParseSize(disk); err != nil {
-					return fmt.Errorf("--disk: %w", err)
-				}
 			}
 			c, err := connect(cmd.Context())
 			if err != nil {
@@ -63,13 +61,38 @@ once the guest agent answers (bounded by --ready-timeout).`,
 	f.StringVar(&req.Image, "image", "", "image to boot (see banger image list)")
 	f.StringVar(&req.Name, "name", "", "VM name (default: a generated one)")
 	f.StringVar(&req.Kernel, "kernel", "", "kernel bundle, overriding the image's")
-	f.IntVar(&req.VCPUs, "cpus", 2, "vCPUs")
-	f.StringVar(&memory, "memory", "1G", "memory, e.g. 512M or 2G"+sizeHelp)
-	f.StringVar(&disk, "disk", "", "grow the root disk to this size, e.g. 10G"+sizeHelp)
+	sizeFlags(cmd, &req, &memory, &disk)
 	f.BoolVar(&req.NoStart, "no-start", false, "create the VM but do not boot it")
 	f.IntVar(&req.ReadyTimeoutSeconds, "ready-timeout", 90, "seconds to wait for the guest agent")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	return cmd
+}
+
+// sizeFlags adds --cpus, --memory and --disk, whose defaults the daemon
+// fills in from config.toml.
+func sizeFlags(cmd *cobra.Command, req *api.CreateVMRequest, memory, disk *string) {
+	f := cmd.Flags()
+	f.IntVar(&req.VCPUs, "cpus", 0, "vCPUs (default: vm_cpus in config.toml, 2)")
+	f.StringVar(memory, "memory", "", "memory, e.g. 512M or 2G (default: vm_memory in config.toml, 1G)"+sizeHelp)
+	f.StringVar(disk, "disk", "", "root disk, at least the image's size (default: vm_disk in config.toml, 16G); "+
+		"a sparse file costing only what the guest writes, and / in the guest fills it"+sizeHelp)
+}
+
+// parseSizes reads --memory and --disk into req; "" leaves the daemon's
+// default.
+func parseSizes(req *api.CreateVMRequest, memory, disk string) error {
+	var err error
+	if memory != "" {
+		if req.MemoryMiB, err = parseMiB("--memory", memory); err != nil {
+			return err
+		}
+	}
+	if disk != "" {
+		if req.DiskBytes, err = config.ParseSize(disk); err != nil {
+			return fmt.Errorf("--disk: %w", err)
+		}
+	}
+	return nil
 }
 
 // parseMiB reads a size flag (config.ParseSize) as whole MiB.

@@ -16,7 +16,7 @@ func newVMRunCmds() []*cobra.Command {
 
 func newVMRunCmd() *cobra.Command {
 	var o client.RunOptions
-	var memory string
+	var memory, disk string
 	cmd := &cobra.Command{
 		Use:   "run [PATH] [flags] [-- CMD [ARG...]]",
 		Short: "Create and start a VM, then open a shell, copy a workspace or run a command",
@@ -55,10 +55,10 @@ deletes the VM once the command ended; by default it is kept.`,
 			if len(args) == 1 {
 				o.Path = args[0]
 			}
-			var err error
-			if o.VM.MemoryMiB, err = parseMiB("--memory", memory); err != nil {
+			if err := parseSizes(&o.VM, memory, disk); err != nil {
 				return err
 			}
+			var err error
 			if o.Config, err = loadConfig(); err != nil {
 				return err
 			}
@@ -76,7 +76,6 @@ deletes the VM once the command ended; by default it is kept.`,
 	f.StringVar(&o.From, "from", "", "check out this ref (branch, tag, commit) in the workspace")
 	f.BoolVar(&o.Remove, "rm", false, "delete the VM after the command ended (command mode)")
 	f.IntVar(&o.VM.ReadyTimeoutSeconds, "ready-timeout", 90, "seconds to wait for the guest's agent and sshd")
-	f.IntVar(&o.VM.VCPUs, "cpus", 2, "vCPUs")
-	f.StringVar(&memory, "memory", "1G", "memory, e.g. 512M or 2G"+sizeHelp)
+	sizeFlags(cmd, &o.VM, &memory, &disk)
 	return cmd
 }

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/ext4"
 	buildversion "banger/internal/version"
 )
 
@@ -42,6 +43,7 @@ func RunAsInit() error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	logger.Info("banger-agent starting as init", "version", buildversion.String())
 	setupInit(logger)
+	growRoot(logger)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -209,4 +211,18 @@ func initPowerOff(logger *slog.Logger) error {
 	unix.Sync()
 	logger.Info("powering off")
 	return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+}
+
+// growRoot grows / to fill its drive when banger's initrd did not (a
+// kernel registered with an initrd of its own, or none): the host left
+// the filesystem to the guest (internal/disk.Grow). Where it already
+// fills the drive this only reads the superblock.
+func growRoot(logger *slog.Logger) {
+	from, to, err := ext4.GrowMounted("/", "")
+	switch {
+	case err != nil:
+		logger.Warn("growing the root filesystem", "err", err)
+	case to > from:
+		logger.Info("root filesystem grown", "from_mib", from>>20, "to_mib", to>>20)
+	}
 }

@@ -36,6 +36,7 @@ const (
 func Run(ctx context.Context) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	logger.Info("banger-agent starting", "version", buildversion.String(), "protocol", guest.ProtocolVersion)
+	growRoot(logger)
 	s := NewServer(logger, func() error { return servicePowerOff(logger) })
 	s.ServeTransports(ctx)
 	return nil

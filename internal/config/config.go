@@ -60,6 +60,13 @@ type Config struct {
 	// DebianKeyring is the binary OpenPGP keyring a kernel pull checks the
 	// mirror's InRelease against; empty means Debian's archive keyring.
 	DebianKeyring string `toml:"debian_keyring" json:"debian_keyring"`
+	// VMCPUs, VMMemoryMiB and VMDiskBytes are what a VM gets when vm
+	// create or vm run give no --cpus, --memory or --disk. The root disk
+	// is a sparse file: it costs only what the guest writes. An image
+	// larger than VMDiskBytes keeps its own size.
+	VMCPUs      int   `toml:"vm_cpus" json:"vm_cpus"`
+	VMMemoryMiB int   `toml:"vm_memory" json:"vm_memory"`
+	VMDiskBytes int64 `toml:"vm_disk" json:"vm_disk"`
 }
 
 // Default returns the configuration used when config.toml sets nothing.
@@ -78,6 +85,9 @@ func Default() Config {
 		ImageMaxEntries:  4 << 20,
 		ConsoleLogMaxMiB: 8,
 		SessionLogMaxMiB: 16,
+		VMCPUs:           2,
+		VMMemoryMiB:      1024,
+		VMDiskBytes:      16 << 30,
 	}
 }
 

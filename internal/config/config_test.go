@@ -85,6 +85,13 @@ func TestLoadEveryKey(t *testing.T) {
 		{"console_log_max_mib", `console_log_max_mib = 64`, func(c *Config) { c.ConsoleLogMaxMiB = 64 }},
 		{"session_log_max_mib", `session_log_max_mib = 100`, func(c *Config) { c.SessionLogMaxMiB = 100 }},
 		{"tap_pool_size 64", `tap_pool_size = 64`, func(c *Config) { c.TapPoolSize = 64 }},
+		{"vm_cpus", `vm_cpus = 4`, func(c *Config) { c.VMCPUs = 4 }},
+		{"vm_memory size", `vm_memory = "2G"`, func(c *Config) { c.VMMemoryMiB = 2048 }},
+		{"vm_memory MiB", `vm_memory = 512`, func(c *Config) { c.VMMemoryMiB = 512 }},
+		{"vm_memory GiB fraction", `vm_memory = "1.5GiB"`, func(c *Config) { c.VMMemoryMiB = 1536 }},
+		{"vm_disk size", `vm_disk = "64G"`, func(c *Config) { c.VMDiskBytes = 64 << 30 }},
+		{"vm_disk MiB", `vm_disk = 4096`, func(c *Config) { c.VMDiskBytes = 4 << 30 }},
+		{"vm_disk rounded down to MiB", `vm_disk = "1048577K"`, func(c *Config) { c.VMDiskBytes = 1 << 30 }},
 		{"default_dns", `default_dns = ["1.1.1.1", "2606:4700:4700::1111"]`, func(c *Config) {
 			c.DefaultDNS = []netip.Addr{netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("2606:4700:4700::1111")}
 		}},
@@ -131,6 +138,9 @@ image_max_entries = 100000
 console_log_max_mib = 16
 session_log_max_mib = 32
 debian_keyring = "/etc/banger/test-keyring.gpg"
+vm_cpus = 4
+vm_memory = "2G"
+vm_disk = "32G"
 `
 	p := writeConfig(t, body)
 	_, src, err := Load(p)

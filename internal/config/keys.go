@@ -46,6 +46,9 @@ var keys = []key{
 	{"session_log_max_mib", applySessionLogMax, func(c Config) any { return c.SessionLogMaxMiB }},
 	{"ssh_key_path", applySSHKeyPath, func(c Config) any { return c.SSHKeyPath }},
 	{"tap_pool_size", applyTapPoolSize, func(c Config) any { return c.TapPoolSize }},
+	{"vm_cpus", applyVMCPUs, func(c Config) any { return c.VMCPUs }},
+	{"vm_disk", applyVMDisk, func(c Config) any { return FormatSize(c.VMDiskBytes) }},
+	{"vm_memory", applyVMMemory, func(c Config) any { return FormatSize(int64(c.VMMemoryMiB) << 20) }},
 	{"vmm", applyVMM, func(c Config) any { return c.VMM }},
 	{"web_listen_addr", applyWebListenAddr, func(c Config) any { return c.WebListenAddr }},
 }
@@ -384,4 +387,55 @@ func applyImageMaxEntries(c *Config, v any) error {
 	}
 	c.ImageMaxEntries = n
 	return nil
+}
+
+// Bounds of the VM defaults: what vm create accepts for --cpus and
+// --memory, and a disk that can hold a filesystem at all.
+const (
+	MaxVMCPUs      = 64
+	MinVMMemoryMiB = 128
+	MinVMDisk      = 64 << 20
+)
+
+func applyVMCPUs(c *Config, v any) (err error) {
+	c.VMCPUs, err = intIn("vm_cpus", v, 1, MaxVMCPUs)
+	return err
+}
+
+func applyVMMemory(c *Config, v any) error {
+	n, err := vmSize("vm_memory", v, MinVMMemoryMiB<<20, "1G")
+	c.VMMemoryMiB = int(n >> 20)
+	return err
+}
+
+func applyVMDisk(c *Config, v any) error {
+	n, err := vmSize("vm_disk", v, MinVMDisk, "16G")
+	c.VMDiskBytes = n
+	return err
+}
+
+// vmSize reads a VM size key: a size string read by ParseSize, or an
+// integer number of MiB (as a bare number in ParseSize), at least lo
+// bytes and rounded down to whole MiB.
+func vmSize(key string, v any, lo int64, example string) (int64, error) {
+	hint := fmt.Sprintf("a size like %q (%s; at least %s)", example, SizeRule, FormatSize(lo))
+	var n int64
+	switch v := v.(type) {
+	case int64:
+		if v < 0 || v > 1<<42 {
+			return 0, fmt.Errorf("%s = %d: expected %s", key, v, hint)
+		}
+		n = v << 20
+	case string:
+		var err error
+		if n, err = ParseSize(v); err != nil {
+			return 0, fmt.Errorf("%s = %q: expected %s", key, v, hint)
+		}
+	default:
+		return 0, fmt.Errorf("%s: expected %s, got %s", key, hint, tomlType(v))
+	}
+	if n < lo {
+		return 0, fmt.Errorf("%s = %s: expected %s", key, tomlValue(v), hint)
+	}
+	return n &^ (1<<20 - 1), nil
 }

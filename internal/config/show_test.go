@@ -11,7 +11,7 @@ import (
 func TestKeysSortedAndComplete(t *testing.T) {
 	want := []string{"bridge_ip", "bridge_name", "cidr", "console_log_max_mib", "debian_keyring", "debian_mirror", "default_dns",
 		"default_image_name", "firecracker_bin", "image_max_bytes", "image_max_entries", "jailer_bin", "qemu_bin", "session_log_max_mib", "ssh_key_path",
-		"tap_pool_size", "vmm", "web_listen_addr"}
+		"tap_pool_size", "vm_cpus", "vm_disk", "vm_memory", "vmm", "web_listen_addr"}
 	if diff := cmp.Diff(want, Keys()); diff != "" {
 		t.Errorf("Keys() (-want +got):\n%s", diff)
 	}
@@ -28,6 +28,7 @@ func TestShow(t *testing.T) {
 		`bridge_ip = "172.16.0.1"`, "# from default",
 		`default_dns = ["1.1.1.1", "::1"]`, "# from " + p + ":3",
 		`tap_pool_size = 0`, "# from " + p + ":4",
+		`vm_cpus = 2`, `vm_disk = "16G"`, `vm_memory = "1G"`,
 		`vmm = "qemu"`, "# from " + p + ":1",
 		`web_listen_addr = "127.0.0.1:7777"`,
 	}

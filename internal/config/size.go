@@ -52,3 +52,17 @@ func splitUnit(s string) (num, unit string) {
 	}
 	return u, ""
 }
+
+// FormatSize writes b the way ParseSize reads it back: whole TiB, GiB,
+// MiB or KiB ("16G", "1536M"); a size of no whole KiB is said in bytes.
+func FormatSize(b int64) string {
+	for _, u := range []struct {
+		shift uint
+		name  string
+	}{{40, "T"}, {30, "G"}, {20, "M"}, {10, "K"}} {
+		if b != 0 && b%(1<<u.shift) == 0 {
+			return fmt.Sprintf("%d%s", b>>u.shift, u.name)
+		}
+	}
+	return fmt.Sprintf("%d bytes", b)
+}

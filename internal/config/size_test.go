@@ -47,3 +47,24 @@ func TestParseSizeBadInput(t *testing.T) {
 		}
 	}
 }
+
+// FormatSize writes what ParseSize reads back to the same size.
+func TestFormatSizeRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		in   int64
+		want string
+	}{
+		{16 << 30, "16G"}, {1536 << 20, "1536M"}, {1 << 40, "1T"}, {3 << 10, "3K"},
+	} {
+		got := FormatSize(tc.in)
+		if got != tc.want {
+			t.Errorf("FormatSize(%d) = %q, want %q", tc.in, got, tc.want)
+		}
+		if back, err := ParseSize(got); err != nil || back != tc.in {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", got, back, err, tc.in)
+		}
+	}
+	if got := FormatSize(1000); got != "1000 bytes" {
+		t.Errorf("FormatSize(1000) = %q", got)
+	}
+}

@@ -140,6 +140,9 @@ func newServer(ctx context.Context, opts Options, st *store.Store, shutdown cont
 			VMsDir:        filepath.Join(opts.Dirs.State, "vms"),
 			DefaultImage:  opts.Config.DefaultImageName,
 			ConsoleLogMax: int64(opts.Config.ConsoleLogMaxMiB) << 20,
+			VCPUs:         opts.Config.VMCPUs,
+			MemoryMiB:     opts.Config.VMMemoryMiB,
+			DiskBytes:     opts.Config.VMDiskBytes,
 			UserSSHKey:    opts.Config.SSHKey(opts.Dirs),
 		},
 	})

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/config"
 	"banger/internal/disk"
 	"banger/internal/guest"
 	"banger/internal/image"
@@ -84,6 +86,9 @@ type vmSettings struct {
 	VMsDir        string // a VM's files go in VMsDir/<id>
 	DefaultImage  string // image of a VM created without one
 	ConsoleLogMax int64  // bytes of console log kept per VM
+	VCPUs         int    // vCPUs of a VM created without them; 0: defaultVCPUs
+	MemoryMiB     int    // memory of a VM created without it; 0: defaultMemoryMiB
+	DiskBytes     int64  // root disk of a VM created without one, at least the image's size
 	UserSSHKey    string // the user's banger ssh key (private half)
 }
 
@@ -193,10 +198,10 @@ func (m *vmManager) resolve(ctx context.Context, req *api.CreateVMRequest) (imag
 			WithHint("pull it with: banger kernel pull " + req.Kernel)
 	}
 	if req.VCPUs == 0 {
-		req.VCPUs = defaultVCPUs
+		req.VCPUs = cmp.Or(m.cfg.VCPUs, defaultVCPUs)
 	}
 	if req.MemoryMiB == 0 {
-		req.MemoryMiB = defaultMemoryMiB
+		req.MemoryMiB = cmp.Or(m.cfg.MemoryMiB, defaultMemoryMiB)
 	}
 	if req.VCPUs < 1 || req.VCPUs > 64 {
 		return image.Image{}, kernel.Bundle{}, api.Errorf(api.InvalidArgument, "--cpus %d: must be between 1 and 64", req.VCPUs)
@@ -205,8 +210,11 @@ func (m *vmManager) resolve(ctx context.Context, req *api.CreateVMRequest) (imag
 		return image.Image{}, kernel.Bundle{}, api.Errorf(api.InvalidArgument, "--memory %dM: at least 128M is needed", req.MemoryMiB)
 	}
 	if req.DiskBytes != 0 && req.DiskBytes < im.SizeBytes {
-		return image.Image{}, kernel.Bundle{}, api.Errorf(api.InvalidArgument, "--disk %dM is smaller than image %s (%dM); disks can only grow",
-			req.DiskBytes>>20, im.Name, im.SizeBytes>>20)
+		return image.Image{}, kernel.Bundle{}, tooSmall(req.DiskBytes, im)
+	}
+	if req.DiskBytes == 0 {
+		// The default is a floor: an image larger than vm_disk keeps its size.
+		req.DiskBytes = max(m.cfg.DiskBytes, im.SizeBytes)
 	}
 	if c, ok := m.drivers[m.def].(vmm.Checker); ok {
 		if err := c.Check(ctx); err != nil {
@@ -214,6 +222,14 @@ func (m *vmManager) resolve(ctx context.Context, req *api.CreateVMRequest) (imag
 		}
 	}
 	return im, kb, nil
+}
+
+// tooSmall refuses a --disk below the image's size, naming the smallest
+// size accepted in a form --disk takes (whole MiB, rounded up).
+func tooSmall(size int64, im image.Image) error {
+	minMiB := (im.SizeBytes + 1<<20 - 1) >> 20
+	return api.Errorf(api.InvalidArgument, "--disk %s is smaller than image %s, which needs at least %dM; a disk can only be larger than its image",
+		config.FormatSize(size), im.Name, minMiB).WithHint(fmt.Sprintf("use --disk %dM or more, or leave --disk out for the default (vm_disk in config.toml)", minMiB))
 }
 
 // makeDisk makes v's directory and root disk from im, with the guest's
@@ -230,11 +246,10 @@ func (m *vmManager) makeDisk(ctx context.Context, v *store.VM, im image.Image, p
 	if err := m.prepareGuest(ctx, *v, im, root); err != nil {
 		return err
 	}
-	if v.DiskBytes > im.SizeBytes {
-		p("growing disk", 0, 0)
-		if err := disk.Grow(ctx, root, v.DiskBytes); err != nil {
-			return err
-		}
+	// Only the file grows (sparse) when the guest can grow its
+	// filesystem online at boot; else resize2fs grows it here.
+	if _, err := disk.Grow(ctx, root, v.DiskBytes); err != nil {
+		return err
 	}
 	v.DiskMethod = method
 	return nil

@@ -1,12 +1,17 @@
 package daemon
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"banger/internal/api"
+	"banger/internal/config"
+	"banger/internal/image"
 	"banger/internal/kernel"
 	"banger/internal/store"
 	"banger/internal/vmm"
@@ -85,5 +90,25 @@ func TestKeyedMutex(t *testing.T) {
 	}
 	if n := k.len(); n != 0 {
 		t.Errorf("%d keys kept after every holder left", n)
+	}
+}
+
+// A --disk below the image's size names the minimum in a form --disk
+// takes, rounded up to whole MiB so that it is accepted.
+func TestTooSmallNamesTheMinimum(t *testing.T) {
+	im := image.Image{Name: "deb", SizeBytes: 1200<<20 + 1}
+	err := tooSmall(512<<20, im)
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Code != api.InvalidArgument {
+		t.Fatalf("tooSmall = %#v, want an invalid-argument api error", err)
+	}
+	msg := ae.Error() + " " + ae.Hint
+	for _, want := range []string{"--disk 512M is smaller than image deb", "at least 1201M", "use --disk 1201M or more"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("%q lacks %q", msg, want)
+		}
+	}
+	if n, err := config.ParseSize("1201M"); err != nil || n < im.SizeBytes {
+		t.Errorf("the minimum named, 1201M, is %d bytes (%v): below the image's %d", n, err, im.SizeBytes)
 	}
 }

@@ -1,6 +1,7 @@
 // Package disk makes and changes raw ext4 disk images: cheap clones
-// (reflink, else a sparse-aware copy), growing a filesystem, and copying a
-// directory tree into an image without mounting it.
+// (reflink, else a sparse-aware copy), growing a disk (a sparse file, and
+// its filesystem offline only when the guest cannot grow it online), and
+// copying a directory tree into an image without mounting it.
 package disk
 
 import (
@@ -14,6 +15,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"banger/internal/ext4"
 )
 
 // Clone methods, as vm inspect reports them.
@@ -124,31 +127,55 @@ func IsExt4(path string) error {
 	return nil
 }
 
-// Grow enlarges the image to size bytes and its filesystem with it. A
-// size not larger than the current one is left alone.
-func Grow(ctx context.Context, path string, size int64) error {
+// Who grows a filesystem, as Grow reports it.
+const (
+	GrowNone    = ""          // the file was already that size
+	GrowGuest   = "guest"     // only the file grew; the guest grows its filesystem at boot
+	GrowOffline = "resize2fs" // resize2fs grew the filesystem here
+)
+
+// Grow enlarges the image to size bytes; a size not larger than the
+// current one is left alone. The file only gets a new length, so it stays
+// sparse and costs nothing until the guest writes. When Linux can grow
+// the filesystem while it is mounted (ext4.Super.OnlineGrowable) that is
+// all: banger's initrd and agent grow it to fill the disk at boot
+// (ext4.GrowMounted), in time independent of the size. Otherwise (images
+// pulled from OCI registries are built by tar2ext4, whose sparse_super2
+// the kernel cannot resize online) resize2fs grows it here, offline; it
+// runs e2fsck first only when resize2fs would insist on one (the
+// filesystem was mounted since its last check or is not clean), which a
+// fresh copy of a never-mounted image is not.
+func Grow(ctx context.Context, path string, size int64) (string, error) {
 	st, err := os.Stat(path)
 	if err != nil {
-		return err
+		return GrowNone, err
 	}
 	if size <= st.Size() {
-		return nil
+		return GrowNone, nil
+	}
+	sb, err := ext4.ReadSuperFile(path)
+	if err != nil {
+		return GrowNone, fmt.Errorf("growing %s: %w", path, err)
 	}
 	if err := os.Truncate(path, size); err != nil {
-		return fmt.Errorf("growing %s: %w", path, err)
+		return GrowNone, fmt.Errorf("growing %s: %w", path, err)
 	}
-	// resize2fs wants a freshly checked filesystem. e2fsck exits 1 when it
-	// fixed something, which is fine here.
-	if out, err := helper(ctx, "e2fsck", "-fy", path).CombinedOutput(); err != nil {
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.ExitCode() > 1 {
-			return fmt.Errorf("checking %s: %w: %s", path, err, bytes.TrimSpace(out))
+	if sb.OnlineGrowable() == nil {
+		return GrowGuest, nil
+	}
+	if sb.NeedsCheck() {
+		// e2fsck exits 1 when it fixed something, which is fine here.
+		if out, err := helper(ctx, "e2fsck", "-fy", path).CombinedOutput(); err != nil {
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() > 1 {
+				return GrowNone, fmt.Errorf("checking %s: %w: %s", path, err, bytes.TrimSpace(out))
+			}
 		}
 	}
 	if out, err := helper(ctx, "resize2fs", path).CombinedOutput(); err != nil {
-		return fmt.Errorf("resizing %s: %w: %s", path, err, bytes.TrimSpace(out))
+		return GrowNone, fmt.Errorf("resizing %s: %w: %s", path, err, bytes.TrimSpace(out))
 	}
-	return nil
+	return GrowOffline, nil
 }
 
 // helper is a short-lived tool run on an image (debugfs, e2fsck,

@@ -1,13 +1,16 @@
 package disk
 
 import (
-	"banger/internal/prereq"
 	"bytes"
 	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
+
+	"banger/internal/ext4"
+	"banger/internal/prereq"
 )
 
 func mkfs(t *testing.T, size string) string {
@@ -103,18 +106,61 @@ func TestCopyInAndGrow(t *testing.T) {
 	if Exists(ctx, img, "/nope") {
 		t.Fatal("missing path reported present")
 	}
-	if err := Grow(ctx, img, 64<<20); err != nil {
-		t.Fatal(err)
+	// mkfs.ext4's filesystem grows online in the guest: here only the
+	// file grows.
+	if how, err := Grow(ctx, img, 64<<20); err != nil || how != GrowGuest {
+		t.Fatalf("Grow = %q, %v; want %q", how, err, GrowGuest)
 	}
 	if st, _ := os.Stat(img); st.Size() != 64<<20 {
 		t.Fatalf("size after grow = %d", st.Size())
 	}
-	out, err := exec.Command("dumpe2fs", "-h", img).Output()
-	if err != nil || !bytes.Contains(out, []byte("Block count:")) {
-		t.Fatalf("dumpe2fs: %v", err)
+	if sb, _ := ext4.ReadSuperFile(img); sb.Size() != 16<<20 {
+		t.Fatalf("filesystem after a guest-side grow is %d bytes, want it untouched (16M)", sb.Size())
 	}
 	if got, _ := ReadFile(ctx, img, "/usr/lib/banger/agent"); string(got) != "v2" {
 		t.Fatal("content lost by grow")
+	}
+	if how, err := Grow(ctx, img, 32<<20); err != nil || how != GrowNone {
+		t.Fatalf("shrinking Grow = %q, %v; want nothing done", how, err)
+	}
+}
+
+// A filesystem the kernel cannot grow online (here: no journal) is grown
+// by resize2fs on the host, without e2fsck when it was never mounted, and
+// after e2fsck when it was mounted since its last check. The file stays
+// sparse and the content stays.
+func TestGrowOffline(t *testing.T) {
+	ctx := context.Background()
+	for _, mounted := range []bool{false, true} {
+		img := filepath.Join(t.TempDir(), "img.ext4")
+		if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-O", "^has_journal", img, "32M").CombinedOutput(); err != nil {
+			prereq.Missing(t, "mkfs.ext4 (e2fsprogs): %v: %s", err, out)
+		}
+		if err := debugfs(ctx, img, "write /etc/hostname /keep\n"); err != nil {
+			t.Fatal(err)
+		}
+		if mounted {
+			// As if mounted after its last check: resize2fs wants e2fsck.
+			if err := debugfs(ctx, img, "ssv mtime 20990101\n"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		how, err := Grow(ctx, img, 1<<30)
+		if err != nil || how != GrowOffline {
+			t.Fatalf("mounted %t: Grow = %q, %v; want %q", mounted, how, err, GrowOffline)
+		}
+		sb, _ := ext4.ReadSuperFile(img)
+		if sb.Size() != 1<<30 {
+			t.Errorf("mounted %t: filesystem is %d bytes, want 1 GiB", mounted, sb.Size())
+		}
+		var st syscall.Stat_t
+		syscall.Stat(img, &st)
+		if st.Blocks*512 > 64<<20 {
+			t.Errorf("mounted %t: %d bytes allocated for a 1 GiB disk, want it sparse", mounted, st.Blocks*512)
+		}
+		if !Exists(ctx, img, "/keep") {
+			t.Errorf("mounted %t: content lost by grow", mounted)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/ext4"
 	"banger/internal/guest"
 )
 
@@ -83,6 +84,9 @@ func boot(con io.Writer, start time.Time) error {
 	}
 	if err := mountRoot(opts); err != nil {
 		return err
+	}
+	if !opts.ReadOnly && opts.RootFSType == "ext4" {
+		growRoot(con, newRoot, opts.Root)
 	}
 	fmt.Fprintf(con, "banger initrd: %d modules loaded in %dms, root %s mounted after %dms\n",
 		len(cfg.Modules), loaded.Milliseconds(), opts.Root, time.Since(start).Milliseconds())
@@ -172,6 +176,22 @@ func mountRoot(opts options) error {
 		return fmt.Errorf("mounting root device %s (%s): %w", opts.Root, opts.RootFSType, err)
 	}
 	return nil
+}
+
+// growRoot grows the root filesystem to fill its drive: the host made the
+// disk file larger than the image and left the filesystem to the guest
+// (internal/disk.Grow). A failure is only a warning: the guest boots with
+// the image's size.
+func growRoot(con io.Writer, dir, dev string) {
+	start := time.Now()
+	from, to, err := ext4.GrowMounted(dir, dev)
+	switch {
+	case err != nil:
+		fmt.Fprintf(con, "banger initrd: warning: %v (/ keeps its size of %d MiB)\n", err, from>>20)
+	case to > from:
+		fmt.Fprintf(con, "banger initrd: root filesystem grown from %d MiB to %d MiB in %dms\n",
+			from>>20, to>>20, time.Since(start).Milliseconds())
+	}
 }
 
 // switchRoot frees the initramfs, moves /dev, /proc and /sys and the new
