@@ -3,6 +3,7 @@ package config
 import (
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -57,6 +58,10 @@ type Config struct {
 	// DebianKeyring is the binary OpenPGP keyring a kernel pull checks the
 	// mirror's InRelease against; empty means Debian's archive keyring.
 	DebianKeyring string `toml:"debian_keyring" json:"debian_keyring"`
+	// CredentialFiles are host files copied into every VM at start, as
+	// written: "~/P" (in the invoking user's home) or absolute; see
+	// Credentials for where each lands in the guest.
+	CredentialFiles []string `toml:"credential_files" json:"credential_files"`
 }
 
 // Default returns the configuration used when config.toml sets nothing.
@@ -74,6 +79,7 @@ func Default() Config {
 		ImageMaxBytes:    32 << 30,
 		ImageMaxEntries:  4 << 20,
 		ConsoleLogMaxMiB: 8,
+		CredentialFiles:  slices.Clone(DefaultCredentialFiles),
 	}
 }
 

@@ -128,6 +128,7 @@ debian_mirror = "http://deb.debian.org/debian"
 image_max_bytes = "8G"
 image_max_entries = 100000
 console_log_max_mib = 16
+credential_files = ["~/.claude/.credentials.json"]
 debian_keyring = "/etc/banger/test-keyring.gpg"
 `
 	p := writeConfig(t, body)
