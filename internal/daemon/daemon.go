@@ -125,6 +125,8 @@ func newServer(ctx context.Context, opts Options, st *store.Store, shutdown cont
 			DefaultImage:  opts.Config.DefaultImageName,
 			ConsoleLogMax: int64(opts.Config.ConsoleLogMaxMiB) << 20,
 			UserSSHKey:    opts.Config.SSHKey(opts.Dirs),
+			Credentials: credentialSettings{Files: opts.Config.Credentials(config.UserHome()),
+				UID: config.InvokingUID(), GID: config.InvokingGID()},
 		},
 	})
 	return s, nil

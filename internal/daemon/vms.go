@@ -36,6 +36,7 @@ type vmManager struct {
 	machines map[string]vmm.Machine   // by VM id, while the VMM runs
 	agents   map[string]*guest.Client // by VM id, once the agent answered
 	infos    map[string]guest.Info    // by VM id: the agent's hello
+	warnings map[string][]string      // by VM id: what its last start could not do
 }
 
 // vmParts are what the VMs are made from and kept in.
@@ -68,6 +69,7 @@ type vmSettings struct {
 	DefaultImage  string // image of a VM created without one
 	ConsoleLogMax int64  // bytes of console log kept per VM
 	UserSSHKey    string // the user's banger ssh key (private half)
+	Credentials   credentialSettings
 }
 
 func newVMManager(p vmParts) *vmManager {
@@ -79,6 +81,7 @@ func newVMManager(p vmParts) *vmManager {
 		machines: map[string]vmm.Machine{},
 		agents:   map[string]*guest.Client{},
 		infos:    map[string]guest.Info{},
+		warnings: map[string][]string{},
 	}
 }
 
@@ -260,7 +263,9 @@ func (m *vmManager) view(ctx context.Context, v store.VM) api.VM {
 	if info, ok := m.infos[v.ID]; ok {
 		out.Agent = info.AgentVersion
 	}
+	out.Warnings = m.warnings[v.ID]
 	m.mu.Unlock()
+	json.Unmarshal([]byte(v.Synced), &out.Credentials)
 	return out
 }
 
