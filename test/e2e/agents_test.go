@@ -67,6 +67,8 @@ func writeOwned(t *testing.T, p, content string, mode os.FileMode, uid, gid int)
 // inspect lists the guest paths; no content is in any log or state file.
 func TestCredentialSync(t *testing.T) {
 	home := filepath.Join(t.TempDir(), "home")
+	// Like /home: its user can reach it.
+	os.Chmod(filepath.Dir(filepath.Dir(home)), 0o755)
 	os.Chmod(filepath.Dir(home), 0o755)
 	os.MkdirAll(home, 0o755)
 	name, uid, gid := credUser(t, home)
