@@ -426,5 +426,8 @@ func (m *vmManager) removeVM(ctx context.Context, v store.VM) error {
 	if err := os.RemoveAll(v.Dir); err != nil {
 		return fmt.Errorf("removing %s: %w", v.Dir, err)
 	}
+	m.mu.Lock()
+	delete(m.warnings, v.ID)
+	m.mu.Unlock()
 	return m.store.DeleteVM(ctx, v.ID)
 }

@@ -193,6 +193,7 @@ func fakeOpencode(t *testing.T) string {
 func TestACPBridge(t *testing.T) {
 	e := bootEnv(t)
 	e.ok("vm", "create", "--image", "fixture", "--name", "acp1", "--memory", "512M", "--cpus", "1")
+	mustContain(t, "unknown vm", e.fails("vm", "acp", "nope"), `vm "nope" does not exist`, "banger vm list")
 
 	r := e.bangerIn([]byte(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}`+"\n"), "vm", "acp", "acp1")
 	if r.code != 127 || r.stdout != "" {
