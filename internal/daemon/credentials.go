@@ -52,6 +52,7 @@ func (m *vmManager) syncCredentials(ctx context.Context, v store.VM) (synced, wa
 	if len(cs.Files) == 0 {
 		return nil, nil
 	}
+	begin := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	type content struct {
@@ -95,7 +96,7 @@ func (m *vmManager) syncCredentials(ctx context.Context, v store.VM) (synced, wa
 		synced = append(synced, f.cred.Guest)
 	}
 	if len(synced) > 0 {
-		m.log.Info("synced credential files", "vm", v.Name, "guest_paths", synced)
+		m.log.Info("synced credential files", "vm", v.Name, "guest_paths", synced, "took", time.Since(begin).Round(time.Millisecond))
 	}
 	return synced, warnings
 }

@@ -166,8 +166,14 @@ func TestCredentialSync(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 		t.Errorf("grep for credential contents under BANGER_HOME: %v, found in:\n%s", err, out)
 	}
-	if b, _ := os.ReadFile(filepath.Join(e.home, "state", "bangerd.log")); !bytes.Contains(b, []byte("credential file not synced")) {
+	b, _ := os.ReadFile(filepath.Join(e.home, "state", "bangerd.log"))
+	if !bytes.Contains(b, []byte("credential file not synced")) {
 		t.Errorf("the daemon log does not warn about hosts.yml:\n%s", tail(string(b), 3000))
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, "synced credential files") {
+			t.Logf("bangerd.log: %s", line)
+		}
 	}
 }
 
