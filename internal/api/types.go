@@ -50,6 +50,9 @@ type VM struct {
 	// Credentials are the guest paths of the credential files synced at
 	// the last start (paths only, never contents).
 	Credentials []string `json:"credentials,omitempty"`
+	// Warnings are what the last start (since the daemon started) could
+	// not do, such as a credential file it could not read.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // WorkspaceSource records the host repo a VM's workspace came from.

@@ -3,6 +3,7 @@ package config
 import (
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -67,6 +68,10 @@ type Config struct {
 	VMCPUs      int   `toml:"vm_cpus" json:"vm_cpus"`
 	VMMemoryMiB int   `toml:"vm_memory" json:"vm_memory"`
 	VMDiskBytes int64 `toml:"vm_disk" json:"vm_disk"`
+	// CredentialFiles are host files copied into every VM at start, as
+	// written: "~/P" (in the invoking user's home) or absolute; see
+	// Credentials for where each lands in the guest.
+	CredentialFiles []string `toml:"credential_files" json:"credential_files"`
 }
 
 // Default returns the configuration used when config.toml sets nothing.
@@ -88,6 +93,7 @@ func Default() Config {
 		VMCPUs:           2,
 		VMMemoryMiB:      1024,
 		VMDiskBytes:      16 << 30,
+		CredentialFiles:  slices.Clone(DefaultCredentialFiles),
 	}
 }
 

@@ -137,6 +137,7 @@ image_max_bytes = "8G"
 image_max_entries = 100000
 console_log_max_mib = 16
 session_log_max_mib = 32
+credential_files = ["~/.claude/.credentials.json"]
 debian_keyring = "/etc/banger/test-keyring.gpg"
 vm_cpus = 4
 vm_memory = "2G"

@@ -31,6 +31,7 @@ var keys = []key{
 	{"bridge_name", applyBridgeName, func(c Config) any { return c.BridgeName }},
 	{"cidr", applyCIDR, func(c Config) any { return c.CIDR.String() }},
 	{"console_log_max_mib", applyConsoleLogMax, func(c Config) any { return c.ConsoleLogMaxMiB }},
+	{"credential_files", applyCredentialFiles, func(c Config) any { return slices.Clone(c.CredentialFiles) }},
 	{"debian_keyring", applyDebianKeyring, func(c Config) any { return c.DebianKeyring }},
 	{"debian_mirror", applyDebianMirror, func(c Config) any { return c.DebianMirror }},
 	{"default_dns", applyDefaultDNS, func(c Config) any { return dnsStrings(c.DefaultDNS) }},

@@ -144,6 +144,8 @@ func newServer(ctx context.Context, opts Options, st *store.Store, shutdown cont
 			MemoryMiB:     opts.Config.VMMemoryMiB,
 			DiskBytes:     opts.Config.VMDiskBytes,
 			UserSSHKey:    opts.Config.SSHKey(opts.Dirs),
+			Credentials: credentialSettings{Files: opts.Config.Credentials(config.UserHome()),
+				UID: config.InvokingUID(), GID: config.InvokingGID()},
 		},
 	})
 	return s, nil

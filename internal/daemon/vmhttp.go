@@ -58,6 +58,7 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 	}
 	st := newStream(w)
 	vm, err := s.vms.create(r.Context(), req, st.Progress)
+	logWarnings(st, vm)
 	st.finish(vm, err)
 }
 
@@ -69,7 +70,16 @@ func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 	}
 	st := newStream(w)
 	vm, err := s.vms.start(r.Context(), r.PathValue("name"), time.Duration(req.ReadyTimeoutSeconds)*time.Second, st.Progress)
+	logWarnings(st, vm)
 	st.finish(vm, err)
+}
+
+// logWarnings tells the user, on the start's stream, what the start could
+// not do.
+func logWarnings(st *stream, vm api.VM) {
+	for _, w := range vm.Warnings {
+		st.Log("warning: " + w)
+	}
 }
 
 func (s *Server) handleStop(w http.ResponseWriter, r *http.Request) {

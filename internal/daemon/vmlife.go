@@ -90,11 +90,26 @@ func (m *vmManager) startLocked(ctx context.Context, v *store.VM, kb kernel.Bund
 		m.store.UpdateVM(context.WithoutCancel(ctx), *v)
 		return api.VM{}, err
 	}
+	m.afterBoot(ctx, v)
 	v.State = api.StateRunning
 	if err := m.store.UpdateVM(ctx, *v); err != nil {
 		return api.VM{}, err
 	}
 	return m.view(ctx, *v), nil
+}
+
+// afterBoot does what every start does once the guest agent answers:
+// the credential sync. Its failures are warnings, kept for vm inspect;
+// the VM starts anyway.
+func (m *vmManager) afterBoot(ctx context.Context, v *store.VM) {
+	synced, warnings := m.syncCredentials(ctx, *v)
+	v.Synced = marshal(synced)
+	if synced == nil {
+		v.Synced = "[]"
+	}
+	m.mu.Lock()
+	m.warnings[v.ID] = warnings
+	m.mu.Unlock()
 }
 
 // track remembers a running machine and watches for its exit, which it
@@ -401,6 +416,7 @@ func (m *vmManager) adoptAll(ctx context.Context) error {
 				if err := m.waitReady(ctx, v, mc, defaultReadyTimeout); err != nil {
 					v.State, v.LastError = api.StateFailed, err.Error()
 				} else {
+					m.afterBoot(ctx, &v)
 					v.State = api.StateRunning
 				}
 				m.store.UpdateVM(context.WithoutCancel(ctx), v)
@@ -436,5 +452,8 @@ func (m *vmManager) removeVM(ctx context.Context, v store.VM) error {
 	if err := os.RemoveAll(v.Dir); err != nil {
 		return fmt.Errorf("removing %s: %w", v.Dir, err)
 	}
+	m.mu.Lock()
+	delete(m.warnings, v.ID)
+	m.mu.Unlock()
 	return m.store.DeleteVM(ctx, v.ID)
 }

@@ -39,6 +39,7 @@ type vmManager struct {
 	machines map[string]vmm.Machine   // by VM id, while the VMM runs
 	agents   map[string]*guest.Client // by VM id, once the agent answered
 	infos    map[string]guest.Info    // by VM id: the agent's hello
+	warnings map[string][]string      // by VM id: what its last start could not do
 }
 
 // vmParts are what the VMs are made from and kept in.
@@ -90,6 +91,7 @@ type vmSettings struct {
 	MemoryMiB     int    // memory of a VM created without it; 0: defaultMemoryMiB
 	DiskBytes     int64  // root disk of a VM created without one, at least the image's size
 	UserSSHKey    string // the user's banger ssh key (private half)
+	Credentials   credentialSettings
 }
 
 func newVMManager(p vmParts) *vmManager {
@@ -104,6 +106,7 @@ func newVMManager(p vmParts) *vmManager {
 		machines: map[string]vmm.Machine{},
 		agents:   map[string]*guest.Client{},
 		infos:    map[string]guest.Info{},
+		warnings: map[string][]string{},
 	}
 }
 
@@ -295,7 +298,9 @@ func (m *vmManager) view(ctx context.Context, v store.VM) api.VM {
 	if info, ok := m.infos[v.ID]; ok {
 		out.Agent = info.AgentVersion
 	}
+	out.Warnings = m.warnings[v.ID]
 	m.mu.Unlock()
+	json.Unmarshal([]byte(v.Synced), &out.Credentials)
 	return out
 }
 
