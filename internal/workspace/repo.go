@@ -154,3 +154,10 @@ func (r Repo) FetchBundle(ctx context.Context, bundle, ref, name string, force b
 	}
 	return nil
 }
+
+// Config is the value of the git config key in the repository, "" when
+// it is unset.
+func (r Repo) Config(ctx context.Context, key string) string {
+	v, _ := r.git(ctx, "config", "--get", key)
+	return v
+}
