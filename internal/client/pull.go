@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"banger/internal/api"
@@ -86,24 +85,36 @@ func (c *Client) PullWorkspace(ctx context.Context, vm string, o PullOptions) (P
 	if err != nil {
 		return PullResult{}, err
 	}
-	if v.Workspace != nil && v.Workspace.Commit != "" && !slices.Contains(tips, v.Workspace.Commit) {
-		tips = append(tips, v.Workspace.Commit)
+	var base []string
+	if v.Workspace != nil && v.Workspace.Commit != "" {
+		base = append(base, v.Workspace.Commit)
 	}
+	if _, head := workspace.Head(ctx, repo.Dir); head != "" {
+		base = append(base, head)
+	}
+	input := workspace.PullInput(tips, base)
 	ref := workspace.PullRef(pullNonce())
-	g, err := c.inspectGuestRepo(ctx, vm, res.GuestPath, ref, tips, o, repo)
+	g, err := c.inspectGuestRepo(ctx, vm, res.GuestPath, ref, input, o, repo)
 	if err != nil {
 		return PullResult{}, err
 	}
 	res.GuestBranch, res.Uncommitted, res.IncludedUncommitted, res.Commits = g.Branch, g.Status, g.Uncommitted(), g.New
 	if g.New == 0 {
-		msg := fmt.Sprintf("vm %s has no commits in %s beyond what %s has (its HEAD is %s): nothing pulled, no branch made",
-			vm, res.GuestPath, repo.Dir, shortCommit(g.Head))
+		msg := fmt.Sprintf("vm %s has no commits in %s beyond the commit its workspace started at (its HEAD is %s): nothing pulled, no branch made",
+			vm, res.GuestPath, shortCommit(g.Head))
 		if len(g.Status) > 0 {
-			msg += fmt.Sprintf("; it has %d uncommitted changes: commit them in the guest, or pass --include-uncommitted", len(g.Status))
+			msg += fmt.Sprintf("; it has %d uncommitted change(s): commit them in the guest, or pass --include-uncommitted", len(g.Status))
 		}
 		return res, errors.New(msg)
 	}
-	if err := c.fetchGuestBundle(ctx, vm, res.GuestPath, ref, tips, repo, res.Branch, o.Force); err != nil {
+	if g.Missing == 0 {
+		// The host has every commit already (an earlier pull): only the
+		// branch is new.
+		err = repo.SetBranch(ctx, res.Branch, g.Tip, res.Previous, "banger: vm workspace pull "+vm)
+	} else {
+		err = c.fetchGuestBundle(ctx, vm, res.GuestPath, ref, input, repo, res.Branch, o.Force)
+	}
+	if err != nil {
 		return PullResult{}, err
 	}
 	res.Commit = g.Tip
@@ -170,13 +181,13 @@ func checkBranch(ctx context.Context, repo workspace.Repo, branch string, force 
 
 // inspectGuestRepo runs the guest's look at its repository (and makes the
 // extra commit when asked) and reads what it found.
-func (c *Client) inspectGuestRepo(ctx context.Context, vm, dir, ref string, tips []string, o PullOptions, repo workspace.Repo) (workspace.GuestRepo, error) {
+func (c *Client) inspectGuestRepo(ctx context.Context, vm, dir, ref, input string, o PullOptions, repo workspace.Repo) (workspace.GuestRepo, error) {
 	name, email := hostIdentity(ctx, repo)
 	commit := workspace.GuestCommit{Name: name, Email: email,
 		Message: fmt.Sprintf("banger: uncommitted changes in vm %s\n\nTaken from the work tree of %s by banger vm workspace pull --include-uncommitted.", vm, dir)}
 	var out strings.Builder
 	var stderr limitedBuffer
-	code, err := c.execPiped(ctx, vm, workspace.PullInspectArgv(dir, ref, o.IncludeUncommitted, commit), tipsReader(tips), &out, &stderr)
+	code, err := c.execPiped(ctx, vm, workspace.PullInspectArgv(dir, ref, o.IncludeUncommitted, commit), strings.NewReader(input), &out, &stderr)
 	if err != nil {
 		return workspace.GuestRepo{}, err
 	}
@@ -188,7 +199,7 @@ func (c *Client) inspectGuestRepo(ctx context.Context, vm, dir, ref string, tips
 
 // fetchGuestBundle brings the guest's bundle of ref to a temporary file
 // and fetches it into branch.
-func (c *Client) fetchGuestBundle(ctx context.Context, vm, dir, ref string, tips []string, repo workspace.Repo, branch string, force bool) error {
+func (c *Client) fetchGuestBundle(ctx context.Context, vm, dir, ref, input string, repo workspace.Repo, branch string, force bool) error {
 	f, err := os.CreateTemp("", "banger-pull-*.bundle")
 	if err != nil {
 		return err
@@ -197,7 +208,7 @@ func (c *Client) fetchGuestBundle(ctx context.Context, vm, dir, ref string, tips
 	defer f.Close()
 	w := &firstErrWriter{w: f}
 	var stderr limitedBuffer
-	code, err := c.execPiped(ctx, vm, workspace.PullBundleArgv(dir, ref), tipsReader(tips), w, &stderr)
+	code, err := c.execPiped(ctx, vm, workspace.PullBundleArgv(dir, ref), strings.NewReader(input), w, &stderr)
 	if err != nil {
 		return err
 	}
@@ -240,10 +251,6 @@ func hostIdentity(ctx context.Context, repo workspace.Repo) (name, email string)
 		email = "banger@localhost"
 	}
 	return name, email
-}
-
-func tipsReader(tips []string) io.Reader {
-	return strings.NewReader(strings.Join(tips, "\n") + "\n")
 }
 
 // execPiped runs argv in vm with stdin, and its output to stdout and

@@ -26,22 +26,28 @@ type GuestCommit struct {
 }
 
 // pullCheck is the start of both pull scripts: $1 is the guest
-// directory, and known turns the commit ids on stdin into the ^id
-// arguments of those the guest has (the rest it cannot have reached).
+// directory. It reads the host's commits from stdin (see
+// PullInspectArgv); not lists those the guest has (the rest it cannot
+// have reached) as rev-list's ^id arguments.
 const pullCheck = `command -v git >/dev/null 2>&1 || { echo "git is not installed in this guest" >&2; exit 127; }
 cd "$1" 2>/dev/null || { echo "$1 does not exist in this guest" >&2; exit 3; }
 git rev-parse --git-dir >/dev/null 2>&1 || { echo "$1 is not a git repository in this guest" >&2; exit 4; }
-known() { git cat-file --batch-check='%(objectname) %(objecttype)' | sed -n 's/^\([0-9a-f]*\) commit$/^\1/p'; }
+known=$(git cat-file --batch-check='%(objecttype) %(objectname) %(rest)') || exit
+# not RE: as ^id lines, the host's commits the guest has whose line's rest matches RE.
+not() { printf '%s\n' "$known" | sed -n "s/^commit \([0-9a-f]*\)$1\$/^\1/p"; }
 `
 
 // PullInspectArgv is the guest command that looks at the repository in
-// dir: its HEAD, branch and uncommitted changes, and how many commits it
-// has that the host does not (the host's tips are read from stdin, one
-// commit id a line). With uncommitted set and a dirty work tree, it
+// dir: its HEAD, branch and uncommitted changes, how many commits it has
+// beyond the base, and how many of them the host lacks. Stdin holds the
+// host's commits, one a line: the tips of its refs, and those that make
+// up the base (the commit the workspace was copied at, the host's HEAD)
+// followed by " base". With uncommitted set and a dirty work tree, it
 // first commits the changes on top of HEAD through a temporary index, so
-// the guest's work tree, index and branches stay as they are. When there
-// is anything to take, ref is set to it; PullBundleArgv sends it and
-// deletes ref. The output is what ParseGuestRepo reads.
+// the guest's work tree, index and branches stay as they are. When the
+// host lacks commits, ref is set to what the pull takes, for
+// PullBundleArgv to send and delete. The output is what ParseGuestRepo
+// reads.
 func PullInspectArgv(dir, ref string, uncommitted bool, c GuestCommit) []string {
 	const script = pullCheck + `head=$(git rev-parse -q --verify 'HEAD^{commit}') || { echo "$1 has no commits in this guest" >&2; exit 5; }
 branch=$(git symbolic-ref -q --short HEAD) || branch=
@@ -60,9 +66,10 @@ if [ "$3" = 1 ] && [ -n "$status" ]; then
 		tip=$(git commit-tree "$tree" -p "$head" -m "$4") || exit
 	fi
 fi
-new=$({ known; echo "$tip"; } | git rev-list --count --stdin) || exit
-if [ "$new" -gt 0 ]; then git update-ref "$2" "$tip" || exit; fi
-printf 'head %s\nbranch %s\ntip %s\nnew %s\n' "$head" "$branch" "$tip" "$new"
+new=$({ not ' base'; echo "$tip"; } | git rev-list --count --stdin) || exit
+missing=$({ not '.*'; echo "$tip"; } | git rev-list --count --stdin) || exit
+if [ "$missing" -gt 0 ]; then git update-ref "$2" "$tip" || exit; fi
+printf 'head %s\nbranch %s\ntip %s\nnew %s\nmissing %s\n' "$head" "$branch" "$tip" "$new" "$missing"
 [ -z "$status" ] || printf '%s\n' "$status"
 `
 	u := "0"
@@ -73,10 +80,10 @@ printf 'head %s\nbranch %s\ntip %s\nnew %s\n' "$head" "$branch" "$tip" "$new"
 }
 
 // PullBundleArgv is the guest command that writes a git bundle of ref in
-// the repository in dir to stdout, less the commits the host has (its
-// tips, read from stdin as for PullInspectArgv), then deletes ref.
+// the repository in dir to stdout, less the commits the host has (read
+// from stdin as for PullInspectArgv), then deletes ref.
 func PullBundleArgv(dir, ref string) []string {
-	const script = pullCheck + `{ known; echo "$2"; } | git bundle create --quiet - --stdin
+	const script = pullCheck + `{ not '.*'; echo "$2"; } | git bundle create --quiet - --stdin
 rc=$?
 git update-ref -d "$2"
 exit $rc
@@ -91,8 +98,10 @@ type GuestRepo struct {
 	// Tip is what the pull takes: Head, or the extra commit of the
 	// uncommitted changes on top of it.
 	Tip string
-	// New is how many commits Tip has that the host does not.
-	New int
+	// New is how many commits Tip has beyond the base; Missing how many
+	// of them the host lacks (0: the host has them all, under other
+	// refs).
+	New, Missing int
 	// Status is git status --porcelain: the uncommitted changes.
 	Status []string
 }
@@ -103,27 +112,28 @@ func (g GuestRepo) Uncommitted() bool { return g.Tip != g.Head }
 
 // ParseGuestRepo reads PullInspectArgv's output.
 func ParseGuestRepo(out string) (GuestRepo, error) {
+	bad := fmt.Errorf("unexpected answer from the guest's git: %q", out)
 	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
-	if len(lines) < 4 {
-		return GuestRepo{}, fmt.Errorf("unexpected answer from the guest's git: %q", out)
+	keys := []string{"head", "branch", "tip", "new", "missing"}
+	if len(lines) < len(keys) {
+		return GuestRepo{}, bad
 	}
-	var g GuestRepo
-	fields := []*string{&g.Head, &g.Branch, &g.Tip, nil}
-	for i, key := range []string{"head", "branch", "tip", "new"} {
+	vals := make([]string, len(keys))
+	for i, key := range keys {
 		v, ok := strings.CutPrefix(lines[i], key+" ")
-		if !ok && lines[i] != key {
-			return GuestRepo{}, fmt.Errorf("unexpected answer from the guest's git: %q", out)
+		if !ok {
+			return GuestRepo{}, bad
 		}
-		if fields[i] != nil {
-			*fields[i] = v
-		}
+		vals[i] = v
 	}
-	n, err := strconv.Atoi(strings.TrimPrefix(lines[3], "new "))
-	if err != nil || g.Head == "" || g.Tip == "" {
-		return GuestRepo{}, fmt.Errorf("unexpected answer from the guest's git: %q", out)
+	g := GuestRepo{Head: vals[0], Branch: vals[1], Tip: vals[2]}
+	var err1, err2 error
+	g.New, err1 = strconv.Atoi(vals[3])
+	g.Missing, err2 = strconv.Atoi(vals[4])
+	if err1 != nil || err2 != nil || g.Head == "" || g.Tip == "" {
+		return GuestRepo{}, bad
 	}
-	g.New = n
-	for _, l := range lines[4:] {
+	for _, l := range lines[len(keys):] {
 		if l != "" {
 			g.Status = append(g.Status, l)
 		}

@@ -24,9 +24,9 @@ func guestCopy(t *testing.T, host string) string {
 }
 
 // runScript runs a guest script here, as the agent would there, with the
-// host repo's tips on stdin and env instead of the test's git
+// host's commits on stdin (PullInput) and env instead of the test's git
 // variables.
-func runScript(t *testing.T, argv []string, tips []string, env []string) (int, string, string) {
+func runScript(t *testing.T, argv []string, input string, env []string) (int, string, string) {
 	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	for _, kv := range os.Environ() {
@@ -35,7 +35,7 @@ func runScript(t *testing.T, argv []string, tips []string, env []string) (int, s
 		}
 	}
 	cmd.Env = append(cmd.Env, env...)
-	cmd.Stdin = strings.NewReader(strings.Join(tips, "\n") + "\n")
+	cmd.Stdin = strings.NewReader(input)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -68,17 +68,24 @@ func look(t *testing.T, dir string) hostLook {
 	}
 }
 
-// pull runs the whole pull here: inspect, bundle, fetch.
-func pull(t *testing.T, host Repo, guest, branch string, uncommitted, force bool, env []string) GuestRepo {
+// pull runs the whole pull here, as the client does: inspect, then a
+// bundle fetched into branch, or only the branch when the host has the
+// commits already. base is the commit the copy started at.
+func pull(t *testing.T, host Repo, guest, base, branch string, uncommitted, force bool, env []string) GuestRepo {
 	t.Helper()
 	ctx := context.Background()
 	tips, err := host.Tips(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	input := PullInput(tips, []string{base})
+	prev, err := host.Branch(ctx, branch)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ref := PullRef("test")
 	code, out, stderr := runScript(t, PullInspectArgv(guest, ref, uncommitted,
-		GuestCommit{Message: "banger: uncommitted", Name: "fallback", Email: "fallback@host"}), tips, env)
+		GuestCommit{Message: "banger: uncommitted", Name: "fallback", Email: "fallback@host"}), input, env)
 	if code != 0 {
 		t.Fatalf("inspect: exit %d: %s", code, stderr)
 	}
@@ -86,17 +93,22 @@ func pull(t *testing.T, host Repo, guest, branch string, uncommitted, force bool
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g.New == 0 {
-		return g
-	}
-	code, bundle, stderr := runScript(t, PullBundleArgv(guest, ref), tips, env)
-	if code != 0 {
-		t.Fatalf("bundle: exit %d: %s", code, stderr)
-	}
-	file := filepath.Join(t.TempDir(), "b.bundle")
-	os.WriteFile(file, []byte(bundle), 0o600)
-	if err := host.FetchBundle(ctx, file, ref, branch, force); err != nil {
-		t.Fatal(err)
+	switch {
+	case g.New == 0:
+	case g.Missing == 0:
+		if err := host.SetBranch(ctx, branch, g.Tip, prev, "test"); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		code, bundle, stderr := runScript(t, PullBundleArgv(guest, ref), input, env)
+		if code != 0 {
+			t.Fatalf("bundle: exit %d: %s", code, stderr)
+		}
+		file := filepath.Join(t.TempDir(), "b.bundle")
+		os.WriteFile(file, []byte(bundle), 0o600)
+		if err := host.FetchBundle(ctx, file, ref, branch, force); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return g
 }
@@ -123,9 +135,10 @@ func TestPullRoundTrip(t *testing.T) {
 	}
 	before := look(t, hostDir)
 	guestBefore := look(t, guest)
+	base := strings.TrimSpace(before.Head)
 
-	g := pull(t, host, guest, "banger/vm1", false, false, testIdentity)
-	if g.New != 1 || g.Uncommitted() || g.Branch != strings.TrimSpace(gitIn(t, guest, "symbolic-ref", "--short", "HEAD")) {
+	g := pull(t, host, guest, base, "banger/vm1", false, false, testIdentity)
+	if g.New != 1 || g.Missing != 1 || g.Uncommitted() || g.Branch != strings.TrimSpace(gitIn(t, guest, "symbolic-ref", "--short", "HEAD")) {
 		t.Fatalf("guest repo: %+v", g)
 	}
 	for _, want := range []string{" M README.md", "?? scratch.txt", "?? untracked.txt"} {
@@ -149,9 +162,9 @@ func TestPullRoundTrip(t *testing.T) {
 	// Now with the uncommitted changes, made by a guest with no git
 	// identity of its own: the fallback one is used.
 	noIdentity := []string{"HOME=" + t.TempDir(), "GIT_CONFIG_NOSYSTEM=1"}
-	g = pull(t, host, guest, "banger/vm1", true, true, noIdentity)
-	if g.New != 1 || !g.Uncommitted() {
-		t.Fatalf("with uncommitted: %+v (one new commit on top of what the host has now)", g)
+	g = pull(t, host, guest, base, "banger/vm1", true, true, noIdentity)
+	if g.New != 2 || g.Missing != 1 || !g.Uncommitted() {
+		t.Fatalf("with uncommitted: %+v (two beyond the base, one of them new to the host)", g)
 	}
 	if got := gitIn(t, hostDir, "show", "banger/vm1:README.md"); got != "uncommitted in the guest\n" {
 		t.Fatalf("the extra commit's README.md: %q", got)
@@ -175,9 +188,18 @@ func TestPullRoundTrip(t *testing.T) {
 		t.Fatalf("the guest's changes are no longer uncommitted: %q", got)
 	}
 
-	// Nothing new: the guest's HEAD is a commit the host has.
+	// Into another branch: the host has the commits, only the branch is
+	// made.
+	if g := pull(t, host, guest, base, "banger/again", false, false, testIdentity); g.New != 1 || g.Missing != 0 {
+		t.Fatalf("a second pull: %+v", g)
+	}
+	if got, want := gitIn(t, hostDir, "rev-parse", "banger/again"), gitIn(t, guest, "rev-parse", "HEAD"); got != want {
+		t.Fatalf("banger/again is %s, the guest's HEAD %s", got, want)
+	}
+
+	// Nothing new: the guest's HEAD is the base.
 	fresh := guestCopy(t, hostDir)
-	if g := pull(t, host, fresh, "banger/none", false, false, testIdentity); g.New != 0 {
+	if g := pull(t, host, fresh, base, "banger/none", false, false, testIdentity); g.New != 0 {
 		t.Fatalf("a fresh copy has %d new commits", g.New)
 	}
 	if c, _ := host.Branch(ctx, "banger/none"); c != "" {
@@ -218,7 +240,7 @@ func TestPullGuestErrors(t *testing.T) {
 					continue // the bundle step runs only after inspect found commits
 				}
 				argv[0] = "/bin/sh"
-				code, out, stderr := runScript(t, argv, nil, append(testIdentity, c.env...))
+				code, out, stderr := runScript(t, argv, "", append(testIdentity, c.env...))
 				if code != c.code || !strings.Contains(stderr, c.msg) || out != "" {
 					t.Errorf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, stderr, c.code, c.msg)
 				}
@@ -278,12 +300,12 @@ func TestRepoChecks(t *testing.T) {
 }
 
 func TestParseGuestRepo(t *testing.T) {
-	g, err := ParseGuestRepo("head a1\nbranch \ntip b2\nnew 3\n M x\n?? y\n")
-	want := GuestRepo{Head: "a1", Tip: "b2", New: 3, Status: []string{" M x", "?? y"}}
+	g, err := ParseGuestRepo("head a1\nbranch \ntip b2\nnew 3\nmissing 2\n M x\n?? y\n")
+	want := GuestRepo{Head: "a1", Tip: "b2", New: 3, Missing: 2, Status: []string{" M x", "?? y"}}
 	if err != nil || !cmp.Equal(g, want) {
 		t.Fatalf("ParseGuestRepo = %+v, %v", g, err)
 	}
-	for _, bad := range []string{"", "head a\nbranch b\ntip c\n", "head a\nbranch b\ntip c\nnew x\n", "nope a\nbranch b\ntip c\nnew 1\n"} {
+	for _, bad := range []string{"", "head a\nbranch b\ntip c\n", "head a\nbranch b\ntip c\nnew x\nmissing 1\n", "nope a\nbranch b\ntip c\nnew 1\nmissing 1\n", "head a\nbranch b\ntip c\nnew 1\n"} {
 		if _, err := ParseGuestRepo(bad); err == nil {
 			t.Errorf("ParseGuestRepo(%q) took it", bad)
 		}

@@ -161,3 +161,26 @@ func (r Repo) Config(ctx context.Context, key string) string {
 	v, _ := r.git(ctx, "config", "--get", key)
 	return v
 }
+
+// SetBranch points the branch called name at commit, which the
+// repository has, when it still points at prev ("": when it does not
+// exist yet).
+func (r Repo) SetBranch(ctx context.Context, name, commit, prev, why string) error {
+	if _, err := r.git(ctx, "update-ref", "-m", why, "refs/heads/"+name, commit, prev); err != nil {
+		return fmt.Errorf("setting branch %s of %s: %w", name, r.Dir, err)
+	}
+	return nil
+}
+
+// PullInput is what the guest's pull scripts read on stdin: the host's
+// tips, and the commits that make up the base marked as such.
+func PullInput(tips, base []string) string {
+	var b strings.Builder
+	for _, c := range tips {
+		b.WriteString(c + "\n")
+	}
+	for _, c := range base {
+		b.WriteString(c + " base\n")
+	}
+	return b.String()
+}
