@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"banger/internal/api"
 	"banger/internal/workspace"
 )
 
@@ -79,6 +80,9 @@ func prepareWorkspace(ctx context.Context, g *guestSSH, ws workspace.Set, o Work
 			return fmt.Errorf("checking out in %s (exit %d): %s", o.Dir, code, strings.TrimSpace(out.String()))
 		}
 	}
+	if err := g.c.SetWorkspaceSource(ctx, g.vm, source(ctx, ws, o.Dir)); err != nil {
+		return fmt.Errorf("recording where the workspace of vm %s came from: %w", g.vm, err)
+	}
 	if ws.WantsTooling() {
 		// Best effort: its failure never fails the run.
 		g.c.execQuiet(ctx, g.vm, workspace.ToolingArgv(o.Dir, ws.Name), io.Discard)
@@ -87,6 +91,22 @@ func prepareWorkspace(ctx context.Context, g *guestSSH, ws workspace.Set, o Work
 		}
 	}
 	return nil
+}
+
+// SetWorkspaceSource records where vm's workspace came from: vm inspect
+// shows it and vm workspace pull fetches back into it.
+func (c *Client) SetWorkspaceSource(ctx context.Context, vm string, src api.WorkspaceSource) error {
+	return c.Do(ctx, http.MethodPut, path("vms", vm, "workspace", "source"), src, nil)
+}
+
+// source is where ws came from, copied to guestDir: for a git
+// repository with the branch and commit checked out on the host.
+func source(ctx context.Context, ws workspace.Set, guestDir string) api.WorkspaceSource {
+	src := api.WorkspaceSource{HostPath: ws.Root, GuestPath: guestDir}
+	if ws.Git {
+		src.Branch, src.Commit = workspace.Head(ctx, ws.Root)
+	}
+	return src
 }
 
 // uploadWorkspace streams ws as a tar to o.Dir in the VM. The fast path is

@@ -15,6 +15,7 @@ func (s *Server) runRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/vms/{name}/ssh", s.handleSSHInfo)
 	mux.HandleFunc("PUT /v1/vms/{name}/workspace", s.handlePutWorkspace)
 	mux.HandleFunc("GET /v1/vms/{name}/workspace", s.handleGetWorkspace)
+	mux.HandleFunc("PUT /v1/vms/{name}/workspace/source", s.handleSetWorkspaceSource)
 }
 
 // handleSSHInfo tells a client where the VM's sshd is and which host key

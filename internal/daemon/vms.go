@@ -283,7 +283,7 @@ func (m *vmManager) view(ctx context.Context, v store.VM) api.VM {
 		ID: v.ID, Name: v.Name, State: v.State, Image: v.Image, Kernel: v.Kernel, VMM: v.VMM,
 		VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB, DiskBytes: v.DiskBytes, DiskMethod: v.DiskMethod,
 		Dir: v.Dir, ConsoleLog: filepath.Join(v.Dir, consoleLogFile), LastError: v.LastError, CreatedAt: v.CreatedAt,
-		VsockCID: v.VsockCID,
+		VsockCID: v.VsockCID, Workspace: workspaceOf(v),
 	}
 	if d, ok := m.drivers[v.VMM]; ok {
 		out.Accel = string(d.Features().Accel)
