@@ -112,8 +112,8 @@ func newSessionAttachCmd() *cobra.Command {
 sessions) to session S. Several clients can attach at once: each sees the
 output produced while it is attached, and their input interleaves.
 
-Detach with Ctrl-] on a terminal, or by closing stdin (EOF) in pipe mode:
-the session goes on. When the session ends while attached, banger exits
+Detach with Ctrl-] on a terminal, or by closing stdin (EOF) or Ctrl-C in
+pipe mode: the session goes on (on a tty session Ctrl-C reaches it). When the session ends while attached, banger exits
 with its exit code. Earlier output is in banger vm session logs.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -71,8 +71,9 @@ const DetachKey = 0x1d
 // AttachOptions says how AttachSession bridges a session.
 type AttachOptions struct {
 	Stdio Stdio
-	// Signals: SIGWINCH resizes a tty session to In's terminal; others
-	// are ignored (Ctrl-C reaches a tty session as a byte).
+	// Signals: SIGWINCH resizes a tty session to In's terminal; SIGINT
+	// and SIGTERM detach (on a raw terminal Ctrl-C is a byte the session
+	// gets, not a signal).
 	Signals <-chan os.Signal
 }
 
@@ -125,6 +126,9 @@ func (c *Client) AttachSession(ctx context.Context, vm, name string, o AttachOpt
 			case <-finished:
 				return
 			case sig := <-o.Signals:
+				if sig == os.Interrupt || sig == syscall.SIGTERM {
+					detach() // Ctrl-C outside a raw terminal detaches too
+				}
 				if sig == syscall.SIGWINCH && s.StdinMode == "tty" {
 					if rows, cols, ok := winsize(fd); ok {
 						c.ResizeSession(ctx, vm, name, rows, cols)

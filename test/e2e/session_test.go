@@ -153,8 +153,10 @@ func TestSessionPipeAttachLogsRestart(t *testing.T) {
 	}
 	a = e.attach("s1", "echo")
 	a.roundTrip(t, "five", "echo:five")
-	a.in.Close()
-	a.wait(t)
+	a.cmd.Process.Signal(os.Interrupt) // Ctrl-C outside a raw terminal detaches
+	if code := a.wait(t); code != 0 || !strings.Contains(a.errs.String(), "detached") {
+		t.Fatalf("Ctrl-C on a pipe attach: exit %d, stderr %q", code, a.errs.String())
+	}
 	// The host copy follows the guest's within moments.
 	var logs string
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
