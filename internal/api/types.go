@@ -53,6 +53,13 @@ type VM struct {
 	// Warnings are what the last start (since the daemon started) could
 	// not do, such as a credential file it could not read.
 	Warnings []string `json:"warnings,omitempty"`
+	// Net is its egress policy; Ports its port forwards.
+	Net   NetPolicy     `json:"net"`
+	Ports []PortForward `json:"ports,omitempty"`
+	// Origin is the snapshot it was restored from, if any; Boot says how
+	// its last start went (cold or warm, and why).
+	Origin string `json:"origin,omitempty"`
+	Boot   string `json:"boot,omitempty"`
 }
 
 // WorkspaceSource records the host repo a VM's workspace came from.
@@ -74,6 +81,15 @@ type CreateVMRequest struct {
 	NoStart   bool   `json:"no_start,omitempty"`
 	// ReadyTimeoutSeconds bounds the wait for the guest agent (default 90).
 	ReadyTimeoutSeconds int `json:"ready_timeout_seconds,omitempty"`
+	// Ports are forwards in -p syntax; Net the policy in --net syntax
+	// (default nat); Isolate cuts it off from the other VMs.
+	Ports   []string `json:"ports,omitempty"`
+	Net     string   `json:"net,omitempty"`
+	Isolate bool     `json:"isolate,omitempty"`
+	// FromSnapshot restores the VM from a snapshot instead of booting it.
+	FromSnapshot string `json:"from_snapshot,omitempty"`
+	// Cold boots even when a warm snapshot of the image could be restored.
+	Cold bool `json:"cold,omitempty"`
 }
 
 // StartVMRequest is the body of POST /v1/vms/{name}/start.

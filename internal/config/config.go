@@ -72,6 +72,9 @@ type Config struct {
 	// written: "~/P" (in the invoking user's home) or absolute; see
 	// Credentials for where each lands in the guest.
 	CredentialFiles []string `toml:"credential_files" json:"credential_files"`
+	// WarmStart keeps a ready memory snapshot of each image after its
+	// first boot and restores later VMs of it from that snapshot.
+	WarmStart bool `toml:"warm_start" json:"warm_start"`
 }
 
 // Default returns the configuration used when config.toml sets nothing.
@@ -94,6 +97,7 @@ func Default() Config {
 		VMMemoryMiB:      1024,
 		VMDiskBytes:      16 << 30,
 		CredentialFiles:  slices.Clone(DefaultCredentialFiles),
+		WarmStart:        true,
 	}
 }
 

@@ -85,6 +85,7 @@ func TestLoadEveryKey(t *testing.T) {
 		{"console_log_max_mib", `console_log_max_mib = 64`, func(c *Config) { c.ConsoleLogMaxMiB = 64 }},
 		{"session_log_max_mib", `session_log_max_mib = 100`, func(c *Config) { c.SessionLogMaxMiB = 100 }},
 		{"tap_pool_size 64", `tap_pool_size = 64`, func(c *Config) { c.TapPoolSize = 64 }},
+		{"warm_start off", `warm_start = false`, func(c *Config) { c.WarmStart = false }},
 		{"vm_cpus", `vm_cpus = 4`, func(c *Config) { c.VMCPUs = 4 }},
 		{"vm_memory size", `vm_memory = "2G"`, func(c *Config) { c.VMMemoryMiB = 2048 }},
 		{"vm_memory MiB", `vm_memory = 512`, func(c *Config) { c.VMMemoryMiB = 512 }},
@@ -142,6 +143,7 @@ debian_keyring = "/etc/banger/test-keyring.gpg"
 vm_cpus = 4
 vm_memory = "2G"
 vm_disk = "32G"
+warm_start = false
 `
 	p := writeConfig(t, body)
 	_, src, err := Load(p)

@@ -72,6 +72,7 @@ func TestLoadBadValues(t *testing.T) {
 		{"console_log_max_mib string", `console_log_max_mib = "8M"`, 1, "console_log_max_mib", "expected an integer from 1 to 1024, got string"},
 		{"vm_cpus zero", `vm_cpus = 0`, 1, "vm_cpus", "vm_cpus = 0: must be from 1 to 64"},
 		{"vm_cpus string", `vm_cpus = "2"`, 1, "vm_cpus", "vm_cpus: expected an integer from 1 to 64, got string"},
+		{"warm_start string", `warm_start = "yes"`, 1, "warm_start", `warm_start: expected true or false, got string`},
 		{"vm_memory word", `vm_memory = "lots"`, 1, "vm_memory", `vm_memory = "lots": expected a size like "1G"`},
 		{"vm_memory tiny", `vm_memory = "64M"`, 1, "vm_memory", `vm_memory = "64M": expected a size like "1G" (binary units`},
 		{"vm_memory tiny MiB", `vm_memory = 100`, 1, "vm_memory", "at least 128M)"},

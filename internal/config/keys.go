@@ -51,6 +51,7 @@ var keys = []key{
 	{"vm_disk", applyVMDisk, func(c Config) any { return FormatSize(c.VMDiskBytes) }},
 	{"vm_memory", applyVMMemory, func(c Config) any { return FormatSize(int64(c.VMMemoryMiB) << 20) }},
 	{"vmm", applyVMM, func(c Config) any { return c.VMM }},
+	{"warm_start", applyWarmStart, func(c Config) any { return c.WarmStart }},
 	{"web_listen_addr", applyWebListenAddr, func(c Config) any { return c.WebListenAddr }},
 }
 
@@ -226,6 +227,15 @@ func applySessionLogMax(c *Config, v any) (err error) {
 func applyTapPoolSize(c *Config, v any) (err error) {
 	c.TapPoolSize, err = intIn("tap_pool_size", v, 0, MaxTapPoolSize)
 	return err
+}
+
+func applyWarmStart(c *Config, v any) error {
+	b, ok := v.(bool)
+	if !ok {
+		return fmt.Errorf("warm_start: expected true or false, got %s", tomlType(v))
+	}
+	c.WarmStart = b
+	return nil
 }
 
 // intIn is the value of key, a TOML integer from lo to hi.

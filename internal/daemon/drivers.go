@@ -1,14 +1,15 @@
 package daemon
 
 import (
+	"context"
 	"log/slog"
-	"os"
 	"os/exec"
 
 	"banger/internal/config"
 	"banger/internal/doctor"
 	"banger/internal/vmm"
 	"banger/internal/vmm/firecracker"
+	"banger/internal/vmm/kvmcheck"
 	"banger/internal/vmm/qemu"
 )
 
@@ -18,15 +19,16 @@ import (
 // root.
 func newDrivers(cfg config.Config, logger *slog.Logger, u *vmmUser) (map[string]vmm.Driver, doctor.Choice) {
 	qo, fo := driverOptions(cfg, logger, u)
+	// A /dev/kvm that opens may still be unusable (nested hosts): then
+	// QEMU must not be given KVM.
+	kvmErr := kvmcheck.Check(context.Background(), "/dev/kvm", cfg.QEMUBin)
+	if kvmErr != nil {
+		qo.Accel = vmm.AccelTCG
+		logger.Info("kvm not used", "why", kvmErr)
+	}
 	drivers := map[string]vmm.Driver{
 		"qemu":        qemu.New(qo),
 		"firecracker": firecracker.New(fo),
-	}
-	var kvmErr error
-	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err != nil {
-		kvmErr = err
-	} else {
-		f.Close()
 	}
 	fc, _ := exec.LookPath(cfg.FirecrackerBin)
 	return drivers, doctor.Choose(cfg.VMM, kvmErr, fc)

@@ -21,22 +21,6 @@ const (
 		"(https://github.com/firecracker-microvm/firecracker/releases), or set firecracker_bin in config.toml"
 )
 
-// probeKVM returns nil when the device opens read-write, else why not.
-func probeKVM(dev string) error {
-	f, err := os.OpenFile(dev, os.O_RDWR, 0)
-	switch {
-	case err == nil:
-		f.Close()
-		return nil
-	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("%s is missing", dev)
-	case errors.Is(err, fs.ErrPermission):
-		return fmt.Errorf("%s is not usable: permission denied", dev)
-	default:
-		return fmt.Errorf("%s is not usable: %w", dev, unwrapPath(err))
-	}
-}
-
 func checkKVM(o Options, kvmErr error) Check {
 	c := Check{Name: "/dev/kvm", Required: o.Config.VMM == config.VMMFirecracker}
 	if kvmErr == nil {
@@ -52,7 +36,11 @@ func checkKVM(o Options, kvmErr error) Check {
 	} else {
 		c.Detail = fmt.Sprintf("%v: qemu will use software emulation (slow)", kvmErr)
 	}
-	if _, err := os.Stat(o.DevKVM); err == nil {
+	if strings.Contains(kvmErr.Error(), "QEMU cannot use it") || strings.Contains(kvmErr.Error(), "did not answer") {
+		c.Fix = "nothing to do for banger: this host's KVM is broken (common on nested hosts), so qemu uses " +
+			"software emulation; for KVM speed, run on a host whose KVM works (check with: " +
+			"qemu-system-x86_64 -M microvm,accel=kvm -cpu host -S -display none)"
+	} else if _, err := os.Stat(o.DevKVM); err == nil {
 		c.Fix = "sudo usermod -aG kvm $USER, then log in again"
 	} else {
 		c.Fix = "load kvm_intel or kvm_amd (sudo modprobe kvm_intel), or run on a host with " +

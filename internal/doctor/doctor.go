@@ -8,6 +8,7 @@
 package doctor
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"os"
@@ -17,6 +18,7 @@ import (
 
 	"banger/internal/config"
 	"banger/internal/vmm"
+	"banger/internal/vmm/kvmcheck"
 )
 
 // Status is the outcome of one check.
@@ -129,7 +131,7 @@ func (o Options) withDefaults() Options {
 // commands with a short timeout, and all stop when ctx is done.
 func Run(ctx context.Context, o Options) Report {
 	o = o.withDefaults()
-	kvmErr := probeKVM(o.DevKVM)
+	kvmErr := kvmcheck.Check(ctx, o.DevKVM, cmp.Or(o.Config.QEMUBin, "qemu-system-x86_64"))
 	fcPath, fcErr := o.find(o.Config.FirecrackerBin)
 	choice := Choose(o.Config.VMM, kvmErr, fcPath)
 

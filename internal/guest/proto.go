@@ -88,7 +88,45 @@ const (
 	// (then nothing was done: an unknown or exited session, a part of the
 	// request that does not apply to its stdin mode).
 	OpSessionControl Op = "session-control"
+
+	// OpReidentify: after a restore from a memory snapshot (vm fork,
+	// vm create --from-snapshot, warm start) the guest still believes it
+	// is the VM it was snapshotted from. The host sends the new identity;
+	// the guest applies all of it (clock first, then network, hostname,
+	// machine-id, SSH host key with sshd restarted, agent key last) and
+	// answers FrameResponse once it is in force, or FrameError naming the
+	// part that failed. The agent's transport may have been reset by the
+	// restore; the agent reopens it rather than exiting.
+	OpReidentify Op = "reidentify"
 )
+
+// ReidentifyRequest is a restored guest's new identity. Every field is
+// required except where it says otherwise.
+type ReidentifyRequest struct {
+	// Time is the host's clock as it sent the request; the guest sets
+	// its realtime clock to it.
+	Time time.Time `json:"time"`
+	// Hostname is the VM's name.
+	Hostname string `json:"hostname"`
+	// MAC is eth0's new address (aa:bb:cc:dd:ee:ff).
+	MAC string `json:"mac"`
+	// Address is eth0's new address with its prefix (172.16.0.5/24);
+	// Gateway the default route; DNS the resolvers written to
+	// /etc/resolv.conf (empty: leave it).
+	Address string   `json:"address"`
+	Gateway string   `json:"gateway"`
+	DNS     []string `json:"dns,omitempty"`
+	// MachineID is the new /etc/machine-id (32 lowercase hex digits).
+	MachineID string `json:"machine_id"`
+	// HostKey and HostKeyPub are the new ed25519 SSH host key (OpenSSH
+	// private key PEM and the public line) for /etc/ssh/ssh_host_ed25519_key.
+	HostKey    string `json:"host_key"`
+	HostKeyPub string `json:"host_key_pub"`
+	// AgentKey (hex, KeySize bytes) replaces the agent's key in memory and
+	// at AgentKeyPath once the answer is sent; the next connection must
+	// authenticate with it. Empty: keep the current key.
+	AgentKey string `json:"agent_key,omitempty"`
+}
 
 // SessionDir is where the agent keeps each session's output in the guest.
 const SessionDir = "/var/lib/banger/sessions"
@@ -118,6 +156,8 @@ type Request struct {
 	SessionStart   *SessionStartRequest   `json:"session_start,omitempty"`
 	SessionAttach  *SessionAttachRequest  `json:"session_attach,omitempty"`
 	SessionControl *SessionControlRequest `json:"session_control,omitempty"`
+
+	Reidentify *ReidentifyRequest `json:"reidentify,omitempty"`
 }
 
 // Response answers a Request.

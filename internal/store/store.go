@@ -114,6 +114,46 @@ var migrations = []string{
 		ended_at   INTEGER NOT NULL DEFAULT 0,
 		PRIMARY KEY (vm_id, name)
 	);`,
+	// 6: networking per VM: its egress policy (JSON of api.NetPolicy; '{}'
+	// is the default, nat) and its port forwards.
+	`ALTER TABLE vms ADD COLUMN net TEXT NOT NULL DEFAULT '{}';
+	CREATE TABLE ports (
+		vm_id      TEXT NOT NULL,
+		proto      TEXT NOT NULL,
+		host_addr  TEXT NOT NULL,
+		host_port  INTEGER NOT NULL,
+		guest_port INTEGER NOT NULL,
+		created_at INTEGER NOT NULL,
+		PRIMARY KEY (proto, host_addr, host_port)
+	);
+	CREATE INDEX ports_vm ON ports(vm_id);`,
+	// 7: snapshots and disk layers. A VM's root disk may be a qcow2 layer
+	// (vms.layer, a file name in the layers directory) over its image or a
+	// snapshot's frozen layer; vms.origin is the snapshot it was restored
+	// from, if any; vms.boot says how its last start went (cold or warm,
+	// and why).
+	`ALTER TABLE vms ADD COLUMN layer TEXT NOT NULL DEFAULT '';
+	ALTER TABLE vms ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+	ALTER TABLE vms ADD COLUMN boot TEXT NOT NULL DEFAULT '';
+	CREATE TABLE snapshots (
+		id          TEXT PRIMARY KEY,
+		name        TEXT NOT NULL UNIQUE,
+		state       TEXT NOT NULL,
+		kind        TEXT NOT NULL DEFAULT 'user',
+		source_vm   TEXT NOT NULL DEFAULT '',
+		image       TEXT NOT NULL DEFAULT '',
+		kernel      TEXT NOT NULL DEFAULT '',
+		vmm         TEXT NOT NULL DEFAULT '',
+		vmm_version TEXT NOT NULL DEFAULT '',
+		vcpus       INTEGER NOT NULL DEFAULT 0,
+		memory_mib  INTEGER NOT NULL DEFAULT 0,
+		disk_bytes  INTEGER NOT NULL DEFAULT 0,
+		layer       TEXT NOT NULL DEFAULT '',
+		dir         TEXT NOT NULL DEFAULT '',
+		spec        TEXT NOT NULL DEFAULT '{}',
+		meta        TEXT NOT NULL DEFAULT '{}',
+		created_at  INTEGER NOT NULL
+	);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -27,18 +27,23 @@ type VM struct {
 	VsockCID   uint32 // set only by AllocateCID; 0: none yet
 	Workspace  string // JSON of api.WorkspaceSource; "{}" when none
 	Synced     string // JSON list of the credential files synced at the last start
+	Net        string // JSON of api.NetPolicy; "{}": the default (nat)
+	Layer      string // the root disk's qcow2 layer (a file name in the layers directory); "": a raw disk in Dir
+	Origin     string // the snapshot it was restored from, if any
+	Boot       string // how its last start went: cold or warm, and why
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
 }
 
 const vmColumns = `id, name, state, image, kernel, vmm, vcpus, memory_mib, disk_bytes, dir,
-	disk_method, spec, handle, last_error, vsock_cid, workspace, synced, created_at, updated_at`
+	disk_method, spec, handle, last_error, vsock_cid, workspace, synced, net, layer, origin, boot, created_at, updated_at`
 
 func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
 	var v VM
 	var created, updated int64
 	err := sc.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPUs, &v.MemoryMiB,
-		&v.DiskBytes, &v.Dir, &v.DiskMethod, &v.Spec, &v.Handle, &v.LastError, &v.VsockCID, &v.Workspace, &v.Synced, &created, &updated)
+		&v.DiskBytes, &v.Dir, &v.DiskMethod, &v.Spec, &v.Handle, &v.LastError, &v.VsockCID, &v.Workspace, &v.Synced,
+		&v.Net, &v.Layer, &v.Origin, &v.Boot, &created, &updated)
 	v.CreatedAt = time.Unix(0, created)
 	v.UpdatedAt = time.Unix(0, updated)
 	return v, err
@@ -48,9 +53,10 @@ func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
 func (s *Store) CreateVM(ctx context.Context, v VM) error {
 	now := time.Now().UnixNano()
 	_, err := s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,?,?)`,
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,?,?,?)`,
 		v.ID, v.Name, v.State, v.Image, v.Kernel, v.VMM, v.VCPUs, v.MemoryMiB, v.DiskBytes, v.Dir,
-		v.DiskMethod, nz(v.Spec), nz(v.Handle), v.LastError, nz(v.Workspace), nzList(v.Synced), now, now)
+		v.DiskMethod, nz(v.Spec), nz(v.Handle), v.LastError, nz(v.Workspace), nzList(v.Synced),
+		nz(v.Net), v.Layer, v.Origin, v.Boot, now, now)
 	if isUniqueViolation(err) {
 		return fmt.Errorf("vm %q: %w", v.Name, ErrExist)
 	}
@@ -74,9 +80,9 @@ func nzList(s string) string {
 // UpdateVM replaces the mutable fields of the VM with v.ID.
 func (s *Store) UpdateVM(ctx context.Context, v VM) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET state=?, vmm=?, spec=?, handle=?, last_error=?,
-		disk_method=?, dir=?, workspace=?, synced=?, updated_at=? WHERE id=?`,
+		disk_method=?, dir=?, workspace=?, synced=?, net=?, layer=?, origin=?, boot=?, updated_at=? WHERE id=?`,
 		v.State, v.VMM, nz(v.Spec), nz(v.Handle), v.LastError, v.DiskMethod, v.Dir,
-		nz(v.Workspace), nzList(v.Synced), time.Now().UnixNano(), v.ID)
+		nz(v.Workspace), nzList(v.Synced), nz(v.Net), v.Layer, v.Origin, v.Boot, time.Now().UnixNano(), v.ID)
 	if err != nil {
 		return err
 	}
@@ -113,13 +119,17 @@ func (s *Store) ListVMs(ctx context.Context) ([]VM, error) {
 	return out, rows.Err()
 }
 
-// DeleteVM removes the VM, its leases and its sessions in one transaction.
+// DeleteVM removes the VM, its leases, sessions and port forwards in one
+// transaction.
 func (s *Store) DeleteVM(ctx context.Context, id string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM leases WHERE vm_id = ?`, id); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE vm_id = ?`, id); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM ports WHERE vm_id = ?`, id); err != nil {
 			return err
 		}
 		res, err := tx.ExecContext(ctx, `DELETE FROM vms WHERE id = ?`, id)

@@ -56,7 +56,16 @@ type Drive struct {
 	Path     string `json:"path"`
 	ReadOnly bool   `json:"read_only"`
 	Root     bool   `json:"root"`
+	// Format is the image format: FormatRaw (also when empty) or
+	// FormatQCOW2 (QEMU only; the backing chain is in the file's header).
+	Format string `json:"format,omitempty"`
 }
+
+// Drive formats.
+const (
+	FormatRaw   = "raw"
+	FormatQCOW2 = "qcow2"
+)
 
 // DriveDevice is the guest device of the i-th drive of a Spec (from 0):
 // /dev/vda, /dev/vdb, ... /dev/vdz, /dev/vdaa, as Linux names virtio disks.
@@ -154,7 +163,33 @@ type Pauser interface {
 	Resume(ctx context.Context) error
 }
 
-// Snapshotter is implemented by machines that can snapshot a paused VM.
+// Snapshotter is implemented by machines that can snapshot their memory
+// and device state into dir. A machine not paused is paused for it and
+// resumed after; a paused one stays paused. The disks are not copied:
+// the caller freezes them while the machine is paused (DiskFreezer).
 type Snapshotter interface {
 	Snapshot(ctx context.Context, dir string) error
+}
+
+// Restorer is implemented by drivers that can start a machine from a
+// snapshot written by a Snapshotter of the same driver. spec must have the
+// drives (in the same order and formats) and NICs the snapshot was taken
+// with; their paths and taps may differ. The machine runs on return.
+type Restorer interface {
+	Restore(ctx context.Context, spec Spec, snapDir string) (Machine, error)
+}
+
+// DiskFreezer is implemented by machines that can switch a drive to a
+// new overlay while running: from then on the guest writes to overlay
+// (a qcow2 file whose backing is the drive's current file, created by
+// FreezeDisk) and the current file is no longer written, so it can back
+// other VMs.
+type DiskFreezer interface {
+	FreezeDisk(ctx context.Context, driveID, overlay string) error
+}
+
+// Versioner is implemented by drivers that can name the version of the
+// VMM they run; a snapshot restores only on the version that wrote it.
+type Versioner interface {
+	Version(ctx context.Context) (string, error)
 }

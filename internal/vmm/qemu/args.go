@@ -80,6 +80,9 @@ func validateSpec(s vmm.Spec) error {
 		if d.Path == "" {
 			errs = append(errs, fmt.Errorf("drive %q: path is empty", d.ID))
 		}
+		if d.Format != "" && d.Format != vmm.FormatRaw && d.Format != vmm.FormatQCOW2 {
+			errs = append(errs, fmt.Errorf("drive %q: format %q: use raw or qcow2", d.ID, d.Format))
+		}
 	}
 	if p := pathsFor(s.Dir); len(p.Agent) > maxUnixPath || len(p.QMP) > maxUnixPath {
 		errs = append(errs, fmt.Errorf("dir %q is too long for a unix socket path", s.Dir))
@@ -127,7 +130,11 @@ func (l launch) args() []string {
 	)
 	for i, d := range s.Drives {
 		id := "vd" + strconv.Itoa(i)
-		drive := "id=" + id + ",file=" + opt(d.Path) + ",format=raw,if=none"
+		format := d.Format
+		if format == "" {
+			format = vmm.FormatRaw
+		}
+		drive := "id=" + id + ",file=" + opt(d.Path) + ",format=" + format + ",if=none"
 		if d.ReadOnly {
 			drive += ",readonly=on"
 		} else {

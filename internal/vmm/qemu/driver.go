@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"banger/internal/vmm"
+	"banger/internal/vmm/kvmcheck"
 )
 
 const driverName = "qemu"
@@ -50,8 +51,8 @@ type Options struct {
 	Bin string
 	// Logger receives lifecycle events. Default: discard.
 	Logger *slog.Logger
-	// Accel forces an accelerator. Default: KVM when /dev/kvm opens
-	// read-write, else TCG.
+	// Accel forces an accelerator. Default: KVM when it works here
+	// (kvmcheck.Check), else TCG.
 	Accel vmm.Accel
 	// Transport forces the agent channel. Default: vsock when
 	// /dev/vhost-vsock opens read-write, else virtio-serial.
@@ -99,7 +100,7 @@ func New(opts Options) *Driver {
 	}
 	if d.accel == "" {
 		d.accel = vmm.AccelTCG
-		if usable("/dev/kvm") {
+		if kvmcheck.Check(context.Background(), "/dev/kvm", d.bin) == nil {
 			d.accel = vmm.AccelKVM
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"banger/internal/vmm"
+	"banger/internal/vmm/kvmcheck"
 	"banger/internal/vmm/vmmtest"
 )
 
@@ -23,7 +24,7 @@ import (
 // that transport even where /dev/vhost-vsock exists.
 func TestDriverSuite(t *testing.T) {
 	accel := vmm.AccelTCG
-	if usable("/dev/kvm") {
+	if kvmcheck.Check(t.Context(), "/dev/kvm", DefaultBin) == nil {
 		accel = vmm.AccelKVM
 	}
 	opts := Options{Accel: accel, Transport: vmm.TransportVirtioSerial}
