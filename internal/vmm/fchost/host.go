@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"banger/internal/vmm"
+	"banger/internal/vmm/kvmcheck"
 )
 
 // MinAPIVersion is the oldest Firecracker API banger drives. The driver's
@@ -114,13 +115,19 @@ func Available(bin string) error {
 // The error wraps vmm.ErrUnavailable and says how to fix it.
 func CheckKVM() error { return CheckKVMAt(KVMDevice) }
 
-// CheckKVMAt is CheckKVM of the device dev.
+// CheckKVMAt is CheckKVM of the device dev. A /dev/kvm that opens but
+// on which QEMU cannot set up a vCPU (kvmcheck) is refused too: a nested
+// host's broken KVM fails Firecracker the same way.
 func CheckKVMAt(dev string) error {
 	f, err := os.OpenFile(dev, os.O_RDWR, 0)
 	if err != nil {
 		return kvmError(dev, err)
 	}
-	return f.Close()
+	f.Close()
+	if err := kvmcheck.Check(context.Background(), dev, "qemu-system-x86_64"); err != nil {
+		return fmt.Errorf("%w: %v; use vmm = \"qemu\" (software emulation) or a host whose KVM works", vmm.ErrUnavailable, err)
+	}
+	return nil
 }
 
 // kvmError explains why dev cannot be opened and how to fix it.
