@@ -45,8 +45,8 @@ func ipAddr(offset uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
 	return append(out, &expr.Cmp{Op: op, Register: 1, Data: a[:]})
 }
 
-func saddr(a netip.Addr) []expr.Any { return ipAddr(12, netip.PrefixFrom(a, 32), expr.CmpOpEq) }
-func daddr(a netip.Addr) []expr.Any { return ipAddr(16, netip.PrefixFrom(a, 32), expr.CmpOpEq) }
+func saddr(a netip.Addr) []expr.Any  { return ipAddr(12, netip.PrefixFrom(a, 32), expr.CmpOpEq) }
+func daddr(a netip.Addr) []expr.Any  { return ipAddr(16, netip.PrefixFrom(a, 32), expr.CmpOpEq) }
 func dnet(p netip.Prefix) []expr.Any { return ipAddr(16, p, expr.CmpOpEq) }
 
 // l4proto matches `meta l4proto PROTO`.
