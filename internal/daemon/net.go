@@ -3,19 +3,23 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
 	"banger/internal/api"
 	"banger/internal/atomicfile"
 	"banger/internal/config"
+	"banger/internal/guestdns"
 	"banger/internal/network"
 	"banger/internal/store"
 	"banger/internal/vmm"
@@ -35,14 +39,18 @@ type netService struct {
 	store    *store.Store
 	mgr      *network.Manager
 	log      *slog.Logger
-	stateDir string // whose network this daemon claims
-	path     string // network.json
-	dns      []netip.Addr
+	stateDir string       // whose network this daemon claims
+	path     string       // network.json
+	dns      []netip.Addr // given to guests when the guest DNS server cannot listen
+	guestDNS *guestdns.Server
+	egress   *egressService
 
-	mu       sync.Mutex // guards ready, conflict and claim
+	mu       sync.Mutex // guards ready, conflict, claim, dnsUp and dnsErr
 	ready    bool
 	conflict string         // why config.toml's network settings are not in force
 	claim    *network.Claim // this daemon's hold on the namespace's network
+	dnsUp    bool           // the guest DNS server listens on the bridge address
+	dnsErr   string         // why it does not
 }
 
 // claimed takes the network namespace's claim once (network.TakeClaim):
@@ -74,6 +82,7 @@ func (ns *netService) close() {
 		ns.claim.Release()
 		ns.claim = nil
 	}
+	ns.guestDNS.Close()
 }
 
 // newNetService makes the network service of a daemon with config cfg
@@ -113,7 +122,58 @@ func newNetService(ctx context.Context, cfg config.Config, stateDir string, st *
 	if len(ns.dns) == 0 {
 		ns.dns, _ = network.HostDNS()
 	}
+	// The guest DNS server asks default_dns, else the host's own
+	// resolvers (loopback stubs included: the daemon asks them itself).
+	upstream := cfg.DefaultDNS
+	if len(upstream) == 0 {
+		upstream, _ = network.HostResolvers()
+	}
+	upstream = slices.DeleteFunc(slices.Clone(upstream), func(a netip.Addr) bool { return a == use.BridgeIP })
+	ns.guestDNS = &guestdns.Server{Upstreams: upstreamsOf(upstream), Log: log}
+	ns.egress = newEgressService(mgr, ns.guestDNS, ns.guestDNS.Upstreams, log)
 	return ns, nil
+}
+
+// startDNS starts the guest DNS server on the bridge address, port 53
+// (UDP and TCP), once the bridge has it. When the port is taken, guests
+// are given the host's resolvers instead (dnsErr says so), and allow=
+// policies reach only the addresses their names resolved to on the host.
+func (ns *netService) startDNS() {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	ns.startDNSLocked()
+}
+
+func (ns *netService) startDNSLocked() {
+	if ns.dnsUp {
+		return
+	}
+	addr := net.JoinHostPort(ns.mgr.Config().BridgeIP.String(), "53")
+	pc, err := net.ListenPacket("udp", addr)
+	if err == nil {
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			ns.guestDNS.Serve(pc, ln)
+			ns.dnsUp, ns.dnsErr = true, ""
+			ns.log.Info("guest dns server listening", "addr", addr, "upstreams", ns.guestDNS.Upstreams)
+			return
+		}
+		pc.Close()
+	}
+	ns.dnsErr = fmt.Sprintf("guest dns server cannot listen on %s: %v; guests are given the host's resolvers %v instead, "+
+		"and allow= policies do not follow the guest's own lookups", addr, err, ns.dns)
+	ns.log.Warn("guest dns server not started", "why", ns.dnsErr)
+}
+
+// guestResolvers are the resolvers guests are told to use: the guest
+// DNS server on the bridge address when it listens.
+func (ns *netService) guestResolvers() []netip.Addr {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	if ns.dnsUp {
+		return []netip.Addr{ns.mgr.Config().BridgeIP}
+	}
+	return ns.dns
 }
 
 func (ns *netService) recorded() (netState, error) {
@@ -149,6 +209,7 @@ func (ns *netService) ensure(ctx context.Context) error {
 		return err
 	}
 	ns.ready = true
+	ns.startDNSLocked()
 	return nil
 }
 
@@ -194,13 +255,22 @@ func (ns *netService) attach(ctx context.Context, vmID string) (vmm.NIC, string,
 		ns.mgr.ReleaseTap(context.WithoutCancel(ctx), tap)
 		return vmm.NIC{}, "", err
 	}
+	// The policy is in force before the guest can send anything.
+	if err := ns.applyPolicy(ctx, vmID, nil); err != nil {
+		ns.detach(context.WithoutCancel(ctx), vmID)
+		return vmm.NIC{}, "", err
+	}
 	go ns.mgr.FillPool(context.WithoutCancel(ctx))
-	gc := ns.mgr.GuestConfig(l.IP, ns.dns)
+	gc := ns.mgr.GuestConfig(l.IP, ns.guestResolvers())
 	return vmm.NIC{ID: "eth0", Tap: tap, MAC: l.MAC}, gc.BangerNetArg(), nil
 }
 
 // detach removes the VM's tap; its lease stays until the VM is deleted.
 func (ns *netService) detach(ctx context.Context, vmID string) {
+	// Its rules go first: the tap may go to another VM next.
+	if err := ns.egress.remove(ctx, vmID); err != nil {
+		ns.log.Warn("removing the rules of a vm", "vm", vmID, "err", err)
+	}
 	l, err := ns.store.LeaseOf(ctx, vmID)
 	if err != nil || l.Tap == "" {
 		return
@@ -239,8 +309,90 @@ func (ns *netService) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	_, err = ns.mgr.EnsureNAT(ctx)
-	return err
+	if _, err := ns.mgr.EnsureNAT(ctx); err != nil {
+		return err
+	}
+	ns.startDNS()
+	return ns.restorePolicies(ctx, running)
+}
+
+// restorePolicies rebuilds the rules of the running VMs from the state
+// and removes those of any other VM.
+func (ns *netService) restorePolicies(ctx context.Context, running map[string]bool) error {
+	have, err := ns.mgr.GuestIDs(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for id := range running {
+		if l, err := ns.store.LeaseOf(ctx, id); err == nil && l.Tap != "" {
+			errs = append(errs, ns.applyPolicy(ctx, id, nil))
+			delete(have, id)
+		}
+	}
+	for id := range have {
+		ns.log.Info("removing rules of a vm that is not running", "vm", id)
+		errs = append(errs, ns.mgr.RemoveGuest(ctx, id))
+	}
+	return errors.Join(errs...)
+}
+
+// checkPolicy refuses a policy whose host names do not resolve.
+func (ns *netService) checkPolicy(ctx context.Context, p api.NetPolicy) error {
+	return ns.egress.check(ctx, p)
+}
+
+// applyPolicy puts p (nil: the VM's stored policy) in force for the VM
+// with id, which has a tap. Tracked connections the VM opened are
+// dropped, so a tightened policy ends them too.
+func (ns *netService) applyPolicy(ctx context.Context, id string, p *api.NetPolicy) error {
+	v, err := ns.store.VMByName(ctx, id)
+	if err != nil {
+		return err
+	}
+	l, err := ns.store.LeaseOf(ctx, id)
+	if err != nil {
+		return err
+	}
+	if l.Tap == "" {
+		return fmt.Errorf("vm %s has no tap", v.Name)
+	}
+	mac, err := net.ParseMAC(l.MAC)
+	if err != nil {
+		return fmt.Errorf("vm %s: mac %q: %w", v.Name, l.MAC, err)
+	}
+	pol := policyOf(v)
+	if p != nil {
+		pol = *p
+	}
+	g := network.Guest{VMID: id, Tap: l.Tap, IP: l.IP, MAC: mac}
+	if _, err := ns.egress.apply(ctx, g, pol); err != nil {
+		return fmt.Errorf("vm %s network policy: %w", v.Name, err)
+	}
+	if p != nil {
+		if n, err := ns.mgr.ForgetConnections(l.IP); err != nil {
+			ns.log.Warn("dropping tracked connections", "vm", v.Name, "err", err)
+		} else if n > 0 {
+			ns.log.Info("dropped tracked connections after a policy change", "vm", v.Name, "count", n)
+		}
+	}
+	return nil
+}
+
+// resolved is what the running VM's allowed host names resolve to now.
+func (ns *netService) resolved(id string) map[string][]string { return ns.egress.resolved(id) }
+
+// policyOf is v's stored policy; a record that does not parse is the
+// most restrictive policy, never the default.
+func policyOf(v store.VM) api.NetPolicy {
+	var p api.NetPolicy
+	if v.Net == "" || v.Net == "{}" {
+		return p
+	}
+	if err := json.Unmarshal([]byte(v.Net), &p); err != nil {
+		return api.NetPolicy{Mode: api.NetNone, Isolate: true}
+	}
+	return p
 }
 
 // networkView is GET /v1/network.
@@ -248,9 +400,17 @@ type networkView struct {
 	network.Info
 	Leases   []leaseView `json:"leases"`
 	Conflict string      `json:"conflict,omitempty"`
+	// GuestDNS is where guests' questions go, or why they cannot.
+	GuestDNS guestDNSView `json:"guest_dns"`
 	// NotOwner says why this daemon may not touch the namespace's network
 	// (another daemon holds it).
 	NotOwner string `json:"not_owner,omitempty"`
+}
+
+type guestDNSView struct {
+	Listen    string   `json:"listen,omitempty"`
+	Upstreams []string `json:"upstreams"`
+	Problem   string   `json:"problem,omitempty"`
 }
 
 type leaseView struct {
@@ -272,6 +432,12 @@ func (s *Server) handleNetwork(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := networkView{Info: info, Leases: []leaseView{}, Conflict: s.net.conflict}
+	s.net.mu.Lock()
+	out.GuestDNS = guestDNSView{Upstreams: append([]string{}, s.net.guestDNS.Upstreams...), Problem: s.net.dnsErr}
+	if s.net.dnsUp {
+		out.GuestDNS.Listen = net.JoinHostPort(s.net.mgr.Config().BridgeIP.String(), "53")
+	}
+	s.net.mu.Unlock()
 	if err := s.net.claimed(); err != nil {
 		out.NotOwner = err.Error()
 	}
