@@ -265,7 +265,9 @@ func TestEgressPolicies(t *testing.T) {
 		{"none", false, false, false},
 		{"nat", true, true, true},
 	} {
+		start := time.Now()
 		e.ok("vm", "net", "ea", "--net", step.net)
+		t.Logf("vm net ea --net %s took %s", step.net, time.Since(start).Round(time.Millisecond))
 		e.mustGet(t, "ea --net "+step.net, "ea", nearURL, step.near)
 		e.mustGet(t, "ea --net "+step.net, "ea", farURL, step.far)
 		if got := e.resolves("ea", "b.test"); got != step.resolvesOK {
