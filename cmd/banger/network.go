@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -12,7 +13,7 @@ func newNetworkCmd() *cobra.Command {
 	var asJSON bool
 	inspect := &cobra.Command{
 		Use:   "inspect",
-		Short: "Show the bridge, cidr, address leases, taps and NAT rules",
+		Short: "Show the bridge, cidr, address leases, taps, the guest DNS server and banger's nftables rules",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := connect(cmd.Context())
@@ -38,6 +39,10 @@ func newNetworkCmd() *cobra.Command {
 				Leases     []struct{ IP, VM, MAC, Tap string }
 				Conflict   string
 				NotOwner   string `json:"not_owner"`
+				GuestDNS   struct {
+					Listen, Problem string
+					Upstreams       []string
+				} `json:"guest_dns"`
 			}
 			json.Unmarshal(raw, &v)
 			cmd.Printf("bridge %s (%s) ip %s cidr %s, exists: %t\n", v.Bridge.Name, dash(v.Bridge.State), v.Bridge.IP, v.Bridge.CIDR, v.Bridge.Exists)
@@ -46,7 +51,13 @@ func newNetworkCmd() *cobra.Command {
 				cmd.Printf("lease %s -> %s (mac %s, tap %s)\n", l.IP, l.VM, l.MAC, dash(l.Tap))
 			}
 			for _, r := range v.NATRules {
-				cmd.Printf("nat: %s\n", r)
+				cmd.Printf("rule: %s\n", r)
+			}
+			if v.GuestDNS.Listen != "" {
+				cmd.Printf("guest dns: %s -> %s\n", v.GuestDNS.Listen, strings.Join(v.GuestDNS.Upstreams, ", "))
+			}
+			if v.GuestDNS.Problem != "" {
+				cmd.Printf("warning: %s\n", v.GuestDNS.Problem)
 			}
 			for _, w := range v.Warnings {
 				cmd.Printf("warning: %s\n", w)

@@ -16,7 +16,7 @@ import (
 func newVMCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, run and manage VMs"}
 	cmd.AddCommand(newVMCreateCmd(), newVMStartCmd(), newVMStopCmd(), newVMDeleteCmd(),
-		newVMListCmd(), newVMInspectCmd(), newVMLogsCmd(), newVMExecCmd(), newVMCpCmd(), newVMSessionCmd(), newVMACPCmd())
+		newVMListCmd(), newVMInspectCmd(), newVMLogsCmd(), newVMExecCmd(), newVMCpCmd(), newVMSessionCmd(), newVMACPCmd(), newVMNetCmd())
 	cmd.AddCommand(newVMRunCmds()...)
 	return cmd
 }
@@ -38,6 +38,9 @@ allows, else by resize2fs here). See docs/disks.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := parseSizes(&req, memory, disk); err != nil {
+				return err
+			}
+			if err := checkNet(req.Net); err != nil {
 				return err
 			}
 			c, err := connect(cmd.Context())
@@ -63,6 +66,7 @@ allows, else by resize2fs here). See docs/disks.md.`,
 	f.StringVar(&req.Kernel, "kernel", "", "kernel bundle, overriding the image's")
 	sizeFlags(cmd, &req, &memory, &disk)
 	f.BoolVar(&req.NoStart, "no-start", false, "create the VM but do not boot it")
+	netFlags(cmd, &req)
 	f.IntVar(&req.ReadyTimeoutSeconds, "ready-timeout", 90, "seconds to wait for the guest agent")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	return cmd

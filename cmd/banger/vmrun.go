@@ -58,6 +58,9 @@ deletes the VM once the command ended; by default it is kept.`,
 			if err := parseSizes(&o.VM, memory, disk); err != nil {
 				return err
 			}
+			if err := checkNet(o.VM.Net); err != nil {
+				return err
+			}
 			var err error
 			if o.Config, err = loadConfig(); err != nil {
 				return err
@@ -77,5 +80,6 @@ deletes the VM once the command ended; by default it is kept.`,
 	f.BoolVar(&o.Remove, "rm", false, "delete the VM after the command ended (command mode)")
 	f.IntVar(&o.VM.ReadyTimeoutSeconds, "ready-timeout", 90, "seconds to wait for the guest's agent and sshd")
 	sizeFlags(cmd, &o.VM, &memory, &disk)
+	netFlags(cmd, &o.VM)
 	return cmd
 }

@@ -6,16 +6,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
 	"banger/internal/api"
 	"banger/internal/atomicfile"
 	"banger/internal/config"
+	"banger/internal/guestdns"
 	"banger/internal/network"
 	"banger/internal/store"
 	"banger/internal/vmm"
@@ -35,14 +38,18 @@ type netService struct {
 	store    *store.Store
 	mgr      *network.Manager
 	log      *slog.Logger
-	stateDir string // whose network this daemon claims
-	path     string // network.json
-	dns      []netip.Addr
+	stateDir string       // whose network this daemon claims
+	path     string       // network.json
+	dns      []netip.Addr // given to guests when the guest DNS server cannot listen
+	guestDNS *guestdns.Server
+	egress   *egressService
 
-	mu       sync.Mutex // guards ready, conflict and claim
+	mu       sync.Mutex // guards ready, conflict, claim, dnsUp and dnsErr
 	ready    bool
 	conflict string         // why config.toml's network settings are not in force
 	claim    *network.Claim // this daemon's hold on the namespace's network
+	dnsUp    bool           // the guest DNS server listens on the bridge address
+	dnsErr   string         // why it does not
 }
 
 // claimed takes the network namespace's claim once (network.TakeClaim):
@@ -74,6 +81,7 @@ func (ns *netService) close() {
 		ns.claim.Release()
 		ns.claim = nil
 	}
+	ns.guestDNS.Close()
 }
 
 // newNetService makes the network service of a daemon with config cfg
@@ -113,6 +121,15 @@ func newNetService(ctx context.Context, cfg config.Config, stateDir string, st *
 	if len(ns.dns) == 0 {
 		ns.dns, _ = network.HostDNS()
 	}
+	// The guest DNS server asks default_dns, else the host's own
+	// resolvers (loopback stubs included: the daemon asks them itself).
+	upstream := cfg.DefaultDNS
+	if len(upstream) == 0 {
+		upstream, _ = network.HostResolvers()
+	}
+	upstream = slices.DeleteFunc(slices.Clone(upstream), func(a netip.Addr) bool { return a == use.BridgeIP })
+	ns.guestDNS = &guestdns.Server{Upstreams: upstreamsOf(upstream), Log: log}
+	ns.egress = newEgressService(mgr, ns.guestDNS, ns.guestDNS.Upstreams, log)
 	return ns, nil
 }
 
@@ -149,6 +166,7 @@ func (ns *netService) ensure(ctx context.Context) error {
 		return err
 	}
 	ns.ready = true
+	ns.startDNSLocked()
 	return nil
 }
 
@@ -194,13 +212,22 @@ func (ns *netService) attach(ctx context.Context, vmID string) (vmm.NIC, string,
 		ns.mgr.ReleaseTap(context.WithoutCancel(ctx), tap)
 		return vmm.NIC{}, "", err
 	}
+	// The policy is in force before the guest can send anything.
+	if err := ns.applyPolicy(ctx, vmID, nil); err != nil {
+		ns.detach(context.WithoutCancel(ctx), vmID)
+		return vmm.NIC{}, "", err
+	}
 	go ns.mgr.FillPool(context.WithoutCancel(ctx))
-	gc := ns.mgr.GuestConfig(l.IP, ns.dns)
+	gc := ns.mgr.GuestConfig(l.IP, ns.guestResolvers())
 	return vmm.NIC{ID: "eth0", Tap: tap, MAC: l.MAC}, gc.BangerNetArg(), nil
 }
 
 // detach removes the VM's tap; its lease stays until the VM is deleted.
 func (ns *netService) detach(ctx context.Context, vmID string) {
+	// Its rules go first: the tap may go to another VM next.
+	if err := ns.egress.remove(ctx, vmID); err != nil {
+		ns.log.Warn("removing the rules of a vm", "vm", vmID, "err", err)
+	}
 	l, err := ns.store.LeaseOf(ctx, vmID)
 	if err != nil || l.Tap == "" {
 		return
@@ -239,8 +266,11 @@ func (ns *netService) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	_, err = ns.mgr.EnsureNAT(ctx)
-	return err
+	if _, err := ns.mgr.EnsureNAT(ctx); err != nil {
+		return err
+	}
+	ns.startDNS()
+	return ns.restorePolicies(ctx, running)
 }
 
 // networkView is GET /v1/network.
@@ -248,9 +278,17 @@ type networkView struct {
 	network.Info
 	Leases   []leaseView `json:"leases"`
 	Conflict string      `json:"conflict,omitempty"`
+	// GuestDNS is where guests' questions go, or why they cannot.
+	GuestDNS guestDNSView `json:"guest_dns"`
 	// NotOwner says why this daemon may not touch the namespace's network
 	// (another daemon holds it).
 	NotOwner string `json:"not_owner,omitempty"`
+}
+
+type guestDNSView struct {
+	Listen    string   `json:"listen,omitempty"`
+	Upstreams []string `json:"upstreams"`
+	Problem   string   `json:"problem,omitempty"`
 }
 
 type leaseView struct {
@@ -272,6 +310,12 @@ func (s *Server) handleNetwork(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := networkView{Info: info, Leases: []leaseView{}, Conflict: s.net.conflict}
+	s.net.mu.Lock()
+	out.GuestDNS = guestDNSView{Upstreams: append([]string{}, s.net.guestDNS.Upstreams...), Problem: s.net.dnsErr}
+	if s.net.dnsUp {
+		out.GuestDNS.Listen = net.JoinHostPort(s.net.mgr.Config().BridgeIP.String(), "53")
+	}
+	s.net.mu.Unlock()
 	if err := s.net.claimed(); err != nil {
 		out.NotOwner = err.Error()
 	}

@@ -29,6 +29,7 @@ func (s *Server) vmRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/vms/{name}/logs", s.handleLogs)
 	mux.HandleFunc("POST /v1/vms/{name}/exec", s.handleExec)
 	s.fileRoutes(mux)
+	s.netRoutes(mux)
 	s.runRoutes(mux)
 }
 

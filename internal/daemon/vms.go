@@ -135,12 +135,16 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 	if err != nil {
 		return api.VM{}, err
 	}
+	policy, err := m.createPolicy(ctx, req)
+	if err != nil {
+		return api.VM{}, err
+	}
 	defer m.lock(req.Name)()
 	id := newID()
 	v := store.VM{
 		ID: id, Name: req.Name, State: api.StateCreating, Image: im.Name, Kernel: req.Kernel, VMM: m.def,
 		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskBytes: max(req.DiskBytes, im.SizeBytes),
-		Dir: filepath.Join(m.cfg.VMsDir, id),
+		Dir: filepath.Join(m.cfg.VMsDir, id), Net: marshal(policy),
 	}
 	if err := m.store.CreateVM(ctx, v); err != nil {
 		if errors.Is(err, store.ErrExist) {
@@ -283,7 +287,7 @@ func (m *vmManager) view(ctx context.Context, v store.VM) api.VM {
 		ID: v.ID, Name: v.Name, State: v.State, Image: v.Image, Kernel: v.Kernel, VMM: v.VMM,
 		VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB, DiskBytes: v.DiskBytes, DiskMethod: v.DiskMethod,
 		Dir: v.Dir, ConsoleLog: filepath.Join(v.Dir, consoleLogFile), LastError: v.LastError, CreatedAt: v.CreatedAt,
-		VsockCID: v.VsockCID, Workspace: workspaceOf(v),
+		VsockCID: v.VsockCID, Workspace: workspaceOf(v), Net: m.netView(v),
 	}
 	if d, ok := m.drivers[v.VMM]; ok {
 		out.Accel = string(d.Features().Accel)

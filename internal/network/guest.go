@@ -102,9 +102,16 @@ var resolvConfPaths = []string{"/etc/resolv.conf", "/run/systemd/resolve/resolv.
 // reach (see ParseResolvConf), from the first file of resolvConfPaths that
 // names any. It returns none when no file does; the caller then uses
 // default_dns or nothing.
-func HostDNS() ([]netip.Addr, error) {
+func HostDNS() ([]netip.Addr, error) { return hostResolvers(false) }
+
+// HostResolvers returns the resolvers the host itself uses, loopback
+// stubs such as systemd-resolved's 127.0.0.53 included: what banger's
+// guest DNS server asks on the guests' behalf.
+func HostResolvers() ([]netip.Addr, error) { return hostResolvers(true) }
+
+func hostResolvers(loopback bool) ([]netip.Addr, error) {
 	for _, p := range resolvConfPaths {
-		addrs, err := readResolvConf(p)
+		addrs, err := readResolvConf(p, loopback)
 		if err != nil {
 			return nil, err
 		}
@@ -115,7 +122,7 @@ func HostDNS() ([]netip.Addr, error) {
 	return nil, nil
 }
 
-func readResolvConf(path string) ([]netip.Addr, error) {
+func readResolvConf(path string, loopback bool) ([]netip.Addr, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -124,14 +131,16 @@ func readResolvConf(path string) ([]netip.Addr, error) {
 		return nil, fmt.Errorf("reading host resolvers: %w", err)
 	}
 	defer f.Close()
-	return ParseResolvConf(f)
+	return parseResolvConf(f, loopback)
 }
 
 // ParseResolvConf returns the IPv4 nameservers of a resolv.conf, skipping
 // those a guest cannot use through the bridge: loopback stubs such as
 // systemd-resolved's 127.0.0.53, the unspecified address, and IPv6 ones
 // (guests get IPv4 only).
-func ParseResolvConf(r io.Reader) ([]netip.Addr, error) {
+func ParseResolvConf(r io.Reader) ([]netip.Addr, error) { return parseResolvConf(r, false) }
+
+func parseResolvConf(r io.Reader, loopback bool) ([]netip.Addr, error) {
 	var out []netip.Addr
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
@@ -140,7 +149,7 @@ func ParseResolvConf(r io.Reader) ([]netip.Addr, error) {
 			continue
 		}
 		a, err := netip.ParseAddr(f[1])
-		if err != nil || !a.Is4() || a.IsLoopback() || a.IsUnspecified() {
+		if err != nil || !a.Is4() || (a.IsLoopback() && !loopback) || a.IsUnspecified() {
 			continue
 		}
 		out = append(out, a)

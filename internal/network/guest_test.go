@@ -78,6 +78,12 @@ nameserver bogus
 	if err != nil || len(got) != 0 {
 		t.Fatalf("stub-only resolv.conf = %v, %v; want none", got, err)
 	}
+	// The host's own resolvers keep the loopback stub: the daemon asks it.
+	got, err = parseResolvConf(strings.NewReader(in), true)
+	want = append([]netip.Addr{netip.MustParseAddr("127.0.0.53")}, want...)
+	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); err != nil || diff != "" {
+		t.Fatalf("host resolvers (-want +got):\n%s%v", diff, err)
+	}
 }
 
 func TestGuestConfigResolvConf(t *testing.T) {

@@ -88,6 +88,12 @@ func TestNATGuestReachesOutside(t *testing.T) {
 			return err
 		})
 	}
+	// With the tables in place, traffic from the bridge is dropped until
+	// the guest has rules of its own.
+	if got, err := guestGet(guest, gaddr, srvAddr, time.Second); err == nil {
+		t.Fatalf("guest without rules reached %s (server saw %s)", srvAddr, got)
+	}
+	setGuest(t, host, m, Guest{VMID: "vm-guest", Tap: "vmnic0", IP: gaddr, MAC: MACFor("vm-guest")})
 	got, err := guestGet(guest, gaddr, srvAddr, 5*time.Second)
 	if err != nil {
 		t.Fatalf("guest -> %s through NAT: %v\n%s", srvAddr, err, host.exec(t, "nft", "list", "ruleset"))
@@ -112,6 +118,7 @@ func checkSecondGuest(t *testing.T, host, guest *testNS, m *Manager, gaddr netip
 	}
 	guest2 := newNS(t, "guest2")
 	attachGuest(t, host, guest2, "vmnic1", m.GuestConfig(g2addr, nil), "vm-guest2")
+	setGuest(t, host, m, Guest{VMID: "vm-guest2", Tap: "vmnic1", IP: g2addr, MAC: MACFor("vm-guest2")})
 	g1srv := startEchoServer(t, guest, net.JoinHostPort(gaddr.String(), "0"))
 	if got, err := guestGet(guest2, g2addr, g1srv, 5*time.Second); err != nil || got != g2addr.String() {
 		t.Fatalf("guest2 %s -> guest %s: got %q, %v; want the peer to see %s", g2addr, g1srv, got, err, g2addr)
@@ -143,7 +150,7 @@ func checkInspect(t *testing.T, host *testNS, m *Manager) {
 	if len(info.Taps) != 1 || info.Taps[0].Name != tap || info.Taps[0].VMID != "vm-guest" {
 		t.Errorf("Inspect taps = %+v, want %s of vm-guest", info.Taps, tap)
 	}
-	if !info.Forwarding || len(info.NATRules) != 3 || len(info.Warnings) != 0 {
+	if !info.Forwarding || len(info.NATRules) != len(baseRules)+2*guestRules || len(info.Warnings) != 0 {
 		t.Errorf("Inspect = %s", b)
 	}
 }
@@ -243,12 +250,26 @@ func TestEnsureNATNoDuplicates(t *testing.T) {
 	}
 	wantLines := []string{
 		`ip saddr 172.16.0.0/24 oifname != "banger0" masquerade comment "banger: ip saddr 172.16.0.0/24 oifname != banger0 masquerade"`,
-		`iifname "banger0" accept comment "banger: iifname banger0 accept"`,
+		`iifname "banger0" oifname "banger0" jump vm2vm comment "banger: iifname banger0 oifname banger0 jump vm2vm"`,
+		`iifname "banger0" oifname "banger0" accept comment "banger: iifname banger0 oifname banger0 accept"`,
+		`iifname "banger0" ct state established,related accept comment "banger: iifname banger0 ct state established,related accept"`,
 		`oifname "banger0" ct state established,related accept comment "banger: oifname banger0 ct state established,related accept"`,
+		`iifname "banger0" jump egress comment "banger: iifname banger0 jump egress"`,
+		`iifname "banger0" drop comment "banger: iifname banger0 drop"`,
+		`iifname "banger0" ct state established,related accept comment "banger: iifname banger0 ct state established,related accept"`,
+		`iifname "banger0" ip daddr 172.16.0.1 udp dport 53 accept comment "banger: iifname banger0 ip daddr 172.16.0.1 udp dport 53 accept"`,
+		`iifname "banger0" ip daddr 172.16.0.1 tcp dport 53 accept comment "banger: iifname banger0 ip daddr 172.16.0.1 tcp dport 53 accept"`,
+		`iifname "banger0" ip daddr 172.16.0.1 icmp type echo-request accept comment "banger: iifname banger0 ip daddr 172.16.0.1 icmp type echo-request accept"`,
+		`iifname "banger0" drop comment "banger: iifname banger0 drop"`,
 	}
 	if diff := cmp.Diff(wantLines, ruleLines); diff != "" {
 		t.Errorf("rules in the table after two EnsureNAT (-want +got):\n%s", diff)
 	}
+	bridge := ns.exec(t, "nft", "list", "table", "bridge", TableName)
+	t.Logf("nft list table bridge banger:\n%s", bridge)
+	mustContain(t, "bridge table", bridge, `jump guests comment "banger: jump guests"`,
+		`iifname "bgtap*" drop comment "banger: iifname bgtap* drop"`, `jump isolate comment "banger: jump isolate"`)
+	ns.exec(t, "nft", "-c", bridge)
 	// The listing is valid nft input (no quotes inside comments).
 	ns.exec(t, "nft", "-c", table)
 
@@ -260,10 +281,9 @@ func TestEnsureNATNoDuplicates(t *testing.T) {
 	var rules []string
 	ns.must(t, "EnsureNAT new cidr", func() error { _, err := m2.EnsureNAT(ctx); return err })
 	ns.must(t, "NATRules", func() (err error) { rules, err = m2.NATRules(ctx); return err })
-	wantRules := []string{
-		"postrouting: ip saddr 10.200.3.0/24 oifname != banger0 masquerade",
-		"forward: iifname banger0 accept",
-		"forward: oifname banger0 ct state established,related accept",
+	wantRules := append([]string{"postrouting: ip saddr 10.200.3.0/24 oifname != banger0 masquerade"}, baseRules[1:]...)
+	for i, r := range wantRules {
+		wantRules[i] = strings.ReplaceAll(r, "172.16.0.1", "10.200.3.1")
 	}
 	if diff := cmp.Diff(wantRules, rules); diff != "" {
 		t.Errorf("NATRules (-want +got):\n%s", diff)

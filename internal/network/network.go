@@ -81,6 +81,9 @@ type Manager struct {
 	// tapMu serialises tap creation, pool hand-out and deletion so that
 	// two acquires never take the same pool tap.
 	tapMu sync.Mutex
+	// ruleMu serialises writes of per-guest rules, each of which reads
+	// the shared chains and then replaces the guest's rules in them.
+	ruleMu sync.Mutex
 }
 
 // New validates cfg, fills defaults and returns a Manager. It touches
