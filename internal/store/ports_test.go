@@ -110,8 +110,8 @@ func TestPortsRemoveIsAllOrNothing(t *testing.T) {
 	s.AddPorts(ctx, "id-a", []Port{tcp("127.0.0.1", 8080, 80), tcp("127.0.0.1", 8081, 81)})
 	s.AddPorts(ctx, "id-b", []Port{tcp("127.0.0.1", 9090, 90)})
 	for _, keys := range [][]Port{
-		{tcp("127.0.0.1", 8080, 0), tcp("127.0.0.1", 9999, 0)}, // one missing
-		{tcp("127.0.0.1", 8080, 0), tcp("127.0.0.1", 9090, 0)}, // one another vm's
+		{tcp("127.0.0.1", 8080, 0), tcp("127.0.0.1", 9999, 0)},  // one missing
+		{tcp("127.0.0.1", 8080, 0), tcp("127.0.0.1", 9090, 0)},  // one another vm's
 		{tcp("127.0.0.1", 8080, 0), tcp("127.0.0.1", 8081, 99)}, // wrong guest port
 	} {
 		_, err := s.RemovePorts(ctx, "id-a", keys)
