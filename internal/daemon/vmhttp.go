@@ -30,6 +30,7 @@ func (s *Server) vmRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/vms/{name}/exec", s.handleExec)
 	s.fileRoutes(mux)
 	s.runRoutes(mux)
+	s.portRoutes(mux)
 }
 
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {

@@ -66,10 +66,25 @@ func (s *Store) AddPorts(ctx context.Context, vmID string, ps []Port) error {
 	})
 }
 
+// CheckPorts fails as AddPorts would when a recorded forward has the
+// host side of one of ps, or overlaps it; it records nothing.
+func (s *Store) CheckPorts(ctx context.Context, ps []Port) error {
+	for _, p := range ps {
+		if err := checkPortFree(ctx, s.db, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
 // checkPortFree fails when a recorded forward has p's host side or one
 // that overlaps it.
-func checkPortFree(ctx context.Context, tx *sql.Tx, p Port) error {
-	rows, err := tx.QueryContext(ctx, `SELECT p.host_addr, COALESCE(v.name, p.vm_id) FROM ports p
+func checkPortFree(ctx context.Context, q querier, p Port) error {
+	rows, err := q.QueryContext(ctx, `SELECT p.host_addr, COALESCE(v.name, p.vm_id) FROM ports p
 		LEFT JOIN vms v ON v.id = p.vm_id WHERE p.proto = ? AND p.host_port = ?`, p.Proto, p.HostPort)
 	if err != nil {
 		return err
