@@ -123,12 +123,15 @@ func badPort(spec, why string) *Error {
 
 // Key names the host side of p, which is what makes it unique on the
 // host: "127.0.0.1:8080/tcp", "[::1]:8080/tcp".
-func (p PortForward) Key() string {
+func (p PortForward) Key() string { return p.Host() + "/" + p.Proto }
+
+// Host is where p listens: "127.0.0.1:8080", "[::1]:8080".
+func (p PortForward) Host() string {
 	a, err := netip.ParseAddr(p.HostAddr)
 	if err != nil {
-		return fmt.Sprintf("%s:%d/%s", p.HostAddr, p.HostPort, p.Proto)
+		return fmt.Sprintf("%s:%d", p.HostAddr, p.HostPort)
 	}
-	return netip.AddrPortFrom(a, uint16(p.HostPort)).String() + "/" + p.Proto
+	return netip.AddrPortFrom(a, uint16(p.HostPort)).String()
 }
 
 // String is p in -p syntax, with every part spelled out.
