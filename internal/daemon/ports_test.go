@@ -2,9 +2,12 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -242,5 +245,42 @@ func TestPortsBadSpecs(t *testing.T) {
 	}
 	if ps := m.portsView(t.Context(), r.state(t, "web").ID); len(ps) != 0 {
 		t.Errorf("bad specs left %+v", ps)
+	}
+}
+
+// The API: POST adds, GET lists, DELETE by query or by path removes.
+func TestPortsHTTP(t *testing.T) {
+	r := newLifeRig(t, vmmtest.MemOptions{})
+	s := &Server{vms: r.portsManager(t, r.d)}
+	mux := http.NewServeMux()
+	s.portRoutes(mux)
+	r.vm(t, "web")
+	do := func(method, path, body string) (int, []api.PortForward) {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader(body)))
+		var out []api.PortForward
+		json.Unmarshal(rec.Body.Bytes(), &out)
+		return rec.Code, out
+	}
+	a, b := hostPort(t), hostPort(t)
+	code, ps := do("POST", "/v1/vms/web/ports", fmt.Sprintf(`{"ports":["%d:80","[::1]:%d:81/udp"]}`, a, b))
+	if code != 200 || len(ps) != 2 {
+		t.Fatalf("POST: %d %+v", code, ps)
+	}
+	if code, _ := do("POST", "/v1/vms/web/ports", `{"ports":["nope"]}`); code != http.StatusBadRequest {
+		t.Fatalf("POST of a bad spec: %d", code)
+	}
+	if code, ps := do("GET", "/v1/vms/web/ports", ""); code != 200 || len(ps) != 2 {
+		t.Fatalf("GET: %d %+v", code, ps)
+	}
+	if code, _ := do("DELETE", fmt.Sprintf("/v1/vms/web/ports/udp/::1/%d", b), ""); code != 200 {
+		t.Fatalf("DELETE by path: %d", code)
+	}
+	if code, _ := do("DELETE", fmt.Sprintf("/v1/vms/web/ports?spec=%d&spec=9", a), ""); code != http.StatusNotFound {
+		t.Fatalf("DELETE of one unknown: %d", code)
+	}
+	if code, ps := do("DELETE", fmt.Sprintf("/v1/vms/web/ports?spec=%d", a), ""); code != 200 || len(ps) != 0 {
+		t.Fatalf("DELETE by query: %d %+v", code, ps)
 	}
 }
