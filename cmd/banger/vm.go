@@ -16,7 +16,7 @@ import (
 func newVMCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, run and manage VMs"}
 	cmd.AddCommand(newVMCreateCmd(), newVMStartCmd(), newVMStopCmd(), newVMDeleteCmd(),
-		newVMListCmd(), newVMInspectCmd(), newVMLogsCmd(), newVMExecCmd(), newVMCpCmd(), newVMSessionCmd(), newVMACPCmd(), newVMNetCmd())
+		newVMListCmd(), newVMInspectCmd(), newVMLogsCmd(), newVMExecCmd(), newVMCpCmd(), newVMSessionCmd(), newVMACPCmd(), newVMNetCmd(), newVMPortCmd())
 	cmd.AddCommand(newVMRunCmds()...)
 	return cmd
 }
@@ -34,10 +34,15 @@ once the guest agent answers (bounded by --ready-timeout).
 
 The root disk is --disk (default vm_disk in config.toml, 16G), a sparse
 file; / in the guest fills it (grown online at boot where the filesystem
-allows, else by resize2fs here). See docs/disks.md.`,
+allows, else by resize2fs here). See docs/disks.md.
+
+-p forwards a host port to a guest port (banger vm port; docs/networking.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := parseSizes(&req, memory, disk); err != nil {
+				return err
+			}
+			if err := checkPublish(req.Ports); err != nil {
 				return err
 			}
 			if err := checkNet(req.Net); err != nil {
@@ -67,6 +72,7 @@ allows, else by resize2fs here). See docs/disks.md.`,
 	sizeFlags(cmd, &req, &memory, &disk)
 	f.BoolVar(&req.NoStart, "no-start", false, "create the VM but do not boot it")
 	netFlags(cmd, &req)
+	publishFlag(cmd, &req.Ports)
 	f.IntVar(&req.ReadyTimeoutSeconds, "ready-timeout", 90, "seconds to wait for the guest agent")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	return cmd

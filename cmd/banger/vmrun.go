@@ -40,7 +40,11 @@ in the background, logged to /root/.cache/banger/vm-run-tooling-<repo>.log.
 
 In command mode stdin is passed through and a terminal is used when stdin is
 one; Ctrl-C is forwarded to the command, a second Ctrl-C detaches. --rm
-deletes the VM once the command ended; by default it is kept.`,
+deletes the VM once the command ended; by default it is kept.
+
+-p HOST_PORT:GUEST_PORT forwards a host port (on 127.0.0.1 unless another
+HOST_ADDR is given) to the guest, e.g. -p 8080:80 for a dev server; see
+banger vm port and docs/networking.md.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if n := cmd.ArgsLenAtDash(); n > 1 || (n < 0 && len(args) > 1) {
 				return fmt.Errorf("vm run takes at most one PATH before --; put the command after --")
@@ -56,6 +60,9 @@ deletes the VM once the command ended; by default it is kept.`,
 				o.Path = args[0]
 			}
 			if err := parseSizes(&o.VM, memory, disk); err != nil {
+				return err
+			}
+			if err := checkPublish(o.VM.Ports); err != nil {
 				return err
 			}
 			if err := checkNet(o.VM.Net); err != nil {
@@ -81,5 +88,6 @@ deletes the VM once the command ended; by default it is kept.`,
 	f.IntVar(&o.VM.ReadyTimeoutSeconds, "ready-timeout", 90, "seconds to wait for the guest's agent and sshd")
 	sizeFlags(cmd, &o.VM, &memory, &disk)
 	netFlags(cmd, &o.VM)
+	publishFlag(cmd, &o.VM.Ports)
 	return cmd
 }

@@ -21,6 +21,7 @@ import (
 	"banger/internal/guest"
 	"banger/internal/image"
 	"banger/internal/kernel"
+	"banger/internal/portfwd"
 	"banger/internal/session"
 	"banger/internal/store"
 	"banger/internal/version"
@@ -135,7 +136,7 @@ func newServer(ctx context.Context, opts Options, st *store.Store, shutdown cont
 	})
 	s.vms = newVMManager(vmParts{
 		store: st, images: s.images, kernels: s.kernels, net: s.net, drivers: drivers, def: def.VMM, log: s.log,
-		sessions: s.sessions,
+		sessions: s.sessions, ports: portfwd.New(ctx, s.log),
 		cfg: vmSettings{
 			VMsDir:        filepath.Join(opts.Dirs.State, "vms"),
 			DefaultImage:  opts.Config.DefaultImageName,

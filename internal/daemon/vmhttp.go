@@ -31,6 +31,7 @@ func (s *Server) vmRoutes(mux *http.ServeMux) {
 	s.fileRoutes(mux)
 	s.netRoutes(mux)
 	s.runRoutes(mux)
+	s.portRoutes(mux)
 }
 
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {

@@ -46,6 +46,12 @@ func (m *vmManager) startLocked(ctx context.Context, v *store.VM, kb kernel.Bund
 	if err := ensureAgentKey(*v); err != nil {
 		return api.VM{}, err
 	}
+	// The forwards listen first: a host port taken fails the start
+	// before anything is made. They go again unless a machine runs.
+	if err := m.openPorts(ctx, *v); err != nil {
+		return api.VM{}, fmt.Errorf("starting vm %q: %w", v.Name, err)
+	}
+	defer m.closePortsUnlessRunning(v.ID)
 	nic, netArg, err := m.net.attach(ctx, v.ID)
 	if err != nil {
 		return api.VM{}, fmt.Errorf("vm %q network: %w", v.Name, err)
@@ -147,6 +153,7 @@ func (m *vmManager) forget(id string, mc vmm.Machine) bool {
 		return false
 	}
 	delete(m.machines, id)
+	m.ports.Close(id)
 	if a := m.agents[id]; a != nil {
 		a.Close()
 		delete(m.agents, id)
@@ -410,6 +417,7 @@ func (m *vmManager) adoptAll(ctx context.Context) error {
 		}
 		m.log.Info("re-adopted vm", "vm", v.Name, "pid", h.PID)
 		m.track(ctx, v, mc)
+		m.reopenPorts(ctx, v)
 		if v.State == api.StateStarting {
 			// The old daemon died mid-boot: finish the wait in the background.
 			go func(v store.VM) {

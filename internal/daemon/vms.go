@@ -22,6 +22,7 @@ import (
 	"banger/internal/guest"
 	"banger/internal/image"
 	"banger/internal/kernel"
+	"banger/internal/portfwd"
 	"banger/internal/store"
 	"banger/internal/vmm"
 )
@@ -54,6 +55,8 @@ type vmParts struct {
 	log     *slog.Logger
 	// sessions hears when a VM stops or goes, to end its sessions.
 	sessions vmSessions
+	// ports serves the VMs' port forwards while they run.
+	ports *portfwd.Forwarder
 }
 
 // noSessions is vmSessions for a vmManager that serves none (tests).
@@ -100,6 +103,9 @@ func newVMManager(p vmParts) *vmManager {
 	}
 	if p.sessions == nil {
 		p.sessions = noSessions{}
+	}
+	if p.ports == nil {
+		p.ports = portfwd.New(context.Background(), p.log) // tests; the daemon passes its own
 	}
 	return &vmManager{
 		vmParts:  p,
@@ -157,6 +163,10 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 		m.store.DeleteVM(context.WithoutCancel(ctx), id)
 		return api.VM{}, err
 	}
+	if err := m.recordCreatePorts(ctx, id, req.Ports); err != nil {
+		m.store.DeleteVM(context.WithoutCancel(ctx), id) // and its lease
+		return api.VM{}, err
+	}
 	if err := m.makeDisk(ctx, &v, im, p); err != nil {
 		os.RemoveAll(v.Dir)
 		m.store.DeleteVM(context.WithoutCancel(ctx), id) // and its lease
@@ -188,6 +198,9 @@ func (m *vmManager) resolve(ctx context.Context, req *api.CreateVMRequest) (imag
 	}
 	if !vmNameRE.MatchString(req.Name) {
 		return image.Image{}, kernel.Bundle{}, api.Errorf(api.InvalidArgument, "vm name %q: use lowercase letters, digits and '-' (at most 40, starting with a letter or digit)", req.Name)
+	}
+	if err := m.checkCreatePorts(ctx, req.Ports); err != nil {
+		return image.Image{}, kernel.Bundle{}, err
 	}
 	if req.Image == "" {
 		req.Image = m.cfg.DefaultImage
@@ -305,6 +318,7 @@ func (m *vmManager) view(ctx context.Context, v store.VM) api.VM {
 	out.Warnings = m.warnings[v.ID]
 	m.mu.Unlock()
 	json.Unmarshal([]byte(v.Synced), &out.Credentials)
+	out.Ports = m.portsView(ctx, v.ID)
 	return out
 }
 
