@@ -126,7 +126,7 @@ func (s *Server) reidentify(ctx context.Context, fw *guest.FrameWriter, req *gue
 		}
 		return err
 	}
-	s.logger.Info("reidentified", "hostname", req.Hostname, "mac", id.MAC, "address", id.Address)
+	s.logger.Info("reidentified", "hostname", req.Hostname, "mac", id.MAC.String(), "address", id.Address.String())
 	return nil
 }
 
