@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -102,8 +103,12 @@ func (s *Server) reidentify(ctx context.Context, fw *guest.FrameWriter, req *gue
 			return s.sys.restartSSHD(rctx)
 		}},
 	}
+	var took []any // per step, for the log: a restore's budget is tight
 	for _, st := range steps {
-		if err := st.do(); err != nil {
+		t0 := time.Now()
+		err := st.do()
+		took = append(took, st.name, time.Since(t0).Round(time.Millisecond).String())
+		if err != nil {
 			s.logger.Error("reidentify", "step", st.name, "err", err)
 			return fw.WriteError(fmt.Errorf("reidentify: %s: %w", st.name, err))
 		}
@@ -126,7 +131,8 @@ func (s *Server) reidentify(ctx context.Context, fw *guest.FrameWriter, req *gue
 		}
 		return err
 	}
-	s.logger.Info("reidentified", "hostname", req.Hostname, "mac", id.MAC.String(), "address", id.Address.String())
+	s.logger.Info("reidentified", "hostname", req.Hostname, "mac", id.MAC.String(), "address", id.Address.String(),
+		slog.Group("took", took...))
 	return nil
 }
 
