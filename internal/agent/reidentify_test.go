@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -265,22 +266,132 @@ func TestReidentifyStepFails(t *testing.T) {
 	noTempFiles(t, filepath.Dir(ta.srv.keyFile))
 }
 
-func TestSSHDListeners(t *testing.T) {
-	proc := t.TempDir()
-	for pid, p := range map[int]struct {
-		comm string
-		ppid int
-	}{
-		1: {"systemd", 0}, 10: {"sshd", 1}, 11: {"sshd", 10}, 12: {"bash", 11}, 13: {"sshd", 12}, 14: {"sshd-session", 10},
-	} {
-		dir := filepath.Join(proc, fmt.Sprint(pid))
-		os.MkdirAll(dir, 0o755)
-		os.WriteFile(filepath.Join(dir, "comm"), []byte(p.comm+"\n"), 0o644)
-		os.WriteFile(filepath.Join(dir, "stat"), fmt.Appendf(nil, "%d (%s) S %d 1 1 0", pid, p.comm, p.ppid), 0o644)
+// fakeProc is a /proc with the processes, sockets and TCP table the
+// test gives it.
+type fakeProc struct {
+	t   *testing.T
+	dir string
+}
+
+// proc adds a process with comm and fds pointing at socket inodes.
+func (p fakeProc) proc(pid int, comm string, socks ...uint64) {
+	d := filepath.Join(p.dir, fmt.Sprint(pid))
+	os.RemoveAll(d)
+	if err := os.MkdirAll(filepath.Join(d, "fd"), 0o755); err != nil {
+		p.t.Fatal(err)
 	}
-	os.MkdirAll(filepath.Join(proc, "self"), 0o755)
-	got := sshdListeners(proc)
-	if diff := cmp.Diff([]int{10, 13}, got); diff != "" {
+	os.WriteFile(filepath.Join(d, "comm"), []byte(comm+"\n"), 0o644)
+	for i, ino := range socks {
+		os.Symlink(fmt.Sprintf("socket:[%d]", ino), filepath.Join(d, "fd", fmt.Sprint(3+i)))
+	}
+	os.Symlink("/dev/null", filepath.Join(d, "fd", "0"))
+}
+
+// tcp writes net/tcp: listen inodes in LISTEN state, other in ESTABLISHED.
+func (p fakeProc) tcp(listen []uint64, other ...uint64) {
+	var b strings.Builder
+	b.WriteString("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n")
+	for i, ino := range listen {
+		fmt.Fprintf(&b, "   %d: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 %d 1 0 100 0 0 10 0\n", i, ino)
+	}
+	for i, ino := range other {
+		fmt.Fprintf(&b, "   %d: 0100007F:0016 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 %d 1 0 100 0 0 10 0\n", 10+i, ino)
+	}
+	os.MkdirAll(filepath.Join(p.dir, "net"), 0o755)
+	if err := atomicWrite(filepath.Join(p.dir, "net/tcp"), b.String()); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func atomicWrite(path, s string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(s), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func TestSSHDListeners(t *testing.T) {
+	p := fakeProc{t, t.TempDir()}
+	p.proc(1, "systemd", 100) // systemd holding a socket-activated port is not sshd
+	p.proc(10, "sshd", 101, 102)
+	p.proc(11, "sshd", 300) // a connection's sshd: its socket is not listening
+	p.proc(13, "sshd", 200)
+	p.proc(14, "sshd-session", 301)
+	p.tcp([]uint64{100, 101, 200}, 300, 301)
+	os.WriteFile(filepath.Join(p.dir, "net/tcp6"), []byte("header\n   0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 102 1 0 100 0 0 10 0\n"), 0o644)
+	want := map[int]map[uint64]bool{10: {101: true, 102: true}, 13: {200: true}}
+	if diff := cmp.Diff(want, sshdListeners(p.dir)); diff != "" {
 		t.Errorf("listeners (-want +got):\n%s", diff)
+	}
+}
+
+// hupChild starts a process that survives SIGHUP and reports each one in
+// the file it returns: the pid reloadSSHD signals is real.
+func hupChild(t *testing.T) (int, string) {
+	t.Helper()
+	mark := filepath.Join(t.TempDir(), "hup")
+	cmd := exec.Command("sh", "-c", `trap 'echo hup >> "$0"' HUP; echo ready >> "$0"; while :; do sleep 0.05; done`, mark)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if b, _ := os.ReadFile(mark); strings.Contains(string(b), "ready") {
+			return cmd.Process.Pid, mark
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("child never ready")
+		}
+	}
+}
+
+func TestReloadSSHD(t *testing.T) {
+	t.Run("no sshd", func(t *testing.T) {
+		if err := reloadSSHD(callCtx(t, time.Second), t.TempDir()); err != nil {
+			t.Errorf("reloadSSHD without sshd: %v", err)
+		}
+	})
+	tests := []struct {
+		name   string
+		reexec func(p fakeProc, pid int) // what sshd does on SIGHUP
+		ok     bool
+	}{
+		{"re-executes in place", func(p fakeProc, pid int) { p.proc(pid, "sshd", 555); p.tcp([]uint64{555}) }, true},
+		{"daemonizes again", func(p fakeProc, pid int) {
+			os.RemoveAll(filepath.Join(p.dir, fmt.Sprint(pid)))
+			p.proc(pid+100000, "sshd", 556)
+			p.tcp([]uint64{556})
+		}, true},
+		{"exits", func(p fakeProc, pid int) { os.RemoveAll(filepath.Join(p.dir, fmt.Sprint(pid))); p.tcp(nil) }, false},
+		{"ignores it", func(fakeProc, int) {}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pid, mark := hupChild(t)
+			p := fakeProc{t, t.TempDir()}
+			p.proc(pid, "sshd", 100)
+			p.tcp([]uint64{100})
+			go func() {
+				time.Sleep(150 * time.Millisecond)
+				tt.reexec(p, pid)
+			}()
+			start := time.Now()
+			err := reloadSSHD(callCtx(t, 600*time.Millisecond), p.dir)
+			if tt.ok && (err != nil || time.Since(start) < 150*time.Millisecond) {
+				t.Errorf("reloadSSHD = %v after %v, want nil once sshd listens again", err, time.Since(start))
+			}
+			if !tt.ok && (err == nil || !strings.Contains(err.Error(), "not listening again")) {
+				t.Errorf("reloadSSHD = %v, want an error saying sshd is not back", err)
+			}
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				if b, _ := os.ReadFile(mark); strings.Contains(string(b), "hup") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("sshd got no SIGHUP")
+				}
+			}
+		})
 	}
 }

@@ -97,7 +97,7 @@ const (
 	// in this order: clock, network (eth0 down, MAC, IPv4 addresses
 	// flushed, the new one added, up, default route), resolv.conf,
 	// hostname (with /etc/hostname and the 127.0.1.1 line of /etc/hosts),
-	// machine-id, SSH host key, sshd restarted. It answers FrameResponse
+	// machine-id, SSH host key, sshd reloaded. It answers FrameResponse
 	// once all of it is in force, or FrameError naming the part that
 	// failed (the parts before it stay applied; the agent key is kept).
 	// The agent key is swapped last, as the answer is written (and put
