@@ -75,35 +75,8 @@ func (s *Server) reidentify(ctx context.Context, fw *guest.FrameWriter, req *gue
 		}
 		defer staged.discard()
 	}
-	nc := guestnet.Config{Addr: id.Address, GW: id.Gateway, DNS: id.DNS, MAC: id.MAC}
-	steps := []struct {
-		name string
-		do   func() error
-	}{
-		{"clock", func() error { return s.sys.setClock(req.Time) }},
-		{"network", func() error { return s.sys.setNetwork(nc) }},
-		{"resolv.conf", func() error {
-			if len(id.DNS) == 0 {
-				return nil
-			}
-			return guestnet.WriteResolvConf(s.root, id.DNS)
-		}},
-		{"hostname", func() error {
-			if err := s.sys.setHostname(req.Hostname); err != nil {
-				return err
-			}
-			return guestnet.WriteHostname(s.root, req.Hostname)
-		}},
-		{"machine-id", func() error { return writeMachineID(s.root, req.MachineID) }},
-		{"ssh host key", func() error { return writeHostKey(s.root, req.HostKey, req.HostKeyPub) }},
-		{"sshd", func() error {
-			rctx, cancel := context.WithTimeout(ctx, sshdRestartTimeout)
-			defer cancel()
-			return s.sys.restartSSHD(rctx)
-		}},
-	}
 	var took []any // per step, for the log: a restore's budget is tight
-	for _, st := range steps {
+	for _, st := range s.identitySteps(ctx, req, id) {
 		t0 := time.Now()
 		err := st.do()
 		took = append(took, st.name, time.Since(t0).Round(time.Millisecond).String())
@@ -133,6 +106,41 @@ func (s *Server) reidentify(ctx context.Context, fw *guest.FrameWriter, req *gue
 	s.logger.Info("reidentified", "hostname", req.Hostname, "mac", id.MAC.String(), "address", id.Address.String(),
 		slog.Group("took", took...))
 	return nil
+}
+
+// identityStep is one part of a new identity.
+type identityStep struct {
+	name string
+	do   func() error
+}
+
+// identitySteps are the parts of req (parsed as id) in the order they
+// are applied.
+func (s *Server) identitySteps(ctx context.Context, req *guest.ReidentifyRequest, id guest.Identity) []identityStep {
+	nc := guestnet.Config{Addr: id.Address, GW: id.Gateway, DNS: id.DNS, MAC: id.MAC}
+	return []identityStep{
+		{"clock", func() error { return s.sys.setClock(req.Time) }},
+		{"network", func() error { return s.sys.setNetwork(nc) }},
+		{"resolv.conf", func() error {
+			if len(id.DNS) == 0 {
+				return nil
+			}
+			return guestnet.WriteResolvConf(s.root, id.DNS)
+		}},
+		{"hostname", func() error {
+			if err := s.sys.setHostname(req.Hostname); err != nil {
+				return err
+			}
+			return guestnet.WriteHostname(s.root, req.Hostname)
+		}},
+		{"machine-id", func() error { return writeMachineID(s.root, req.MachineID) }},
+		{"ssh host key", func() error { return writeHostKey(s.root, req.HostKey, req.HostKeyPub) }},
+		{"sshd", func() error {
+			rctx, cancel := context.WithTimeout(ctx, sshdRestartTimeout)
+			defer cancel()
+			return s.sys.restartSSHD(rctx)
+		}},
+	}
 }
 
 // restoreKey puts the key old back in force, in memory and in the key
