@@ -212,9 +212,10 @@ const sshdPoll = 10 * time.Millisecond
 // socket, on which sshd re-executes itself and reads its config and host
 // keys again (Debian's ssh.service reloads it the same way), and waits
 // until as many sshd processes listen again, none on a socket of before
-// (a daemonizing sshd comes back under a new pid). That is several times
-// faster than systemctl restart under emulation, and open SSH sessions
-// (other processes) are not touched. No listener is fine: no sshd runs,
+// (a daemonizing sshd comes back under a new pid). It is one path with
+// or without systemd, needs no unit name, and waits for the listener
+// itself; open SSH sessions (other processes) are not touched. No
+// listener is fine: no sshd runs,
 // or a socket-activated one starts per connection and reads the key
 // then. A listener that does not come back (a key it cannot load) is an
 // error once ctx is done.
