@@ -1,6 +1,6 @@
 // Package agent is the guest side of banger: it serves the daemon's
-// requests (exec, files, sessions, shutdown) over vsock or virtio-serial. The
-// protocol lives in package guest.
+// requests (exec, files, sessions, reidentify after a restore, shutdown)
+// over vsock or virtio-serial. The protocol lives in package guest.
 package agent
 
 import (
@@ -43,6 +43,16 @@ type Server struct {
 	// handshakes holds a token per connection still authenticating, so
 	// unauthenticated peers cannot pile up goroutines.
 	handshakes chan struct{}
+	// root is where reidentify writes the guest's files ("/" but in
+	// tests), sys what it changes in the kernel and the running system.
+	root string
+	sys  system
+	// reidentifyMu serialises reidentify requests.
+	reidentifyMu sync.Mutex
+	// keyMu guards newKey: the agent key a reidentify put in force, which
+	// takes precedence over keyFile (nil: none).
+	keyMu  sync.Mutex
+	newKey []byte
 }
 
 // maxHandshakes bounds the connections authenticating at once.
@@ -57,23 +67,37 @@ func NewServer(logger *slog.Logger, powerOff func() error) *Server {
 	return &Server{logger: logger, powerOff: powerOff, procs: procTable{pids: map[int]bool{}},
 		version: guest.ProtocolVersion, keyFile: guest.AgentKeyPath,
 		sessions: sessionTable{byName: map[string]*session{}}, sessionDir: guest.SessionDir,
-		handshakes: make(chan struct{}, maxHandshakes)}
+		handshakes: make(chan struct{}, maxHandshakes), root: "/", sys: realSystem()}
 }
 
 // SetKeyFile makes s read the VM's agent key from path rather than from
 // guest.AgentKeyPath: for an agent served in-process by a host's tests.
 func (s *Server) SetKeyFile(path string) { s.keyFile = path }
 
-// key reads the VM's agent key. It is read for every handshake, so a key
-// that appears later is used without a restart. Without a key every host
-// is refused.
+// key returns the VM's agent key: the one the last reidentify set, else
+// the key file's. The file is read for every handshake, so a key that
+// appears later is used without a restart. Without a key every host is
+// refused.
 func (s *Server) key() []byte {
+	s.keyMu.Lock()
+	nk := s.newKey
+	s.keyMu.Unlock()
+	if nk != nil {
+		return nk
+	}
 	k, err := ReadKeyFile(s.keyFile)
 	if err != nil {
 		s.logger.Error("no usable agent key: refusing every host", "err", err)
 		return nil
 	}
 	return k
+}
+
+// setKey puts k in force for every later handshake.
+func (s *Server) setKey(k []byte) {
+	s.keyMu.Lock()
+	defer s.keyMu.Unlock()
+	s.newKey = append([]byte(nil), k...)
 }
 
 // ReadKeyFile reads an agent key file: KeySize bytes as hex.
@@ -234,6 +258,8 @@ func (s *Server) serveStream(ctx context.Context, conn net.Conn) {
 		err = s.sessionAttach(conn, fw, req.SessionAttach)
 	case req.Op == guest.OpSessionControl && req.SessionControl != nil:
 		err = s.sessionControl(fw, req.SessionControl)
+	case req.Op == guest.OpReidentify && req.Reidentify != nil:
+		err = s.reidentify(ctx, fw, req.Reidentify)
 	case req.Op == guest.OpShutdown:
 		err = s.shutdown(fw)
 	default:

@@ -56,11 +56,21 @@ func socketPair(t *testing.T) (net.Conn, net.Conn) {
 // current one) and connects a client to it.
 func startAgent(t *testing.T, version int) *testAgent {
 	t.Helper()
+	return startAgentWith(t, version, nil)
+}
+
+// startAgentWith is startAgent with configure (if not nil) run on the
+// server before it serves.
+func startAgentWith(t *testing.T, version int, configure func(*Server)) *testAgent {
+	t.Helper()
 	hostConn, guestConn := socketPair(t)
 	ta := &testAgent{hostConn: hostConn, powered: make(chan struct{})}
 	ta.srv = newTestServer(t, func() error { close(ta.powered); return nil })
 	if version != 0 {
 		ta.srv.version = version
+	}
+	if configure != nil {
+		configure(ta.srv)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	served := make(chan error, 1)
@@ -89,6 +99,9 @@ var testKey = bytes.Repeat([]byte{0x42}, guest.KeySize)
 func newTestServer(t *testing.T, powerOff func() error) *Server {
 	t.Helper()
 	s := NewServer(testLogger(t), powerOff)
+	// Never the host's clock, network, hostname or sshd.
+	s.root = t.TempDir()
+	s.sys = (&recordedSystem{}).system()
 	s.sessionDir = filepath.Join(t.TempDir(), "sessions")
 	t.Cleanup(func() { killSessions(t, s) })
 	s.keyFile = filepath.Join(t.TempDir(), "agent.key")

@@ -312,7 +312,8 @@ func buildSmokeInitrd(t *testing.T, dir, kernelRoot, busybox string) string {
 		files[dst], modes[dst] = b, 0o755
 	}
 	want := map[string]bool{"virtio.ko": true, "virtio_ring.ko": true, "virtio_mmio.ko": true, "virtio_console.ko": true,
-		"vsock.ko": true, "vmw_vsock_virtio_transport_common.ko": true, "vmw_vsock_virtio_transport.ko": true}
+		"vsock.ko": true, "vmw_vsock_virtio_transport_common.ko": true, "vmw_vsock_virtio_transport.ko": true,
+		"failover.ko": true, "net_failover.ko": true, "virtio_net.ko": true}
 	_ = filepath.WalkDir(filepath.Join(kernelRoot, "lib", "modules"), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && want[d.Name()] {
 			b, rerr := os.ReadFile(p)
@@ -323,7 +324,7 @@ func buildSmokeInitrd(t *testing.T, dir, kernelRoot, busybox string) string {
 		return nil
 	})
 	links := map[string]string{}
-	for _, c := range []string{"sh", "cat", "stty", "test", "sleep", "kill"} {
+	for _, c := range []string{"sh", "cat", "stty", "test", "sleep", "kill", "hostname", "ip", "grep", "date", "stat"} {
 		links["bin/"+c] = "busybox"
 	}
 	var buf bytes.Buffer

@@ -29,6 +29,9 @@ const (
 	portRetryInterval = 2 * time.Second
 	// portNameWait bounds the wait for a port's sysfs name to be filled in.
 	portNameWait = 2 * time.Second
+	// portMaxPause caps the pause between reopens of a failing port; it
+	// is short because a restored guest's host is waiting to get in.
+	portMaxPause = 300 * time.Millisecond
 )
 
 // Run serves the agent protocol until ctx is done, as a service under the
@@ -68,8 +71,18 @@ func (s *Server) ServeTransports(ctx context.Context) {
 // returns the port, whose reads report EOF while no host is connected.
 // Each time a host connects a new session starts, so a host may
 // disconnect and come back (a daemon restart) without a guest reboot.
+//
+// It never gives up on the port: a restore from a memory snapshot gives
+// the port a new host side, and the guest may see that as EOF, as an
+// error such as EIO, or as nothing at all until the new host's handshake
+// breaks into the old session. Each of them ends the session (the
+// commands of its streams die with it; sessions are the agent's and go
+// on) and the port is opened again, after a pause that doubles (up to
+// portMaxPause) while the port keeps failing without a host getting
+// through.
 func (s *Server) ServePort(ctx context.Context, open func(context.Context) (io.ReadWriteCloser, error)) error {
 	var lastErr string
+	pause := portPollInterval
 	for ctx.Err() == nil {
 		port, err := open(ctx)
 		if err != nil {
@@ -80,8 +93,10 @@ func (s *Server) ServePort(ctx context.Context, open func(context.Context) (io.R
 			sleepCtx(ctx, portRetryInterval)
 			continue
 		}
-		lastErr = ""
-		err = s.servePortOnce(ctx, port)
+		served, err := s.servePortOnce(ctx, port)
+		if served {
+			lastErr, pause = "", portPollInterval
+		}
 		switch {
 		case err == nil || ctx.Err() != nil:
 		case errors.Is(err, yamux.ErrInvalidVersion):
@@ -89,16 +104,22 @@ func (s *Server) ServePort(ctx context.Context, open func(context.Context) (io.R
 			// host reconnected faster than the port reported it.
 			s.logger.Info("host reconnected")
 		default:
-			s.logger.Warn("agent port session ended", "err", err)
-			sleepCtx(ctx, portPollInterval)
+			if err.Error() != lastErr {
+				s.logger.Warn("agent port session ended; reopening the port", "err", err)
+				lastErr = err.Error()
+			}
+			sleepCtx(ctx, pause)
+			if !served {
+				pause = min(2*pause, portMaxPause)
+			}
 		}
 	}
 	return nil
 }
 
 // servePortOnce waits on an open port for a host's handshake, then
-// serves one session.
-func (s *Server) servePortOnce(ctx context.Context, port io.ReadWriteCloser) error {
+// serves one session. served reports whether a host got through.
+func (s *Server) servePortOnce(ctx context.Context, port io.ReadWriteCloser) (served bool, err error) {
 	stop := context.AfterFunc(ctx, func() { port.Close() })
 	defer stop()
 	idle := &idlePort{ctx: ctx, port: port, waiting: true}
@@ -106,12 +127,12 @@ func (s *Server) servePortOnce(ctx context.Context, port io.ReadWriteCloser) err
 	if err != nil {
 		port.Close()
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return false, ctx.Err()
 		}
-		return fmt.Errorf("handshake: %w", err)
+		return false, fmt.Errorf("handshake: %w", err)
 	}
 	idle.waiting = false // from now on EOF means the host left
-	return s.serveSession(ctx, &splitConn{Reader: r, rwc: port})
+	return true, s.serveSession(ctx, &splitConn{Reader: r, rwc: port})
 }
 
 // idlePort reads a virtio-serial port. While waiting, the EOF a port

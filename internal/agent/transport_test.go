@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"banger/internal/guest"
 )
 
@@ -78,9 +80,34 @@ func TestReconnectUnixSocket(t *testing.T) {
 // fakePort behaves like a guest's virtio-serial port: reads return EOF
 // while no host is connected.
 type fakePort struct {
-	mu    sync.Mutex
-	host  net.Conn // guest end of the current host connection, nil when none
-	opens int
+	mu     sync.Mutex
+	host   net.Conn // guest end of the current host connection, nil when none
+	opens  int
+	broken bool // reads and writes fail with EIO (a transport being reset)
+}
+
+// reset breaks the port under the current host, as a restore from a
+// snapshot can: its reads and writes fail with EIO until repair.
+func (p *fakePort) reset() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.broken = true
+	if p.host != nil {
+		p.host.Close()
+		p.host = nil
+	}
+}
+
+func (p *fakePort) repair() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.broken = false
+}
+
+func (p *fakePort) openCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.opens
 }
 
 // connect plugs a host in and returns the host's end.
@@ -101,14 +128,20 @@ func (p *fakePort) open(context.Context) (io.ReadWriteCloser, error) {
 
 type fakePortFile struct{ p *fakePort }
 
-func (f *fakePortFile) current() net.Conn {
+func (f *fakePortFile) current() (net.Conn, error) {
 	f.p.mu.Lock()
 	defer f.p.mu.Unlock()
-	return f.p.host
+	if f.p.broken {
+		return nil, &os.PathError{Op: "read", Path: "/dev/vport0p1", Err: unix.EIO}
+	}
+	return f.p.host, nil
 }
 
 func (f *fakePortFile) Read(b []byte) (int, error) {
-	c := f.current()
+	c, err := f.current()
+	if err != nil {
+		return 0, err
+	}
 	if c == nil {
 		return 0, io.EOF
 	}
@@ -125,7 +158,10 @@ func (f *fakePortFile) Read(b []byte) (int, error) {
 }
 
 func (f *fakePortFile) Write(b []byte) (int, error) {
-	c := f.current()
+	c, err := f.current()
+	if err != nil {
+		return 0, err
+	}
 	if c == nil {
 		return 0, io.ErrClosedPipe
 	}
@@ -146,6 +182,61 @@ func TestReconnectVirtioSerialEOF(t *testing.T) {
 	defer port.mu.Unlock()
 	if port.opens < 3 {
 		t.Errorf("port opened %d times, want one per session", port.opens)
+	}
+}
+
+// A restore from a snapshot resets the port under a connected host: the
+// agent keeps reopening it, backing off while it fails, and serves the
+// next host; the sessions it owns outlive the reset.
+func TestPortResetKeepsSessions(t *testing.T) {
+	port := &fakePort{}
+	servePort(t, port.open)
+	c1, err := guest.NewClient(port.connect(t), testKey, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	ctx := callCtx(t, 30*time.Second)
+	if _, err := c1.SessionStart(ctx, guest.SessionStartRequest{Name: "kept", Argv: []string{"sh", "-c", "read a; echo got $a"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	port.reset()
+	select {
+	case <-c1.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first host's session outlived the reset")
+	}
+	before := port.openCount()
+	time.Sleep(1500 * time.Millisecond)
+	reopened := port.openCount() - before
+	// Without backoff it would reopen every 75 ms (20 times); with it,
+	// 75+150+300+300... ms leaves at most 7.
+	if reopened < 1 || reopened > 8 {
+		t.Errorf("the broken port was reopened %d times in 1.5 s, want 1 to 8 (backing off)", reopened)
+	}
+
+	port.repair()
+	start := time.Now()
+	c2, err := guest.NewClient(port.connect(t), testKey, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	st, info, err := c2.SessionAttach(ctx, guest.SessionAttachRequest{Name: "kept", Follow: true, Input: true})
+	if err != nil {
+		t.Fatalf("attaching after the reset: %v", err)
+	}
+	defer st.Close()
+	t.Logf("new host served %v after the port came back", time.Since(start))
+	if info.State != guest.SessionRunning {
+		t.Fatalf("session after the reset: %+v", info)
+	}
+	if _, err := st.Write([]byte("through\n")); err != nil {
+		t.Fatal(err)
+	}
+	if o := recvAll(t, st); o.stdout.String() != "got through\n" {
+		t.Errorf("session output after the reset: %q", o.stdout.String())
 	}
 }
 

@@ -91,12 +91,19 @@ const (
 
 	// OpReidentify: after a restore from a memory snapshot (vm fork,
 	// vm create --from-snapshot, warm start) the guest still believes it
-	// is the VM it was snapshotted from. The host sends the new identity;
-	// the guest applies all of it (clock first, then network, hostname,
-	// machine-id, SSH host key with sshd restarted, agent key last) and
-	// answers FrameResponse once it is in force, or FrameError naming the
-	// part that failed. The agent's transport may have been reset by the
-	// restore; the agent reopens it rather than exiting.
+	// is the VM it was snapshotted from. The host sends the new identity
+	// (Request.Reidentify); the guest checks all of it first (a bad field
+	// gets a KindInvalid FrameError and nothing changes), then applies it
+	// in this order: clock, network (eth0 down, MAC, IPv4 addresses
+	// flushed, the new one added, up, default route), resolv.conf,
+	// hostname (with /etc/hostname and the 127.0.1.1 line of /etc/hosts),
+	// machine-id, SSH host key, sshd reloaded. It answers FrameResponse
+	// once all of it is in force, or FrameError naming the part that
+	// failed (the parts before it stay applied; the agent key is kept).
+	// The agent key is swapped last, as the answer is written (and put
+	// back if it cannot be): a connection made once the host has the
+	// answer must authenticate with the new key; the current one goes on. The agent's transport may have been reset by the restore;
+	// the agent reopens it rather than exiting.
 	OpReidentify Op = "reidentify"
 )
 
@@ -123,7 +130,7 @@ type ReidentifyRequest struct {
 	HostKey    string `json:"host_key"`
 	HostKeyPub string `json:"host_key_pub"`
 	// AgentKey (hex, KeySize bytes) replaces the agent's key in memory and
-	// at AgentKeyPath once the answer is sent; the next connection must
+	// at AgentKeyPath as the answer is sent; the next connection must
 	// authenticate with it. Empty: keep the current key.
 	AgentKey string `json:"agent_key,omitempty"`
 }

@@ -15,7 +15,8 @@ func main() {
 	_ = unix.Mount("proc", "/proc", "proc", 0, "")
 	// No modules.dep here: two passes settle the load order.
 	mods := []string{"virtio_ring", "virtio", "virtio_mmio", "virtio_console",
-		"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"}
+		"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
+		"failover", "net_failover", "virtio_net"}
 	for pass := range 2 {
 		for _, m := range mods {
 			f, err := os.Open("/mods/" + m + ".ko")
