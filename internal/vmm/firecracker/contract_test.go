@@ -191,6 +191,7 @@ func TestContractBootToShutdown(t *testing.T) {
 	defer cancel()
 
 	m := vmmtest.Start(ctx, t, d, spec)
+	checkDriveLinks(t, spec)
 	echoThroughAgent(ctx, t, m)
 	p := m.(vmm.Pauser)
 	if err := p.Pause(ctx); err != nil {
@@ -237,8 +238,20 @@ func TestContractBootToShutdown(t *testing.T) {
 			t.Errorf("%s: %v", f, err)
 		}
 	}
-	vmmtest.AssertNoLeftovers(t, spec.Dir)
+	vmmtest.AssertNoLeftovers(t, spec.Dir, "drive-root", "drive-modules")
 	validateAll(t, apiSpec, reqs)
+}
+
+// checkDriveLinks checks that the drive names firecracker opens, in the
+// VM directory, point at spec's drives.
+func checkDriveLinks(t *testing.T, spec vmm.Spec) {
+	t.Helper()
+	for _, dr := range spec.Drives {
+		got, err := os.Readlink(filepath.Join(spec.Dir, driveName(dr.ID)))
+		if err != nil || got != dr.Path {
+			t.Errorf("drive link %s -> %q (%v), want -> %s", driveName(dr.ID), got, err, dr.Path)
+		}
+	}
 }
 
 // checkBootBodies checks what the boot requests say, beyond the schema.
@@ -278,8 +291,10 @@ func checkBootBodies(t *testing.T, spec vmm.Spec, reqs []recorded) {
 	}{
 		{"kernel", got.Boot.KernelImagePath, spec.Kernel},
 		{"initrd", got.Boot.InitrdPath, spec.Initrd},
-		{"root drive", got.Root, DriveConfig{DriveID: "root", PathOnHost: spec.Drives[0].Path, IsRootDevice: true}},
-		{"modules drive", got.Modules, DriveConfig{DriveID: "modules", PathOnHost: spec.Drives[1].Path, IsReadOnly: true}},
+		// Relative to firecracker's working directory, the VM directory
+		// (see driveName): symlinks there point at the drives.
+		{"root drive", got.Root, DriveConfig{DriveID: "root", PathOnHost: "drive-root", IsRootDevice: true}},
+		{"modules drive", got.Modules, DriveConfig{DriveID: "modules", PathOnHost: "drive-modules", IsReadOnly: true}},
 		{"nic", got.NIC, NetworkInterface{IfaceID: "eth0", HostDevName: "tap-test0", GuestMAC: "02:fc:00:00:00:01"}},
 		{"vsock", got.Vsock, VsockConfig{GuestCID: 3, UDSPath: filepath.Join(spec.Dir, VsockSocketName)}},
 		{"machine", got.Machine, MachineConfig{VCPUCount: 2, MemSizeMiB: 1024}},

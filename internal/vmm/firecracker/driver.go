@@ -11,9 +11,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"banger/internal/vmm"
@@ -73,9 +75,25 @@ type Options struct {
 type Driver struct {
 	opts Options
 	log  *slog.Logger
+
+	verMu sync.Mutex // guards ver
+	ver   cachedVersion
 }
 
-var _ vmm.Driver = (*Driver)(nil)
+// cachedVersion is the output of `firecracker --version` for one
+// binary file, so that replacing the binary is noticed.
+type cachedVersion struct {
+	path    string
+	size    int64
+	modTime time.Time
+	version string
+}
+
+var (
+	_ vmm.Driver    = (*Driver)(nil)
+	_ vmm.Restorer  = (*Driver)(nil)
+	_ vmm.Versioner = (*Driver)(nil)
+)
 
 // New returns a driver with opts.
 func New(opts Options) *Driver {
@@ -98,9 +116,39 @@ func New(opts Options) *Driver {
 // Name returns "firecracker".
 func (d *Driver) Name() string { return Name }
 
-// Features reports snapshots and pause, KVM and hybrid vsock.
+// Features reports snapshots (Snapshotter, Restorer) and pause, KVM and
+// hybrid vsock.
 func (d *Driver) Features() vmm.Features {
 	return vmm.Features{Snapshots: true, Pause: true, Accel: vmm.AccelKVM, Transport: vmm.TransportHybridVsock}
+}
+
+// Version returns the version of the firecracker binary ("1.16.1"), as
+// `firecracker --version` prints it. It is cached until the binary file
+// changes. A snapshot restores only on the version that wrote it.
+func (d *Driver) Version(ctx context.Context) (string, error) {
+	if err := fchost.CheckBinary(d.opts.Bin); err != nil {
+		return "", err
+	}
+	path, err := exec.LookPath(d.opts.Bin)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", vmm.ErrUnavailable, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", vmm.ErrUnavailable, err)
+	}
+	d.verMu.Lock()
+	defer d.verMu.Unlock()
+	c := d.ver
+	if c.version != "" && c.path == path && c.size == fi.Size() && c.modTime.Equal(fi.ModTime()) {
+		return c.version, nil
+	}
+	v, err := fchost.Probe(ctx, path)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", vmm.ErrUnavailable, err)
+	}
+	d.ver = cachedVersion{path: path, size: fi.Size(), modTime: fi.ModTime(), version: v}
+	return v, nil
 }
 
 // Start boots spec: it starts firecracker, configures logger, metrics,
@@ -123,12 +171,18 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 }
 
 // Restore starts a fresh firecracker and loads the snapshot in snapDir
-// (written by Machine.Snapshot) into it, with spec's taps and vsock
-// socket, and resumes it. The drives must be at the paths they had when
-// the snapshot was taken. On error it leaves no process or socket behind.
+// (written by Machine.Snapshot) into it, with spec's drives, taps and
+// vsock socket, and resumes it. spec must have the drive ids and NIC ids
+// the snapshot was taken with; their paths and taps may differ. The
+// guest's agent connections were reset by the snapshot: DialAgent opens
+// new ones. On error it leaves no process or socket behind.
 func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapDir string) (vmm.Machine, error) {
 	if err := d.preflight(spec); err != nil {
 		return nil, err
+	}
+	snapDir, err := checkSnapshot(snapDir)
+	if err != nil {
+		return nil, fmt.Errorf("restoring vm %s: %w", spec.Name, err)
 	}
 	m, err := d.launch(ctx, spec)
 	if err != nil {
@@ -140,6 +194,25 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapDir string) (vm
 	}
 	d.log.Info("firecracker vm restored", "vm", spec.Name, "pid", m.proc.pid, "snapshot", snapDir)
 	return m, nil
+}
+
+// checkSnapshot returns snapDir made absolute once both snapshot files
+// are in it, so that a wrong directory fails before anything is started.
+func checkSnapshot(snapDir string) (string, error) {
+	dir, err := snapshotDir(snapDir)
+	if err != nil {
+		return "", err
+	}
+	for _, n := range []string{SnapshotStateName, SnapshotMemoryName} {
+		fi, err := os.Stat(filepath.Join(dir, n))
+		if err != nil {
+			return "", fmt.Errorf("%s is not a firecracker snapshot: %w", dir, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return "", fmt.Errorf("%s is not a firecracker snapshot: %s is not a regular file", dir, n)
+		}
+	}
+	return dir, nil
 }
 
 var idRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)

@@ -75,6 +75,9 @@ func jailLayout(spec vmm.Spec, root, id string, uid, gid int) *layout {
 		metrics:    filepath.Join(root, MetricsName),
 		metricsArg: "/" + MetricsName,
 		guestPath:  jailLinker(root, uid, gid),
+		drivePath: func(id, host string) (string, error) {
+			return linkIntoJail(root, driveName(id), host, uid, gid)
+		},
 		owner:      &[2]int{uid, gid},
 		clean:      func() { _ = os.RemoveAll(filepath.Join(spec.Dir, "jail")) },
 	}
@@ -92,14 +95,23 @@ func jailLinker(root string, uid, gid int) func(string) (string, error) {
 		if p, ok := linked[host]; ok {
 			return p, nil
 		}
-		name := fmt.Sprintf("%d-%s", len(linked), filepath.Base(host))
-		if err := os.Link(host, filepath.Join(root, name)); err != nil {
-			return "", fmt.Errorf("linking %s into the jail (it must be on the same filesystem as the vm directory): %w", host, err)
+		p, err := linkIntoJail(root, fmt.Sprintf("%d-%s", len(linked), filepath.Base(host)), host, uid, gid)
+		if err != nil {
+			return "", err
 		}
-		if err := os.Chown(filepath.Join(root, name), uid, gid); err != nil {
-			return "", fmt.Errorf("giving %s to the jail user: %w", host, err)
-		}
-		linked[host] = "/" + name
-		return "/" + name, nil
+		linked[host] = p
+		return p, nil
 	}
+}
+
+// linkIntoJail hard-links host to root/name, gives it to uid:gid and
+// returns its path inside the jail.
+func linkIntoJail(root, name, host string, uid, gid int) (string, error) {
+	if err := os.Link(host, filepath.Join(root, name)); err != nil {
+		return "", fmt.Errorf("linking %s into the jail (it must be on the same filesystem as the vm directory): %w", host, err)
+	}
+	if err := os.Chown(filepath.Join(root, name), uid, gid); err != nil {
+		return "", fmt.Errorf("giving %s to the jail user: %w", host, err)
+	}
+	return "/" + name, nil
 }

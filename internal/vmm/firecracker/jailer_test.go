@@ -34,7 +34,7 @@ func TestContractJailer(t *testing.T) {
 	if got := m.Handle().Data[dataJailRoot]; got != root {
 		t.Errorf("jail root = %q, want %q", got, root)
 	}
-	for _, f := range []string{"0-vmlinux", "1-initrd.img", "2-rootfs.ext4", "3-modules.ext4"} {
+	for _, f := range []string{"0-vmlinux", "1-initrd.img", "drive-root", "drive-modules"} {
 		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
 			t.Errorf("not linked into the jail: %v", err)
 		}
@@ -76,8 +76,8 @@ func TestContractJailer(t *testing.T) {
 	want := map[string]string{
 		"/boot-source kernel_image_path": "/0-vmlinux",
 		"/boot-source initrd_path":       "/1-initrd.img",
-		"/drives/root path_on_host":      "/2-rootfs.ext4",
-		"/drives/modules path_on_host":   "/3-modules.ext4",
+		"/drives/root path_on_host":      "/drive-root",
+		"/drives/modules path_on_host":   "/drive-modules",
 		"/vsock uds_path":                "/" + VsockSocketName,
 		"/logger log_path":               "/" + LogName,
 		"/metrics metrics_path":          "/" + MetricsName,

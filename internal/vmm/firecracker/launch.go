@@ -29,9 +29,13 @@ type layout struct {
 	logArg     string
 	metrics    string
 	metricsArg string
-	// guestPath maps a host file the VM uses (kernel, initrd, drive,
-	// snapshot) to the path firecracker sees.
+	// guestPath maps a host file the VM uses (kernel, initrd, snapshot)
+	// to the path firecracker sees.
 	guestPath func(host string) (string, error)
+	// drivePath makes a drive visible to firecracker under a name that
+	// depends only on the drive id (see driveName) and returns the path
+	// firecracker sees.
+	drivePath func(id, host string) (string, error)
 	// clean, when set, removes what the layout created (the jail).
 	clean func()
 	// owner, when set, is the uid and gid the files firecracker opens
@@ -52,11 +56,40 @@ func plainLayout(dir string) *layout {
 		vsock:     filepath.Join(dir, VsockSocketName),
 		log:       filepath.Join(dir, LogName),
 		metrics:   filepath.Join(dir, MetricsName),
-		guestPath: func(p string) (string, error) { return p, nil },
+		// Absolute: firecracker runs in dir, where relative paths would
+		// mean something else.
+		guestPath: filepath.Abs,
+		drivePath: func(id, host string) (string, error) { return symlinkDrive(dir, id, host) },
 	}
 	l.apiSockArg, l.vsockArg, l.logArg, l.metricsArg = l.apiSock, l.vsock, l.log, l.metrics
 	l.cmdlineArg = l.apiSock
 	return l
+}
+
+// driveName is the name under which firecracker opens the drive id: a
+// symlink in the VM directory (opened relative to firecracker's working
+// directory, the VM directory) or a hard link in the jail root.
+// Firecracker records drive paths in its snapshot and reopens them on
+// load ("at the same relative paths", docs/snapshotting), so a name that
+// depends on the drive id alone lets a VM restored in another directory,
+// from disks at other paths, find its drives.
+func driveName(id string) string { return "drive-" + id }
+
+// symlinkDrive points <dir>/drive-<id> at host and returns the relative
+// path firecracker opens.
+func symlinkDrive(dir, id, host string) (string, error) {
+	target, err := filepath.Abs(host)
+	if err != nil {
+		return "", fmt.Errorf("drive %s: %w", id, err)
+	}
+	link := filepath.Join(dir, driveName(id))
+	if err := os.Remove(link); err != nil && !os.IsNotExist(err) {
+		return "", fmt.Errorf("drive %s: removing stale link: %w", id, err)
+	}
+	if err := os.Symlink(target, link); err != nil {
+		return "", fmt.Errorf("drive %s: linking %s into the vm directory: %w", id, host, err)
+	}
+	return driveName(id), nil
 }
 
 // live reports whether something accepts connections on the Unix socket.
@@ -113,6 +146,8 @@ func (d *Driver) command(spec vmm.Spec) (*layout, *exec.Cmd, error) {
 	}
 	lay := plainLayout(spec.Dir)
 	cmd := exec.Command(d.opts.Bin, "--api-sock", lay.apiSockArg, "--id", instanceID(spec))
+	// Drives are given relative to the VM directory (see driveName).
+	cmd.Dir = spec.Dir
 	return lay, cmd, nil
 }
 

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"banger/internal/guest"
 	"banger/internal/vmm"
@@ -28,7 +31,9 @@ const (
 const killWait = 5 * time.Second
 
 // machine is one firecracker process. It implements vmm.Machine,
-// vmm.Pauser and vmm.Snapshotter.
+// vmm.Pauser and vmm.Snapshotter, not vmm.DiskFreezer: Firecracker
+// cannot switch a drive to an overlay while running, so the daemon
+// copies (or reflinks) the raw disk while the VM is paused.
 type machine struct {
 	log        *slog.Logger
 	spec       vmm.Spec
@@ -69,7 +74,7 @@ func (m *machine) boot(ctx context.Context) error {
 		return err
 	}
 	for _, dr := range spec.Drives {
-		p, err := m.lay.guestPath(dr.Path)
+		p, err := m.lay.drivePath(dr.ID, dr.Path)
 		if err != nil {
 			return err
 		}
@@ -88,8 +93,15 @@ func (m *machine) boot(ctx context.Context) error {
 	return c.Action(ctx, ActionInstanceStart)
 }
 
-// load restores the snapshot in dir and resumes the VM.
+// load restores the snapshot in dir and resumes the VM. The drives are
+// linked first under the names the snapshot recorded (driveName), so
+// firecracker reopens this spec's disks wherever they are.
 func (m *machine) load(ctx context.Context, dir string) error {
+	for _, dr := range m.spec.Drives {
+		if _, err := m.lay.drivePath(dr.ID, dr.Path); err != nil {
+			return err
+		}
+	}
 	state, err := m.lay.guestPath(filepath.Join(dir, SnapshotStateName))
 	if err != nil {
 		return err
@@ -133,9 +145,25 @@ func (m *machine) removeFiles() {
 	for _, p := range []string{m.lay.apiSock, m.lay.vsock, m.lay.log, m.lay.metrics} {
 		_ = os.Remove(p)
 	}
+	m.removeDriveLinks()
 	m.lay.cleanup()
 	if m.createdDir {
 		_ = os.Remove(m.spec.Dir) // fails, harmlessly, unless empty
+	}
+}
+
+// removeDriveLinks removes the drive symlinks symlinkDrive made in the
+// VM directory (a jail's links go with the jail). Only symlinks are
+// removed: a file of that name is not ours.
+func (m *machine) removeDriveLinks() {
+	if m.lay.jailRoot != "" {
+		return
+	}
+	for _, dr := range m.spec.Drives {
+		p := filepath.Join(m.spec.Dir, driveName(dr.ID))
+		if fi, err := os.Lstat(p); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			_ = os.Remove(p)
+		}
 	}
 }
 
@@ -156,6 +184,7 @@ func (m *machine) watchExit() {
 		for _, p := range []string{m.lay.apiSock, m.lay.vsock} {
 			_ = os.Remove(p)
 		}
+		m.removeDriveLinks()
 		m.lay.cleanup()
 		close(m.done)
 	}()
@@ -251,14 +280,27 @@ func (m *machine) Resume(ctx context.Context) error {
 
 // Snapshot writes a full snapshot (vmstate and memory) into dir, which
 // must exist. A running VM is paused for the snapshot and resumed after;
-// a paused VM stays paused.
+// a paused VM stays paused. Firecracker resets the hybrid vsock when it
+// snapshots: agent connections open before are closed, and DialAgent
+// makes new ones. On error nothing of the snapshot is left in dir (or
+// in the jail).
 func (m *machine) Snapshot(ctx context.Context, dir string) error {
+	dir, err := snapshotDir(dir)
+	if err != nil {
+		return fmt.Errorf("snapshotting vm %s: %w", m.spec.Name, err)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.proc.exited() {
+		return fmt.Errorf("snapshotting vm %s: %w", m.spec.Name, vmm.ErrNotRunning)
+	}
+	// Where firecracker writes, as it sees it and on the host. A jailed
+	// firecracker writes inside its root; the files are moved to dir after.
 	state, mem := filepath.Join(dir, SnapshotStateName), filepath.Join(dir, SnapshotMemoryName)
-	if m.lay.jailRoot != "" {
-		// A jailed firecracker writes inside its root; moved to dir after.
+	written := []string{state, mem}
+	if root := m.lay.jailRoot; root != "" {
 		state, mem = "/"+SnapshotStateName, "/"+SnapshotMemoryName
+		written = append(written, filepath.Join(root, SnapshotStateName), filepath.Join(root, SnapshotMemoryName))
 	}
 	wasPaused := m.paused
 	if !wasPaused {
@@ -266,29 +308,91 @@ func (m *machine) Snapshot(ctx context.Context, dir string) error {
 			return fmt.Errorf("pausing vm %s for snapshot: %w", m.spec.Name, err)
 		}
 	}
-	err := m.client.CreateSnapshot(ctx, SnapshotCreate{SnapshotPath: state, MemFilePath: mem, SnapshotType: "Full"})
+	err = m.client.CreateSnapshot(ctx, SnapshotCreate{SnapshotPath: state, MemFilePath: mem, SnapshotType: "Full"})
 	if !wasPaused {
-		if rerr := m.client.PatchVMState(ctx, "Resumed"); rerr != nil && err == nil {
-			err = fmt.Errorf("resuming after snapshot: %w", rerr)
+		// Resume even when the snapshot failed: the VM must not stay
+		// paused because a snapshot could not be written.
+		if rerr := m.client.PatchVMState(ctx, "Resumed"); rerr != nil {
+			m.paused = true // it stays paused: Resume or Shutdown can retry
+			if err == nil {
+				err = fmt.Errorf("resuming after snapshot: %w", rerr)
+			} else {
+				m.log.Warn("resuming after failed snapshot", "vm", m.spec.Name, "err", rerr)
+			}
 		}
 	}
 	if err == nil && m.lay.jailRoot != "" {
 		err = moveOut(m.lay.jailRoot, dir, SnapshotStateName, SnapshotMemoryName)
 	}
 	if err != nil {
+		for _, p := range written {
+			_ = os.Remove(p)
+		}
 		return fmt.Errorf("snapshotting vm %s: %w", m.spec.Name, err)
 	}
 	return nil
 }
 
-// moveOut renames files from a jail root into dir.
+// snapshotDir returns dir made absolute (firecracker runs in the VM
+// directory) once it is known to be an existing directory.
+func snapshotDir(dir string) (string, error) {
+	if dir == "" {
+		return "", fmt.Errorf("no snapshot directory given")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return "", fmt.Errorf("snapshot directory: %w: create it first", err)
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("snapshot directory %s is not a directory", abs)
+	}
+	return abs, nil
+}
+
+// moveOut moves files from a jail root into dir: a rename, or a copy
+// when dir is on another filesystem.
 func moveOut(root, dir string, names ...string) error {
 	for _, n := range names {
-		if err := os.Rename(filepath.Join(root, n), filepath.Join(dir, n)); err != nil {
+		src, dst := filepath.Join(root, n), filepath.Join(dir, n)
+		err := os.Rename(src, dst)
+		if errors.Is(err, unix.EXDEV) {
+			err = copyFile(src, dst)
+		}
+		if err != nil {
 			return fmt.Errorf("moving snapshot out of the jail: %w", err)
 		}
 	}
 	return nil
+}
+
+// copyFile copies src to dst, synced, and removes src. A partial dst is
+// removed.
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(dst)
+		return err
+	}
+	return os.Remove(src)
 }
 
 // Adopt re-attaches to a firecracker started by an earlier daemon. The
