@@ -78,8 +78,8 @@ func jailLayout(spec vmm.Spec, root, id string, uid, gid int) *layout {
 		drivePath: func(id, host string) (string, error) {
 			return linkIntoJail(root, driveName(id), host, uid, gid)
 		},
-		owner:      &[2]int{uid, gid},
-		clean:      func() { _ = os.RemoveAll(filepath.Join(spec.Dir, "jail")) },
+		owner: &[2]int{uid, gid},
+		clean: func() { _ = os.RemoveAll(filepath.Join(spec.Dir, "jail")) },
 	}
 }
 

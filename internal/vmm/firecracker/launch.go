@@ -51,11 +51,11 @@ func (l *layout) cleanup() {
 
 func plainLayout(dir string) *layout {
 	l := &layout{
-		dir:       dir,
-		apiSock:   filepath.Join(dir, APISocketName),
-		vsock:     filepath.Join(dir, VsockSocketName),
-		log:       filepath.Join(dir, LogName),
-		metrics:   filepath.Join(dir, MetricsName),
+		dir:     dir,
+		apiSock: filepath.Join(dir, APISocketName),
+		vsock:   filepath.Join(dir, VsockSocketName),
+		log:     filepath.Join(dir, LogName),
+		metrics: filepath.Join(dir, MetricsName),
 		// Absolute: firecracker runs in dir, where relative paths would
 		// mean something else.
 		guestPath: filepath.Abs,
