@@ -39,7 +39,18 @@ const (
 	modeExit       = "exit"        // exits at once with an error
 	modeNoSocket   = "nosocket"    // never creates the API socket
 	modeOldVersion = "old-version" // GET /version says 1.5.0
+	modeSnapFault  = "snap-fault"  // PUT /snapshot/create writes part of the memory, then answers 400
+	modeLoadStays  = "load-stays"  // a failed PUT /snapshot/load does not end the process
 )
+
+// standinState is what the stand-in writes as a snapshot's vmstate: what
+// Firecracker would reopen on load. Its drives are the path_on_host values
+// as firecracker saw them, which load opens again.
+type standinState struct {
+	Drives map[string]string `json:"drives"`
+	Ifaces []string          `json:"ifaces"`
+	Vsock  string            `json:"vsock_uds"`
+}
 
 // standinIgnoreCAD in the boot args makes the guest ignore Ctrl-Alt-Del.
 const standinIgnoreCAD = "standin.ignore-ctrl-alt-del"
@@ -63,11 +74,16 @@ type standin struct {
 	kernel   bool
 	metrics  bool
 	vsockUDS string
-	stubborn bool // the boot args say the guest ignores Ctrl-Alt-Del
+	stubborn bool              // the boot args say the guest ignores Ctrl-Alt-Del
+	drives   map[string]string // drive id -> path_on_host
+	ifaces   []string
+
+	connMu sync.Mutex // guards conns
+	conns  map[net.Conn]bool
 }
 
 func newStandin(mode, logPath string) *standin {
-	return &standin{mode: mode, logPath: logPath, state: "Not started", exit: func() {}}
+	return &standin{mode: mode, logPath: logPath, state: "Not started", exit: func() {}, drives: map[string]string{}, conns: map[net.Conn]bool{}}
 }
 
 func (s *standin) record(r *http.Request) (recorded, error) {
@@ -150,6 +166,16 @@ func (s *standin) apply(rec recorded) string {
 			s.kernel = true
 			s.stubborn = strings.Contains(b.BootArgs, standinIgnoreCAD)
 		}
+		if top == "/drives" {
+			var d DriveConfig
+			json.Unmarshal(rec.Body, &d)
+			s.drives[d.DriveID] = d.PathOnHost
+		}
+		if top == "/network-interfaces" {
+			var n NetworkInterface
+			json.Unmarshal(rec.Body, &n)
+			s.ifaces = append(s.ifaces, n.IfaceID)
+		}
 		if top == "/vsock" {
 			var v VsockConfig
 			json.Unmarshal(rec.Body, &v)
@@ -180,32 +206,88 @@ func (s *standin) apply(rec recorded) string {
 		}
 		var c SnapshotCreate
 		json.Unmarshal(rec.Body, &c)
-		for _, p := range []string{c.SnapshotPath, c.MemFilePath} {
-			if err := os.WriteFile(s.host(p), []byte("standin snapshot\n"), 0o600); err != nil {
-				return err.Error()
-			}
-		}
-		return ""
+		return s.createSnapshot(c)
 	case rec.Method == http.MethodPut && rec.Path == "/snapshot/load":
 		if s.boot || s.state != "Not started" {
 			return "Loading a microVM snapshot not allowed after configuring boot-specific resources."
 		}
 		var l SnapshotLoad
 		json.Unmarshal(rec.Body, &l)
-		if _, err := os.Stat(s.host(l.SnapshotPath)); err != nil {
-			return "Cannot load snapshot: " + err.Error()
-		}
-		s.state = "Paused"
-		if l.ResumeVM {
-			s.state = "Running"
-		}
-		if l.VsockOverride != nil {
-			s.vsockUDS = l.VsockOverride.UDSPath
-			go serveVsock(s.host(s.vsockUDS))
+		if msg := s.loadSnapshot(l); msg != "" {
+			// Firecracker ends itself after a failed load: its state is
+			// unknown.
+			if s.mode != modeLoadStays {
+				go s.exit()
+			}
+			return "Load snapshot error: " + msg
 		}
 		return ""
 	}
 	return "Invalid request method and/or path: " + rec.Method + " " + rec.Path
+}
+
+// createSnapshot writes the vmstate and memory files and resets the
+// vsock connections, as Firecracker does.
+func (s *standin) createSnapshot(c SnapshotCreate) string {
+	if s.mode == modeSnapFault {
+		os.WriteFile(s.host(c.MemFilePath), []byte("partial"), 0o600)
+		return "Cannot create snapshot: Memory snapshot error: No space left on device (os error 28)"
+	}
+	state, _ := json.Marshal(standinState{Drives: s.drives, Ifaces: s.ifaces, Vsock: s.vsockUDS})
+	for p, b := range map[string][]byte{c.SnapshotPath: state, c.MemFilePath: []byte("standin memory\n")} {
+		if err := os.WriteFile(s.host(p), b, 0o600); err != nil {
+			return err.Error()
+		}
+	}
+	s.resetVsock()
+	return ""
+}
+
+// loadSnapshot checks what Firecracker needs to load l: the files, the
+// drives at the paths the snapshot recorded (relative ones from its
+// working directory) and a tap for every interface. It returns a fault
+// message, or "" once the VM runs.
+func (s *standin) loadSnapshot(l SnapshotLoad) string {
+	b, err := os.ReadFile(s.host(l.SnapshotPath))
+	if err != nil {
+		return "Cannot open the snapshot file: " + err.Error()
+	}
+	var st standinState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return "Cannot deserialize the microVM state: " + err.Error()
+	}
+	if l.MemBackend.BackendType != "File" {
+		return "unsupported memory backend " + l.MemBackend.BackendType
+	}
+	if _, err := os.Stat(s.host(l.MemBackend.BackendPath)); err != nil {
+		return "Cannot open the memory file: " + err.Error()
+	}
+	for id, p := range st.Drives {
+		if _, err := os.Stat(s.host(p)); err != nil {
+			return fmt.Sprintf("Failed to restore block device %s: %v", id, err)
+		}
+	}
+	taps := map[string]bool{}
+	for _, o := range l.NetworkOverrides {
+		taps[o.IfaceID] = true
+	}
+	for _, id := range st.Ifaces {
+		if !taps[id] {
+			return "no network override for " + id + ": the tap of the snapshot would be reused"
+		}
+	}
+	s.state = "Paused"
+	if l.ResumeVM {
+		s.state = "Running"
+	}
+	s.vsockUDS = st.Vsock
+	if l.VsockOverride != nil {
+		s.vsockUDS = l.VsockOverride.UDSPath
+	}
+	if s.vsockUDS != "" {
+		go s.serveVsock(s.host(s.vsockUDS))
+	}
+	return ""
 }
 
 // host maps a path firecracker was given to the host.
@@ -227,7 +309,7 @@ func (s *standin) action(rec recorded) string {
 		s.state = "Running"
 		fmt.Println(standinBanner) // the serial console
 		if s.vsockUDS != "" {
-			go serveVsock(s.host(s.vsockUDS))
+			go s.serveVsock(s.host(s.vsockUDS))
 		}
 	case ActionSendCtrlAltDel:
 		if s.state != "Running" {
@@ -242,10 +324,21 @@ func (s *standin) action(rec recorded) string {
 	return ""
 }
 
+// resetVsock closes every vsock connection, as Firecracker's transport
+// reset at snapshot time does.
+func (s *standin) resetVsock() {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	for c := range s.conns {
+		c.Close()
+		delete(s.conns, c)
+	}
+}
+
 // serveVsock plays the guest agent behind Firecracker's hybrid vsock:
 // CONNECT 1024 gets OK and an echo; other ports are closed, as
 // Firecracker does when nothing listens in the guest.
-func serveVsock(path string) {
+func (s *standin) serveVsock(path string) {
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "standin vsock:", err)
@@ -256,8 +349,16 @@ func serveVsock(path string) {
 		if err != nil {
 			return
 		}
+		s.connMu.Lock()
+		s.conns[c] = true
+		s.connMu.Unlock()
 		go func() {
-			defer c.Close()
+			defer func() {
+				s.connMu.Lock()
+				delete(s.conns, c)
+				s.connMu.Unlock()
+				c.Close()
+			}()
 			br := bufio.NewReader(c)
 			line, err := br.ReadString('\n')
 			if err != nil || line != "CONNECT 1024\n" {
@@ -299,6 +400,13 @@ func standinMain(mode string, args []string) int {
 	sock := ""
 	if flags["--api-sock"] != "" {
 		sock = filepath.Join(root, flags["--api-sock"])
+	}
+	if log := os.Getenv(standinLogEnv); log != "" {
+		// Tests check from this list that no stand-in outlives a failure.
+		if f, err := os.OpenFile(log+".pids", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
+			fmt.Fprintln(f, os.Getpid())
+			f.Close()
+		}
 	}
 	time.AfterFunc(standinMaxAge, func() { os.Exit(3) })
 	switch {
