@@ -497,4 +497,3 @@ func TestVersion(t *testing.T) {
 		t.Errorf("Version of a missing binary = %v, want ErrUnavailable", err)
 	}
 }
-
