@@ -296,6 +296,7 @@ func TestRestoreLoadFails(t *testing.T) {
 	}{
 		{"drive missing", modeOK, func(s *vmm.Spec) { os.Remove(s.Drives[0].Path) }, "firecracker answered 400: Load snapshot error: Failed to restore block device root"},
 		{"drive missing, firecracker stays", modeLoadStays, func(s *vmm.Spec) { os.Remove(s.Drives[0].Path) }, "Failed to restore block device root"},
+		{"drive id not in spec", modeOK, func(s *vmm.Spec) { s.Drives = s.Drives[:1] }, "Failed to restore block device modules"},
 		{"no tap for eth0", modeOK, func(s *vmm.Spec) { s.NICs = nil }, "no network override for eth0"},
 	}
 	for _, tt := range tests {
