@@ -134,9 +134,11 @@ func newServer(ctx context.Context, opts Options, st *store.Store, shutdown cont
 		LogMax: int64(opts.Config.SessionLogMaxMiB) << 20,
 		Logger: s.log,
 	})
+	ports := portfwd.New(ctx, s.log)
+	ports.Kernel = s.net
 	s.vms = newVMManager(vmParts{
 		store: st, images: s.images, kernels: s.kernels, net: s.net, drivers: drivers, def: def.VMM, log: s.log,
-		sessions: s.sessions, ports: portfwd.New(ctx, s.log),
+		sessions: s.sessions, ports: ports,
 		cfg: vmSettings{
 			VMsDir:        filepath.Join(opts.Dirs.State, "vms"),
 			DefaultImage:  opts.Config.DefaultImageName,

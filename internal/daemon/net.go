@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -270,7 +271,7 @@ func (ns *netService) reconcile(ctx context.Context) error {
 		return err
 	}
 	ns.startDNS()
-	return ns.restorePolicies(ctx, running)
+	return errors.Join(ns.restorePolicies(ctx, running), ns.restoreForwards(ctx, running))
 }
 
 // networkView is GET /v1/network.

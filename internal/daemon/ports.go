@@ -8,6 +8,7 @@ import (
 	"net/netip"
 
 	"banger/internal/api"
+	"banger/internal/network"
 	"banger/internal/portfwd"
 	"banger/internal/store"
 )
@@ -282,4 +283,41 @@ func (m *vmManager) closePortsUnlessRunning(id string) {
 	if m.machine(id) == nil {
 		m.ports.Close(id)
 	}
+}
+
+// SetForwards carries the forwards of the running VM id in the kernel
+// (banger's nftables table; see network.SetForwards): it is the
+// Forwarder's Kernel. It sets the network up first (ensure), as forwards
+// open before the VM's tap; a daemon that cannot (another holds the
+// network's claim) leaves them to userspace.
+func (ns *netService) SetForwards(ctx context.Context, id string, guest netip.Addr, rs []portfwd.Rule) error {
+	if len(rs) > 0 {
+		if err := ns.ensure(ctx); err != nil {
+			return err
+		}
+	} else if ns.claimed() != nil {
+		return nil // another daemon's network: none of ours is there
+	}
+	fw := make([]network.Forward, len(rs))
+	for i, r := range rs {
+		fw[i] = network.Forward{Proto: r.Proto, Host: r.Host, GuestPort: r.GuestPort}
+	}
+	return ns.mgr.SetForwards(ctx, id, guest, fw)
+}
+
+// restoreForwards removes the kernel forwards of VMs that are not
+// running; those of running VMs were rewritten as they were adopted.
+func (ns *netService) restoreForwards(ctx context.Context, running map[string]bool) error {
+	have, err := ns.mgr.ForwardIDs(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for id := range have {
+		if !running[id] {
+			ns.log.Info("removing port forwards of a vm that is not running", "vm", id)
+			errs = append(errs, ns.mgr.SetForwards(ctx, id, netip.Addr{}, nil))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -13,6 +13,11 @@ import (
 // baseRules are NATRules of a Manager for 172.16.0.0/24 with no guests.
 var baseRules = []string{
 	"postrouting: ip saddr 172.16.0.0/24 oifname != banger0 masquerade",
+	"postrouting: ip saddr 127.0.0.0/8 oifname banger0 masquerade",
+	"martians: iifname banger0 ip daddr 127.0.0.0/8 drop",
+	"prerouting: iifname banger0 return",
+	"prerouting: jump forwards",
+	"output: jump forwards",
 	"forward: iifname banger0 oifname banger0 jump vm2vm",
 	"forward: iifname banger0 oifname banger0 accept",
 	"forward: iifname banger0 ct state established,related accept",

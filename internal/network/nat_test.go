@@ -250,6 +250,11 @@ func TestEnsureNATNoDuplicates(t *testing.T) {
 	}
 	wantLines := []string{
 		`ip saddr 172.16.0.0/24 oifname != "banger0" masquerade comment "banger: ip saddr 172.16.0.0/24 oifname != banger0 masquerade"`,
+		`ip saddr 127.0.0.0/8 oifname "banger0" masquerade comment "banger: ip saddr 127.0.0.0/8 oifname banger0 masquerade"`,
+		`iifname "banger0" ip daddr 127.0.0.0/8 drop comment "banger: iifname banger0 ip daddr 127.0.0.0/8 drop"`,
+		`iifname "banger0" return comment "banger: iifname banger0 return"`,
+		`jump forwards comment "banger: jump forwards"`,
+		`jump forwards comment "banger: jump forwards"`,
 		`iifname "banger0" oifname "banger0" jump vm2vm comment "banger: iifname banger0 oifname banger0 jump vm2vm"`,
 		`iifname "banger0" oifname "banger0" accept comment "banger: iifname banger0 oifname banger0 accept"`,
 		`iifname "banger0" ct state established,related accept comment "banger: iifname banger0 ct state established,related accept"`,

@@ -14,7 +14,13 @@ import (
 
 // banger's rules live in two tables, both named TableName:
 //
-//	ip banger      postrouting  masquerade of the cidr leaving by another interface
+//	ip banger      postrouting  masquerade of the cidr leaving by another interface,
+//	                            and of loopback sources leaving by the bridge
+//	                            (port forwards from 127.0.0.1)
+//	               martians     nothing from the bridge to 127.0.0.0/8
+//	               prerouting   port forwards (jump forwards), not from the bridge
+//	               output       port forwards of connections made on the host
+//	               forwards     per forward: ... dport P dnat to GUEST:PORT
 //	               forward      VM-to-VM (jump vm2vm), replies, then each guest's
 //	                            egress policy (jump egress); anything else from the
 //	                            bridge is dropped
@@ -50,6 +56,9 @@ const (
 	chainEgress      = "egress"
 	chainGuests      = "guests"
 	chainIsolate     = "isolate"
+	chainOutput      = "output"
+	chainMartians    = "martians"
+	chainForwards    = "forwards"
 	guestChainPrefix = "vm-"
 )
 
@@ -80,9 +89,17 @@ func (d tableDef) chain(name string) *nftables.Chain {
 func ipTable() tableDef {
 	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName}
 	accept := nftables.ChainPolicyAccept
-	return tableDef{family: t.Family, regular: []string{chainVM2VM, chainEgress}, base: []*nftables.Chain{
+	return tableDef{family: t.Family, regular: []string{chainVM2VM, chainEgress, chainForwards}, base: []*nftables.Chain{
 		{Name: chainPostrouting, Table: t, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource},
+		// Before connection tracking undoes the source NAT of the replies
+		// to forwards from loopback (which then are for 127.0.0.1).
+		{Name: chainMartians, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw, Policy: &accept},
+		{Name: chainPrerouting, Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest},
+		{Name: chainOutput, Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest},
 		// Policy accept: banger's tables never drop what other tables
 		// allow, except traffic of its own guests.
 		{Name: chainForward, Table: t, Type: nftables.ChainTypeFilter,
@@ -134,6 +151,12 @@ func (m *Manager) wantedRules(f nftables.TableFamily) []natRule {
 	return []natRule{
 		rule(chainPostrouting, fmt.Sprintf("ip saddr %s oifname != %s masquerade", cidr, br),
 			ipAddr(12, cidr, expr.CmpOpEq), ifMatch(expr.MetaKeyOIFNAME, br, expr.CmpOpNeq), &expr.Masq{}),
+		rule(chainPostrouting, fmt.Sprintf("ip saddr %s oifname %s masquerade", loopback127, br),
+			ipAddr(12, loopback127, expr.CmpOpEq), oif(br), &expr.Masq{}),
+		rule(chainMartians, fmt.Sprintf("iifname %s ip daddr %s drop", br, loopback127), iif(br), dnet(loopback127), drop()),
+		rule(chainPrerouting, fmt.Sprintf("iifname %s return", br), iif(br), &expr.Verdict{Kind: expr.VerdictReturn}),
+		rule(chainPrerouting, "jump "+chainForwards, jump(chainForwards)),
+		rule(chainOutput, "jump "+chainForwards, jump(chainForwards)),
 		rule(chainForward, fmt.Sprintf("iifname %s oifname %s jump %s", br, br, chainVM2VM), both, jump(chainVM2VM)),
 		rule(chainForward, fmt.Sprintf("iifname %s oifname %s accept", br, br), both, accept()),
 		rule(chainForward, fmt.Sprintf("iifname %s ct state established,related accept", br), iif(br), ctEstablished(), accept()),

@@ -1,8 +1,12 @@
-// Package portfwd forwards host ports to the ports of guests, in
-// userspace: bangerd listens on the host address and joins each TCP
-// connection to a new connection to the guest (spliced in the kernel on
-// Linux), and relays UDP datagrams per client address. Nothing here
-// touches the host's firewall; a forward lives as long as its listener.
+// Package portfwd forwards host ports to the ports of guests. bangerd
+// listens on each forward's host address: that holds the port, and in
+// userspace joins each TCP connection to a new connection to the guest
+// (spliced in the kernel on Linux) and relays UDP datagrams per client
+// address. A Forwarder given a Kernel also hands each VM's open forwards
+// to it (the daemon's: DNAT rules, package network), which then carries
+// their connections without a copy through bangerd; the listener stays
+// as the port's holder and the path of whatever the kernel does not
+// carry. A forward is open as long as its listener.
 package portfwd
 
 import (
@@ -12,6 +16,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -57,8 +63,22 @@ type Forwarder struct {
 	// UDPIdle is how long a UDP flow lives without traffic; 0: DefaultUDPIdle.
 	UDPIdle time.Duration
 
-	mu  sync.Mutex                   // guards vms
-	vms map[string]map[Rule]listener // by VM id: what is open for it
+	// Kernel, when set, is told each VM's open forwards whenever they
+	// change (nil: in userspace only). Set it before the first Open.
+	Kernel Kernel
+
+	mu     sync.Mutex                   // guards vms and guests
+	vms    map[string]map[Rule]listener // by VM id: what is open for it
+	guests map[string]netip.Addr        // by VM id: its guest address
+}
+
+// Kernel carries forwards in the kernel. SetForwards makes the forwards
+// of VM vmID at guest exactly rules (none: no forward); the Forwarder
+// calls it with the VM's open forwards after every change, one call at a
+// time. An error leaves those forwards to userspace: it is logged, and
+// the forwards still work.
+type Kernel interface {
+	SetForwards(ctx context.Context, vmID string, guest netip.Addr, rules []Rule) error
 }
 
 // listener is one open forward.
@@ -74,7 +94,7 @@ func New(ctx context.Context, log *slog.Logger) *Forwarder {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Forwarder{ctx: ctx, log: log, vms: map[string]map[Rule]listener{}}
+	return &Forwarder{ctx: ctx, log: log, vms: map[string]map[Rule]listener{}, guests: map[string]netip.Addr{}}
 }
 
 // Open listens on the host side of each of rules for the VM vmID whose
@@ -108,7 +128,26 @@ func (f *Forwarder) Open(vmID string, guest netip.Addr, rules []Rule) error {
 		go l.serve()
 		f.log.Info("port forward listening", "vm", vmID, "host", r.String(), "guest", netip.AddrPortFrom(guest, r.GuestPort).String())
 	}
+	if len(opened) > 0 {
+		f.guests[vmID] = guest
+		f.syncKernelLocked(vmID)
+	}
 	return nil
+}
+
+// syncKernelLocked hands vmID's open forwards to the Kernel; f.mu is held.
+func (f *Forwarder) syncKernelLocked(vmID string) {
+	if f.Kernel == nil {
+		return
+	}
+	var rules []Rule
+	for r := range f.vms[vmID] {
+		rules = append(rules, r)
+	}
+	slices.SortFunc(rules, func(a, b Rule) int { return strings.Compare(a.String(), b.String()) })
+	if err := f.Kernel.SetForwards(context.WithoutCancel(f.ctx), vmID, f.guests[vmID], rules); err != nil {
+		f.log.Warn("port forwards left to userspace: the kernel did not take them", "vm", vmID, "err", err)
+	}
 }
 
 // Close stops the forwards rules of vmID (all of them when none is
@@ -122,28 +161,37 @@ func (f *Forwarder) Close(vmID string, rules ...Rule) {
 			rules = append(rules, r)
 		}
 	}
+	closed := false
 	for _, r := range rules {
 		if l := open[r]; l != nil {
 			l.close()
 			delete(open, r)
+			closed = true
 			f.log.Info("port forward closed", "vm", vmID, "host", r.String())
 		}
 	}
+	if closed {
+		f.syncKernelLocked(vmID)
+	}
 	if len(open) == 0 {
 		delete(f.vms, vmID)
+		delete(f.guests, vmID)
 	}
 }
 
-// CloseAll stops every forward.
+// CloseAll stops listening on every forward, as the daemon stops. What
+// the Kernel carries is left in place: the VMs run on without the daemon,
+// and so do their forwards, until the next daemon adopts them.
 func (f *Forwarder) CloseAll() {
 	f.mu.Lock()
-	ids := make([]string, 0, len(f.vms))
-	for id := range f.vms {
-		ids = append(ids, id)
-	}
-	f.mu.Unlock()
-	for _, id := range ids {
-		f.Close(id)
+	defer f.mu.Unlock()
+	for id, open := range f.vms {
+		for r, l := range open {
+			l.close()
+			f.log.Info("port forward closed", "vm", id, "host", r.String())
+		}
+		delete(f.vms, id)
+		delete(f.guests, id)
 	}
 }
 

@@ -10,7 +10,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -350,5 +352,65 @@ func TestUDPForwardKeepsFlowsApartAndDropsIdleOnes(t *testing.T) {
 	f.Close("vm1")
 	if err := Check([]Rule{r}); err != nil {
 		t.Fatalf("the udp port is still held after Close: %v", err)
+	}
+}
+
+// kernelLog is a Kernel that records what it is told.
+type kernelLog struct {
+	mu    sync.Mutex
+	calls []string
+	fail  bool
+}
+
+func (k *kernelLog) SetForwards(_ context.Context, vmID string, guest netip.Addr, rules []Rule) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var rs []string
+	for _, r := range rules {
+		rs = append(rs, fmt.Sprintf("%s->%d", r, r.GuestPort))
+	}
+	k.calls = append(k.calls, fmt.Sprintf("%s %s [%s]", vmID, guest, strings.Join(rs, " ")))
+	if k.fail {
+		return errors.New("no nftables here")
+	}
+	return nil
+}
+
+// The Kernel hears each VM's whole set of open forwards after every
+// change, and not at CloseAll (the kernel's forwards outlive the daemon);
+// a Kernel that fails leaves the forward working in userspace.
+func TestKernelHearsEveryChange(t *testing.T) {
+	k := &kernelLog{}
+	f := newForwarder(t)
+	f.Kernel = k
+	guest := netip.MustParseAddr("127.0.0.1")
+	g := answerServer(t)
+	h1, h2 := freePort(t), freePort(t)
+	if err := f.Open("vm1", guest, []Rule{tcpRule(h1, g), tcpRule(h2, g)}); err != nil {
+		t.Fatal(err)
+	}
+	f.Close("vm1", tcpRule(h1, g))
+	f.Close("vm1", tcpRule(h1, g)) // already closed: nothing to tell
+	f.Close("vm1")
+	k.fail = true
+	if err := f.Open("vm2", guest, []Rule{tcpRule(h1, g)}); err != nil {
+		t.Fatalf("a failing kernel fails the open: %v", err)
+	}
+	if got := send(t, fmt.Sprintf("127.0.0.1:%d", h1), []byte("hi")); got == "" {
+		t.Fatal("the userspace forward does not answer when the kernel failed")
+	}
+	f.CloseAll()
+	r1, r2 := tcpRule(h1, g), tcpRule(h2, g)
+	first, second := r1.String()+fmt.Sprintf("->%d", g), r2.String()+fmt.Sprintf("->%d", g)
+	both := []string{first, second}
+	slices.Sort(both)
+	want := []string{
+		"vm1 127.0.0.1 [" + strings.Join(both, " ") + "]",
+		"vm1 127.0.0.1 [" + second + "]",
+		"vm1 127.0.0.1 []",
+		"vm2 127.0.0.1 [" + first + "]",
+	}
+	if !slices.Equal(k.calls, want) {
+		t.Fatalf("kernel calls:\n%s\nwant:\n%s", strings.Join(k.calls, "\n"), strings.Join(want, "\n"))
 	}
 }

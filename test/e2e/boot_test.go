@@ -29,9 +29,9 @@ func bootEnv(t testing.TB) *env {
 }
 
 type vmInfo struct {
-	Name, State, VMM, Accel, IP string
-	LastError                   string `json:"last_error"`
-	PID                         int
+	ID, Name, State, VMM, Accel, IP string
+	LastError                       string `json:"last_error"`
+	PID                             int
 }
 
 func (e *env) inspect(name string) vmInfo {

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -114,15 +115,28 @@ func TestPortForward(t *testing.T) {
 	mustContain(t, "port of another vm", stderr, `already forwarded to vm "web"`)
 	e.ok("vm", "delete", "other")
 
-	// The daemon killed: its listeners die with it; the next one, started
-	// by the next call, adopts the VM and listens again.
-	if err := syscall.Kill(e.daemonPID(), syscall.SIGKILL); err != nil {
+	// The forwards are carried in the kernel: a DNAT rule per forward.
+	if n := countForwardRules(e.rules(), v2id(t, e, "web")); n != 3 {
+		t.Fatalf("%d kernel forward rules of web, want 3 (two tcp, one udp): %v", n, e.rules())
+	}
+
+	// The daemon killed: its listeners die with it, but the kernel goes on
+	// carrying the forwards (as the VM runs on); the next daemon, started
+	// by the next call, adopts the VM, listens again and keeps the rules.
+	pid := e.daemonPID()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	pollUntil(t, 10*time.Second, "the killed daemon's listener is gone", func() bool { return !nsConnects(e.ns, "127.0.0.1:18080") })
+	pollUntil(t, 10*time.Second, "the killed daemon is gone", func() bool { return !slices.Contains(e.procs("bangerd"), pid) })
+	if got := httpThrough(t, e.ns, "127.0.0.1:18080", 10*time.Second); !strings.Contains(got, want) {
+		t.Fatalf("while the daemon is dead: %q", got)
+	}
 	e.ok("vm", "list")
 	if got := httpThrough(t, e.ns, "127.0.0.1:18080", 10*time.Second); !strings.Contains(got, want) {
 		t.Fatalf("after the daemon was killed and restarted: %q", got)
+	}
+	if n := countForwardRules(e.rules(), v2id(t, e, "web")); n != 3 {
+		t.Fatalf("%d kernel forward rules of web after the daemon restart, want 3: %v", n, e.rules())
 	}
 
 	// The VM restarted: stopped, nothing listens; started, it does again.
@@ -146,10 +160,37 @@ func TestPortForward(t *testing.T) {
 	if n := countSockets(bangerdSockets(t, e), forwarded); n != 2 {
 		t.Fatalf("bangerd listens on %d of %v before the delete, want 2: %v", n, forwarded, bangerdSockets(t, e))
 	}
+	webID := v2id(t, e, "web")
+	if n := countForwardRules(e.rules(), webID); n != 2 {
+		t.Fatalf("%d kernel forward rules of web before the delete, want 2: %v", n, e.rules())
+	}
 	e.ok("vm", "delete", "web")
 	if n := countSockets(bangerdSockets(t, e), forwarded); n != 0 {
 		t.Fatalf("bangerd still listens on %d of %v after the vm was deleted: %v", n, forwarded, bangerdSockets(t, e))
 	}
+	if n := countForwardRules(e.rules(), webID); n != 0 {
+		t.Fatalf("%d kernel forward rules of web after the delete, want 0: %v", n, e.rules())
+	}
+}
+
+// countForwardRules counts the kernel forward rules of VM id.
+func countForwardRules(rules []string, id string) int {
+	n := 0
+	for _, r := range rules {
+		if strings.HasPrefix(r, "forwards: fwd "+id+": ") {
+			n++
+		}
+	}
+	return n
+}
+
+func v2id(t *testing.T, e *env, name string) string {
+	t.Helper()
+	id := e.inspect(name).ID
+	if id == "" {
+		t.Fatalf("vm %s has no id", name)
+	}
+	return id
 }
 
 func countSockets(socks, want []string) int {
