@@ -44,6 +44,9 @@ type MemOptions struct {
 	// Transport is Features.Transport. Default vmm.TransportVsock, with
 	// which Start guards vsock context ids as the host does.
 	Transport vmm.AgentTransport
+	// Layers is Features.Layers: drives may be qcow2. Without it Start
+	// refuses a qcow2 drive, as Firecracker does.
+	Layers bool
 	// Unavailable, when set, makes Check and every Start fail with
 	// vmm.ErrUnavailable and this message.
 	Unavailable string
@@ -130,9 +133,9 @@ func (d *MemDriver) Restart() *MemDriver { return &MemDriver{opts: d.opts, host:
 func (d *MemDriver) Name() string { return d.opts.Name }
 
 // Features reports pause (machines implement vmm.Pauser), no snapshots,
-// and the accelerator and transport of MemOptions.
+// and the layers, accelerator and transport of MemOptions.
 func (d *MemDriver) Features() vmm.Features {
-	return vmm.Features{Pause: true, Accel: d.opts.Accel, Transport: d.opts.Transport}
+	return vmm.Features{Pause: true, Layers: d.opts.Layers, Accel: d.opts.Accel, Transport: d.opts.Transport}
 }
 
 // Check fails with vmm.ErrUnavailable when MemOptions.Unavailable is set.
@@ -252,6 +255,15 @@ func (d *MemDriver) validate(s vmm.Spec) error {
 	for i, dr := range s.Drives {
 		if dr.ID == "" || dr.Path == "" {
 			errs = append(errs, fmt.Errorf("drive %d %q: id and path must be set", i, dr.ID))
+		}
+		switch dr.Format {
+		case "", vmm.FormatRaw:
+		case vmm.FormatQCOW2:
+			if !d.opts.Layers {
+				errs = append(errs, fmt.Errorf("drive %q: format qcow2: this vmm takes raw disks only", dr.ID))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("drive %q: format %q: use raw or qcow2", dr.ID, dr.Format))
 		}
 		if dr.Root && i != 0 {
 			errs = append(errs, fmt.Errorf("root drive %q must be the first drive", dr.ID))
