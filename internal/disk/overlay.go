@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"strconv"
@@ -37,7 +38,7 @@ func CreateOverlay(ctx context.Context, backing, backingFormat, path string, siz
 	out, err := exec.CommandContext(ctx, QEMUImg, args...).CombinedOutput()
 	if err != nil {
 		os.Remove(path)
-		if errors.Is(err, exec.ErrNotFound) {
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("creating overlay %s: %s not found (install qemu-utils)", path, QEMUImg)
 		}
 		return fmt.Errorf("creating overlay %s: %v: %s", path, err, strings.TrimSpace(string(out)))
