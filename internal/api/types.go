@@ -35,6 +35,7 @@ type VM struct {
 	MemoryMiB  int       `json:"memory_mib"`
 	DiskBytes  int64     `json:"disk_bytes"`
 	DiskMethod string    `json:"disk_method,omitempty"`
+	Disk       string    `json:"disk,omitempty"` // the root disk's file: a qcow2 layer, or a raw file in Dir
 	PID        int       `json:"pid,omitempty"`
 	IP         string    `json:"ip,omitempty"`
 	MAC        string    `json:"mac,omitempty"`

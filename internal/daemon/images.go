@@ -11,9 +11,19 @@ import (
 )
 
 func (s *Server) imageRoutes(mux *http.ServeMux) {
-	entryRoutes(s, mux, "image", s.images.List, s.images.Get, imageView, s.store.VMsUsingImage, s.images.Delete)
+	entryRoutes(s, mux, "image", s.images.List, s.images.Get, imageView, s.store.VMsUsingImage, s.deleteImage)
 	mux.HandleFunc("POST /v1/images/register", s.handleImageRegister)
 	s.imagePullRoutes(mux)
+}
+
+// deleteImage deletes the image called name, then the bases of the layer
+// store that were links to it (no VM builds on them: the caller checked).
+func (s *Server) deleteImage(ctx context.Context, name string) error {
+	if err := s.images.Delete(name); err != nil {
+		return err
+	}
+	s.vms.gcLayers(ctx, false)
+	return nil
 }
 
 func imageView(im image.Image) api.Image {
@@ -61,7 +71,7 @@ func (s *Server) kernelNames() string {
 // /v1/<kind>s: the list, one by name, and the delete of one no VM uses.
 func entryRoutes[T, V any](s *Server, mux *http.ServeMux, kind string,
 	list func() ([]T, error), get func(string) (T, error), view func(T) V,
-	users func(context.Context, string) ([]string, error), del func(string) error) {
+	users func(context.Context, string) ([]string, error), del func(context.Context, string) error) {
 	mux.HandleFunc("GET /v1/"+kind+"s", func(w http.ResponseWriter, r *http.Request) {
 		items, err := list()
 		if err != nil {
@@ -90,7 +100,7 @@ func entryRoutes[T, V any](s *Server, mux *http.ServeMux, kind string,
 // deleteUnused deletes the image or kernel the request names unless VMs
 // use it; then it names them.
 func (s *Server) deleteUnused(w http.ResponseWriter, r *http.Request, kind string,
-	users func(context.Context, string) ([]string, error), del func(string) error) {
+	users func(context.Context, string) ([]string, error), del func(context.Context, string) error) {
 	name := r.PathValue("name")
 	vms, err := users(r.Context(), name)
 	if err != nil {
@@ -102,7 +112,7 @@ func (s *Server) deleteUnused(w http.ResponseWriter, r *http.Request, kind strin
 			WithHint("delete those VMs first"))
 		return
 	}
-	if err := del(name); err != nil {
+	if err := del(r.Context(), name); err != nil {
 		writeErr(w, err)
 		return
 	}

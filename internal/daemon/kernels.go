@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 
@@ -9,7 +10,8 @@ import (
 )
 
 func (s *Server) kernelRoutes(mux *http.ServeMux) {
-	entryRoutes(s, mux, "kernel", s.kernels.List, s.kernels.Get, kernelView, s.store.VMsUsingKernel, s.kernels.Delete)
+	del := func(_ context.Context, name string) error { return s.kernels.Delete(name) }
+	entryRoutes(s, mux, "kernel", s.kernels.List, s.kernels.Get, kernelView, s.store.VMsUsingKernel, del)
 	mux.HandleFunc("POST /v1/kernels/pull", s.handleKernelPull)
 	mux.HandleFunc("POST /v1/kernels/import", s.handleKernelImport)
 	mux.HandleFunc("POST /v1/kernels/register", s.handleKernelRegister)

@@ -14,12 +14,14 @@ import (
 
 // stateSubdirs are the directories bangerd keeps under the state
 // directory, with their modes. VM directories hold disks, keys and
-// sockets, so vms/ is private; images and kernels hold nothing secret.
+// sockets, so vms/ is private, as is layers/ (VM disks); images and
+// kernels hold nothing secret.
 var stateSubdirs = []struct {
 	name string
 	mode fs.FileMode
 }{
 	{"vms", 0o700},
+	{"layers", 0o700},
 	{"images", 0o755},
 	{"kernels", 0o755},
 	{"run", 0o700},

@@ -39,7 +39,7 @@ PermitRootLogin prohibit-password
 // root's authorized_keys, an sshd drop-in that allows key logins only, and
 // the VM's agent key (also kept in the VM's directory, 0600), without
 // which the guest agent serves nobody.
-func (m *vmManager) prepareGuest(ctx context.Context, v store.VM, im image.Image, rootfs string) error {
+func (m *vmManager) prepareGuest(ctx context.Context, v store.VM, im image.Image) error {
 	userPub, err := m.userKey()
 	if err != nil {
 		return err

@@ -25,7 +25,7 @@ func TestPrepareGuest(t *testing.T) {
 	v := store.VM{Name: "g1", Dir: filepath.Join(dir, "vm")}
 	os.MkdirAll(v.Dir, 0o755)
 	ctx := context.Background()
-	if err := m.prepareGuest(ctx, v, image.Image{}, filepath.Join(dir, "unused.ext4")); err != nil {
+	if err := m.prepareGuest(ctx, v, image.Image{}); err != nil {
 		t.Fatal(err)
 	}
 	userPub, err := os.ReadFile(filepath.Join(dirs.Config, "ssh", "id_ed25519.pub"))

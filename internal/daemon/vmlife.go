@@ -431,6 +431,9 @@ func (m *vmManager) adoptAll(ctx context.Context) error {
 			}(v)
 		}
 	}
+	// What a daemon killed mid-create or mid-delete left in the layer
+	// store: layers no row names, bases nothing builds on.
+	m.gcLayers(ctx, true)
 	return nil
 }
 
@@ -463,5 +466,11 @@ func (m *vmManager) removeVM(ctx context.Context, v store.VM) error {
 	m.mu.Lock()
 	delete(m.warnings, v.ID)
 	m.mu.Unlock()
-	return m.store.DeleteVM(ctx, v.ID)
+	if err := m.store.DeleteVM(ctx, v.ID); err != nil {
+		return err
+	}
+	// Its layer goes once no row names it (a crash before this: the next
+	// start's gc).
+	m.gcLayers(ctx, false)
+	return nil
 }

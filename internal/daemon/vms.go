@@ -33,8 +33,9 @@ import (
 type vmManager struct {
 	vmParts
 
-	locks keyedMutex // by VM name: one lifecycle change at a time
-	dials keyedMutex // by VM id: one agent dial at a time
+	locks  keyedMutex  // by VM name: one lifecycle change at a time
+	layers *layerStore // the qcow2 disks of VMs whose VMM takes them
+	dials  keyedMutex  // by VM id: one agent dial at a time
 
 	mu       sync.Mutex               // guards the maps below
 	machines map[string]vmm.Machine   // by VM id, while the VMM runs
@@ -88,6 +89,7 @@ type vmNetwork interface {
 // vmSettings are the parts of the daemon's config the VMs use.
 type vmSettings struct {
 	VMsDir        string // a VM's files go in VMsDir/<id>
+	LayersDir     string // qcow2 layers and their bases; "": beside VMsDir
 	DefaultImage  string // image of a VM created without one
 	ConsoleLogMax int64  // bytes of console log kept per VM
 	VCPUs         int    // vCPUs of a VM created without them; 0: defaultVCPUs
@@ -107,8 +109,12 @@ func newVMManager(p vmParts) *vmManager {
 	if p.ports == nil {
 		p.ports = portfwd.New(context.Background(), p.log) // tests; the daemon passes its own
 	}
+	if p.cfg.LayersDir == "" {
+		p.cfg.LayersDir = filepath.Join(filepath.Dir(p.cfg.VMsDir), "layers")
+	}
 	return &vmManager{
 		vmParts:  p,
+		layers:   &layerStore{dir: p.cfg.LayersDir, log: p.log},
 		machines: map[string]vmm.Machine{},
 		agents:   map[string]*guest.Client{},
 		infos:    map[string]guest.Info{},
@@ -152,6 +158,11 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskBytes: max(req.DiskBytes, im.SizeBytes),
 		Dir: filepath.Join(m.cfg.VMsDir, id), Net: marshal(policy),
 	}
+	if d := m.drivers[m.def]; d != nil && d.Features().Layers {
+		// Named in the row before the file exists, so that a gc in
+		// between keeps it, and a daemon killed now removes it.
+		v.Layer = newLayerName()
+	}
 	if err := m.store.CreateVM(ctx, v); err != nil {
 		if errors.Is(err, store.ErrExist) {
 			return api.VM{}, api.Errorf(api.Conflict, "vm name %q is taken", req.Name).
@@ -170,6 +181,7 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 	if err := m.makeDisk(ctx, &v, im, p); err != nil {
 		os.RemoveAll(v.Dir)
 		m.store.DeleteVM(context.WithoutCancel(ctx), id) // and its lease
+		m.gcLayers(context.WithoutCancel(ctx), false)
 		return api.VM{}, err
 	}
 	// Until its first write below the record says creating: a daemon
@@ -253,17 +265,27 @@ func tooSmall(size int64, im image.Image) error {
 }
 
 // makeDisk makes v's directory and root disk from im, with the guest's
-// seed, and sets v.DiskMethod. It writes nothing to the state.
+// seed, and sets v.DiskMethod. It writes nothing to the state. A VM with
+// a layer gets a qcow2 layer over the image (nothing is copied: the
+// same cost for any image size); others a copy of the image's file
+// (reflink where the filesystem can).
 func (m *vmManager) makeDisk(ctx context.Context, v *store.VM, im image.Image, p progressFunc) error {
 	if err := os.MkdirAll(v.Dir, 0o700); err != nil {
 		return err
 	}
+	if err := m.prepareGuest(ctx, *v, im); err != nil {
+		return err
+	}
+	if v.Layer != "" {
+		if err := m.layers.overImage(ctx, im, v.Layer, v.DiskBytes, p); err != nil {
+			return fmt.Errorf("making the disk of vm %q: %w", v.Name, err)
+		}
+		v.DiskMethod = disk.MethodOverlay
+		return nil
+	}
 	root := filepath.Join(v.Dir, rootDiskFile)
 	method, err := disk.Clone(ctx, im.Rootfs, root, func(d, t int64) { p("copying rootfs", d, t) })
 	if err != nil {
-		return err
-	}
-	if err := m.prepareGuest(ctx, *v, im, root); err != nil {
 		return err
 	}
 	// Only the file grows (sparse) when the guest can grow its
@@ -299,7 +321,7 @@ func (m *vmManager) view(ctx context.Context, v store.VM) api.VM {
 	out := api.VM{
 		ID: v.ID, Name: v.Name, State: v.State, Image: v.Image, Kernel: v.Kernel, VMM: v.VMM,
 		VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB, DiskBytes: v.DiskBytes, DiskMethod: v.DiskMethod,
-		Dir: v.Dir, ConsoleLog: filepath.Join(v.Dir, consoleLogFile), LastError: v.LastError, CreatedAt: v.CreatedAt,
+		Disk: m.rootDisk(v).Path, Dir: v.Dir, ConsoleLog: filepath.Join(v.Dir, consoleLogFile), LastError: v.LastError, CreatedAt: v.CreatedAt,
 		VsockCID: v.VsockCID, Workspace: workspaceOf(v), Net: m.netView(v),
 	}
 	if d, ok := m.drivers[v.VMM]; ok {
@@ -375,7 +397,7 @@ func (m *vmManager) specFor(v store.VM, kb kernel.Bundle, nic vmm.NIC, netArg st
 		spec.Drives = append(spec.Drives, d)
 		return vmm.DriveDevice(len(spec.Drives) - 1)
 	}
-	args := []string{"root=" + attach(vmm.Drive{ID: "root", Path: filepath.Join(v.Dir, rootDiskFile), Root: true})}
+	args := []string{"root=" + attach(m.rootDisk(v))}
 	if kb.Modules != "" {
 		args = append(args, "banger.modules="+attach(vmm.Drive{ID: "modules", Path: kb.Modules, ReadOnly: true}))
 	}
@@ -385,6 +407,39 @@ func (m *vmManager) specFor(v store.VM, kb kernel.Bundle, nic vmm.NIC, netArg st
 	}
 	spec.Cmdline = strings.Join(append(args, netArg), " ")
 	return spec
+}
+
+// rootDisk is v's root drive: its qcow2 layer, or its raw disk in its
+// directory.
+func (m *vmManager) rootDisk(v store.VM) vmm.Drive {
+	if v.Layer != "" {
+		return vmm.Drive{ID: "root", Path: m.layers.path(v.Layer), Root: true, Format: vmm.FormatQCOW2}
+	}
+	return vmm.Drive{ID: "root", Path: filepath.Join(v.Dir, rootDiskFile), Root: true}
+}
+
+// gcLayers removes the layer files no VM (or snapshot) builds on; see
+// layerStore.gc.
+func (m *vmManager) gcLayers(ctx context.Context, startup bool) {
+	vms, err := m.store.ListVMs(ctx)
+	if err != nil {
+		m.log.Warn("listing vms for layer gc", "err", err)
+		return
+	}
+	var inUse []string
+	for _, v := range vms {
+		if v.Layer != "" {
+			inUse = append(inUse, v.Layer)
+		}
+	}
+	var images []image.Image
+	if m.images != nil {
+		if images, err = m.images.List(); err != nil {
+			m.log.Warn("listing images for layer gc", "err", err)
+			return
+		}
+	}
+	m.layers.gc(inUse, images, startup)
 }
 
 // maxCIDRetries bounds how many context ids a start tries when the host

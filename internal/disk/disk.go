@@ -21,8 +21,8 @@ import (
 
 // Clone methods, as vm inspect reports them.
 const (
-	MethodReflink = "reflink"     // FICLONE: shared extents, copy-on-write
-	MethodSparse  = "sparse-copy" // SEEK_DATA/SEEK_HOLE: only data is copied
+	MethodReflink = "reflink" // FICLONE: shared extents, copy-on-write
+	MethodSparse  = "copy"    // SEEK_DATA/SEEK_HOLE: only data is copied
 )
 
 // Clone makes dst a copy of src without costing time proportional to the

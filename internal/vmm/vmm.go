@@ -43,8 +43,11 @@ const (
 
 // Features describes what a driver can do. Capabilities are data.
 type Features struct {
-	Snapshots bool           `json:"snapshots"`
-	Pause     bool           `json:"pause"`
+	Snapshots bool `json:"snapshots"`
+	Pause     bool `json:"pause"`
+	// Layers: drives may be qcow2 files (Drive.Format FormatQCOW2) over
+	// a backing chain, so a VM's disk can be a thin layer over its image.
+	Layers    bool           `json:"layers"`
 	Accel     Accel          `json:"accel"`
 	Transport AgentTransport `json:"agent_transport"`
 }

@@ -21,6 +21,8 @@ type diskInfo struct {
 	DiskBytes  int64  `json:"disk_bytes"`
 	Dir        string `json:"dir"`
 	ConsoleLog string `json:"console_log"`
+	Disk       string `json:"disk"`
+	DiskMethod string `json:"disk_method"`
 }
 
 func (e *env) diskInfo(name string) diskInfo {
@@ -91,10 +93,14 @@ func TestDiskDefaultAndGrow(t *testing.T) {
 	if d.DiskBytes != 16<<30 || d.VCPUs != 2 || d.MemoryMiB != 1024 {
 		t.Errorf("default VM: disk %d, %d vCPUs, %d MiB; want 16 GiB, 2, 1024", d.DiskBytes, d.VCPUs, d.MemoryMiB)
 	}
-	fsize, used := allocated(t, filepath.Join(d.Dir, "rootfs.ext4"))
-	t.Logf("host disk file: %d MiB long, %d MiB allocated", fsize>>20, used>>20)
-	if fsize != 16<<30 || used > 2<<30 {
-		t.Errorf("host disk file is %d bytes with %d allocated, want 16 GiB and sparse (under 2 GiB)", fsize, used)
+	// The disk is a qcow2 layer over the image: the guest's writes only.
+	fsize, used := allocated(t, d.Disk)
+	t.Logf("host disk file (%s): %d MiB long, %d MiB allocated", d.DiskMethod, fsize>>20, used>>20)
+	if d.DiskMethod != "qcow2-overlay" || !strings.HasPrefix(d.Disk, filepath.Join(e.home, "state", "layers")+"/") {
+		t.Errorf("disk %s by %q, want a qcow2 layer in the layer store", d.Disk, d.DiskMethod)
+	}
+	if vsize := qcow2Size(t, d.Disk); vsize != 16<<30 || used > 1<<30 {
+		t.Errorf("host disk is %d bytes (virtual) with %d allocated, want 16 GiB and thin (under 1 GiB)", vsize, used)
 	}
 	logs := e.ok("vm", "logs", "big")
 	mustContain(t, "console log", logs, "root filesystem grown from "+strconv.FormatInt(im.SizeBytes>>20, 10)+" MiB to 16384 MiB")
@@ -127,9 +133,32 @@ func TestDiskGrowSparseSuper2Image(t *testing.T) {
 		t.Errorf("/ is %d bytes with %d free, want about 16 GiB with at least 10 GiB free", size, avail)
 	}
 	d := e.diskInfo("t2e")
-	if _, used := allocated(t, filepath.Join(d.Dir, "rootfs.ext4")); used > 2<<30 {
-		t.Errorf("host disk file has %d bytes allocated, want it sparse", used)
+	if _, used := allocated(t, d.Disk); used > 1<<30 {
+		t.Errorf("host disk file has %d bytes allocated, want it thin", used)
 	}
+	// The grown base is built once per (image, size): a second VM of it
+	// adds a layer, not another base.
+	bases := func() []string {
+		m, _ := filepath.Glob(filepath.Join(e.home, "state", "layers", "base", "t2e@*"))
+		return m
+	}
+	before := bases()
+	e.ok("vm", "create", "--no-start", "--image", "t2e", "--name", "t2e-2")
+	if after := bases(); len(after) != 1 || len(before) != 1 || !strings.HasSuffix(after[0], "-17179869184.raw") {
+		t.Errorf("bases of t2e: %v then %v; want one grown to 16 GiB, unchanged by a second VM", before, after)
+	}
+}
+
+// qcow2Size is the virtual size of a qcow2 file, from qemu-img.
+func qcow2Size(t *testing.T, path string) int64 {
+	t.Helper()
+	var info struct {
+		VirtualSize int64 `json:"virtual-size"`
+	}
+	if err := json.Unmarshal([]byte(run(t, "qemu-img", "info", "-U", "--output=json", path)), &info); err != nil {
+		t.Fatal(err)
+	}
+	return info.VirtualSize
 }
 
 // tar2ext4Fixture rebuilds the fixture rootfs the way image pulls build

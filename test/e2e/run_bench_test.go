@@ -50,9 +50,9 @@ func BenchmarkVMCreate2GiB(b *testing.B) {
 		banger += d
 		// vm create does not fsync the disk (internal/disk: like cp, it
 		// leaves it to writeback); the durable figure adds a sync -f of it.
-		var v struct{ Dir string }
+		var v struct{ Disk string }
 		json.Unmarshal([]byte(e.ok("vm", "inspect", name)), &v)
-		bangerSynced += d + timed(func() { run(b, "sync", "-f", filepath.Join(v.Dir, "rootfs.ext4")) })
+		bangerSynced += d + timed(func() { run(b, "sync", "-f", v.Disk) })
 		b.StopTimer()
 		run(b, "sync") // no cp below pays for banger's dirty pages
 		b.StartTimer()

@@ -179,10 +179,23 @@ func TestSecondUserLockedOut(t *testing.T) {
 		return nil
 	})
 	vmDir := filepath.Join(state, "vms")
-	for _, want := range []string{"rootfs.ext4", "console.log", "qemu.log", "agent.sock"} {
+	for _, want := range []string{"console.log", "qemu.log", "agent.sock"} {
 		m, _ := filepath.Glob(filepath.Join(vmDir, "*", want))
 		if len(m) == 0 {
 			t.Errorf("no %s under %s: the test checks too little", want, vmDir)
+		}
+	}
+	// The VM's disk is a layer in the layer store: private too.
+	layers, _ := filepath.Glob(filepath.Join(state, "layers", "*.qcow2"))
+	if len(layers) == 0 {
+		t.Errorf("no qcow2 layer under %s/layers: the test checks too little", state)
+	}
+	if fi, err := os.Stat(filepath.Join(state, "layers")); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("layer store: %v, want mode 0700", err)
+	}
+	for _, p := range layers {
+		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s: %v, want nothing for group or others", p, err)
 		}
 	}
 	// And by their own modes, not only their directory's: regular files

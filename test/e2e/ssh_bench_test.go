@@ -57,7 +57,7 @@ func BenchmarkSSHTrue(b *testing.B) {
 // line rewritten to files in dir and to a tap of the test's own.
 type bareVM struct {
 	e        *env
-	dir      string   // rootfs.ext4 (each boot's copy), seed.tar, sockets
+	dir      string   // root.disk (each boot's copy), seed.tar, sockets
 	template string   // the disk as banger would boot it, before any boot
 	args     []string // qemu arguments
 	ip       string   // the guest's address, from banger.net=
@@ -69,11 +69,13 @@ type bareVM struct {
 func newBareVM(b testing.TB, e *env, name string) *bareVM {
 	b.Helper()
 	e.ok("vm", "create", "--no-start", "--image", "fixture", "--name", name)
-	var v struct{ Dir, IP string }
+	var v struct{ Dir, IP, Disk string }
 	json.Unmarshal([]byte(e.ok("vm", "inspect", name)), &v)
 	bv := &bareVM{e: e, dir: b.TempDir(), ip: v.IP}
-	bv.template = filepath.Join(bv.dir, "template.ext4")
-	run(b, "cp", "--sparse=always", filepath.Join(v.Dir, "rootfs.ext4"), bv.template)
+	bv.template = filepath.Join(bv.dir, "template.disk")
+	// A qcow2 layer names its base (the image's, in the layer store,
+	// which stays while the image does): a copy of the layer boots alike.
+	run(b, "cp", "--sparse=always", v.Disk, bv.template)
 	run(b, "cp", filepath.Join(v.Dir, "seed.tar"), filepath.Join(bv.dir, "seed.tar"))
 	e.ok("vm", "start", name)
 	var running struct{ PID int }
@@ -91,6 +93,9 @@ func newBareVM(b testing.TB, e *env, name string) *bareVM {
 	run(b, "ip", "-n", e.ns, "tuntap", "add", "dev", tap, "mode", "tap")
 	run(b, "ip", "-n", e.ns, "link", "set", tap, "master", n.Bridge.Name, "up")
 	bv.args = bareArgs(b, raw, v.Dir, bv.dir, tap)
+	for i, a := range bv.args {
+		bv.args[i] = strings.ReplaceAll(a, v.Disk, filepath.Join(bv.dir, "root.disk"))
+	}
 	return bv
 }
 
@@ -121,12 +126,12 @@ func bareArgs(b testing.TB, cmdline []byte, vmDir, dir, tap string) []string {
 	return args
 }
 
-// start copies the template to rootfs.ext4 and starts QEMU in the env's
+// start copies the template to root.disk and starts QEMU in the env's
 // namespace; stop kills it.
 func (bv *bareVM) start(tb testing.TB) (stop func()) {
 	tb.Helper()
 	os.Remove(filepath.Join(bv.dir, "console.log"))
-	run(tb, "cp", "--sparse=always", bv.template, filepath.Join(bv.dir, "rootfs.ext4"))
+	run(tb, "cp", "--sparse=always", bv.template, filepath.Join(bv.dir, "root.disk"))
 	q := exec.Command("ip", append([]string{"netns", "exec", bv.e.ns, "qemu-system-x86_64"}, bv.args...)...)
 	var qerr strings.Builder
 	q.Stderr = &qerr

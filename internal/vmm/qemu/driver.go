@@ -124,7 +124,7 @@ func (d *Driver) Name() string { return driverName }
 // Features reports pause support, the accelerator and the agent channel.
 // QEMU snapshots are not offered.
 func (d *Driver) Features() vmm.Features {
-	return vmm.Features{Pause: true, Accel: d.accel, Transport: d.transport}
+	return vmm.Features{Pause: true, Layers: true, Accel: d.accel, Transport: d.transport}
 }
 
 // Start boots spec and returns once QEMU answers on QMP. The serial

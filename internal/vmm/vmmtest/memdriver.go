@@ -44,6 +44,15 @@ type MemOptions struct {
 	// Transport is Features.Transport. Default vmm.TransportVsock, with
 	// which Start guards vsock context ids as the host does.
 	Transport vmm.AgentTransport
+	// Layers is Features.Layers: drives may be qcow2. Without it Start
+	// refuses a qcow2 drive, as Firecracker does.
+	Layers bool
+	// Version is what Version returns; default "mem 1".
+	Version string
+	// Fail, when set, is asked before each Snapshot, FreezeDisk and
+	// Restore (op OpSnapshot, OpFreeze, OpRestore); an error it returns
+	// fails that call, as a full disk or a dead VMM would.
+	Fail func(op string) error
 	// Unavailable, when set, makes Check and every Start fail with
 	// vmm.ErrUnavailable and this message.
 	Unavailable string
@@ -129,10 +138,12 @@ func (d *MemDriver) Restart() *MemDriver { return &MemDriver{opts: d.opts, host:
 // Name returns MemOptions.Name.
 func (d *MemDriver) Name() string { return d.opts.Name }
 
-// Features reports pause (machines implement vmm.Pauser), no snapshots,
-// and the accelerator and transport of MemOptions.
+// Features reports pause and snapshots (machines implement vmm.Pauser,
+// vmm.Snapshotter and vmm.DiskFreezer; the driver vmm.Restorer and
+// vmm.Versioner), and the layers, accelerator and transport of
+// MemOptions.
 func (d *MemDriver) Features() vmm.Features {
-	return vmm.Features{Pause: true, Accel: d.opts.Accel, Transport: d.opts.Transport}
+	return vmm.Features{Snapshots: true, Pause: true, Layers: d.opts.Layers, Accel: d.opts.Accel, Transport: d.opts.Transport}
 }
 
 // Check fails with vmm.ErrUnavailable when MemOptions.Unavailable is set.
@@ -219,7 +230,7 @@ func (d *MemDriver) start(ctx context.Context, spec vmm.Spec) (*MemMachine, erro
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	vm := &memVM{
-		d: d, spec: spec, pid: h.nextPID, guest: d.opts.Guest(spec), bootedAt: time.Now(),
+		d: d, spec: spec, pid: h.nextPID, guest: d.opts.Guest(spec), bootedAt: time.Now(), memory: map[string]string{},
 		ctx: ctx, cancel: cancel, done: make(chan struct{}),
 	}
 	h.nextPID++
@@ -252,6 +263,15 @@ func (d *MemDriver) validate(s vmm.Spec) error {
 	for i, dr := range s.Drives {
 		if dr.ID == "" || dr.Path == "" {
 			errs = append(errs, fmt.Errorf("drive %d %q: id and path must be set", i, dr.ID))
+		}
+		switch dr.Format {
+		case "", vmm.FormatRaw:
+		case vmm.FormatQCOW2:
+			if !d.opts.Layers {
+				errs = append(errs, fmt.Errorf("drive %q: format qcow2: this vmm takes raw disks only", dr.ID))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("drive %q: format %q: use raw or qcow2", dr.ID, dr.Format))
 		}
 		if dr.Root && i != 0 {
 			errs = append(errs, fmt.Errorf("root drive %q must be the first drive", dr.ID))

@@ -46,7 +46,7 @@ func memSpec(t *testing.T) vmm.Spec {
 func TestMemDriverSuite(t *testing.T) {
 	vmmtest.Run(t, vmmtest.Harness{
 		Name:     "mem",
-		Features: vmm.Features{Pause: true, Accel: vmm.AccelKVM, Transport: vmm.TransportVsock},
+		Features: vmm.Features{Snapshots: true, Pause: true, Accel: vmm.AccelKVM, Transport: vmm.TransportVsock},
 		New:      func(*testing.T) vmm.Driver { return newMem(vmmtest.MemOptions{}) },
 		Spec: func(t *testing.T, g vmmtest.Guest) vmm.Spec {
 			s := memSpec(t)

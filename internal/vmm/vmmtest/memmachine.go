@@ -24,10 +24,12 @@ type memVM struct {
 	cancel   context.CancelFunc
 	done     chan struct{} // closed once the machine ended
 
-	mu     sync.Mutex // guards the fields below
-	paused bool
-	exit   string     // how it ended; "" while it runs
-	conns  []net.Conn // guest ends of agent connections
+	mu       sync.Mutex // guards the fields below
+	restored bool       // started by Restore
+	paused   bool
+	memory   map[string]string // the pretend guest's memory: what a snapshot keeps
+	exit     string            // how it ended; "" while it runs
+	conns    []net.Conn        // guest ends of agent connections
 }
 
 // MemMachine is a machine of a MemDriver: a vmm.Machine and vmm.Pauser,
