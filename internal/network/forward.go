@@ -62,14 +62,7 @@ var loopback127 = netip.MustParsePrefix("127.0.0.0/8")
 func forwardComment(id, text string) string { return "banger: fwd " + id + ": " + text }
 
 // forwardOwner returns the vm id of a forward rule, or "".
-func forwardOwner(r *nftables.Rule) string {
-	rest, ok := strings.CutPrefix(ruleComment(r), "banger: fwd ")
-	if !ok {
-		return ""
-	}
-	id, _, _ := strings.Cut(rest, ":")
-	return id
-}
+func forwardOwner(r *nftables.Rule) string { return commentOwner(r, "fwd") }
 
 // forwardRule is f's DNAT rule for guest address guest.
 func forwardRule(id string, guest netip.Addr, f Forward) (natRule, error) {

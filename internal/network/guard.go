@@ -90,8 +90,12 @@ func (g Guest) check() error {
 func guestComment(id, text string) string { return "banger: vm " + id + ": " + text }
 
 // ruleOwner returns the vm id of a per-guest rule, or "".
-func ruleOwner(r *nftables.Rule) string {
-	rest, ok := strings.CutPrefix(ruleComment(r), "banger: vm ")
+func ruleOwner(r *nftables.Rule) string { return commentOwner(r, "vm") }
+
+// commentOwner returns the vm id of a rule whose comment starts
+// "banger: KIND ID:", or "".
+func commentOwner(r *nftables.Rule, kind string) string {
+	rest, ok := strings.CutPrefix(ruleComment(r), "banger: "+kind+" ")
 	if !ok {
 		return ""
 	}
