@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"banger/internal/api"
 	"banger/internal/client"
 )
 
@@ -25,6 +26,7 @@ func newDaemonCmd() *cobra.Command {
 				return printJSON(v)
 			}
 			cmd.Printf("bangerd %s running (pid %d) since %s, state in %s\n", v.Version, v.PID, v.StartedAt.Format(time.RFC3339), v.StateDir)
+			cmd.Println(webLine(v.Web))
 			return nil
 		},
 	}
@@ -75,6 +77,18 @@ func newDaemonCmd() *cobra.Command {
 	}
 	cmd.AddCommand(status, start, stop, restart)
 	return cmd
+}
+
+// webLine says where the web UI is, or why it is not served.
+func webLine(w api.WebStatus) string {
+	switch {
+	case w.Addr == "":
+		return `web ui: disabled (web_listen_addr = "")`
+	case w.Error != "":
+		return fmt.Sprintf("web ui: not served on %s: %s (see banger doctor)", w.Addr, w.Error)
+	default:
+		return "web ui: " + w.URL
+	}
 }
 
 func stopDaemon(cmd *cobra.Command) error {

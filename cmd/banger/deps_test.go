@@ -10,7 +10,7 @@ import (
 
 // TestCLIDeps keeps the CLI a thin client of bangerd: it must not link
 // the daemon, the image and kernel builders, the store (sqlite), the host
-// network or the VMM drivers.
+// network, the VMM drivers or the web UI.
 func TestCLIDeps(t *testing.T) {
 	gobin, err := exec.LookPath("go")
 	if err != nil {
@@ -24,6 +24,7 @@ func TestCLIDeps(t *testing.T) {
 		"banger/internal/daemon", "banger/internal/image", "banger/internal/kernel",
 		"banger/internal/store", "banger/internal/network",
 		"banger/internal/vmm/qemu", "banger/internal/vmm/firecracker",
+		"banger/internal/web", "github.com/coder/websocket", "github.com/chromedp",
 	}
 	deps := strings.Fields(string(out))
 	for _, d := range deps {

@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"banger/internal/api"
 	"banger/internal/client"
 	"banger/internal/config"
 	"banger/internal/doctor"
@@ -33,6 +35,12 @@ required for the configured path is missing.`,
 				StateDir: d.State,
 				DaemonCheck: func(ctx context.Context) error {
 					return client.New(d.Socket()).Ping(ctx)
+				},
+				Web: func(ctx context.Context) (api.WebStatus, error) {
+					ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+					defer cancel()
+					v, err := client.New(d.Socket()).Version(ctx)
+					return v.Web, err
 				},
 			})
 			if asJSON {

@@ -45,6 +45,7 @@ func newRootCmd() *cobra.Command {
 		newVMCmd(),
 		newKernelCmd(),
 		newImageCmd(),
+		newSnapshotCmd(),
 		newNetworkCmd(),
 	)
 	return root

@@ -18,6 +18,7 @@ func newVMCmd() *cobra.Command {
 	cmd.AddCommand(newVMCreateCmd(), newVMStartCmd(), newVMStopCmd(), newVMDeleteCmd(),
 		newVMListCmd(), newVMInspectCmd(), newVMLogsCmd(), newVMExecCmd(), newVMCpCmd(), newVMSessionCmd(), newVMACPCmd(), newVMNetCmd(), newVMPortCmd())
 	cmd.AddCommand(newVMRunCmds()...)
+	cmd.AddCommand(newVMSnapshotCmds()...)
 	return cmd
 }
 
@@ -28,12 +29,15 @@ func newVMCreateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create a VM from an image and start it",
-		Long: `Create a VM from an image: it gets its own writable copy of the image's
-root filesystem, and boots unless --no-start is given. The command returns
-once the guest agent answers (bounded by --ready-timeout).
+		Long: `Create a VM from an image: it gets its own writable disk over the image's
+root filesystem (under qemu a qcow2 layer, nothing copied; under firecracker
+a reflink or copy), and boots unless --no-start is given. The command returns
+once the guest agent answers (bounded by --ready-timeout). With
+--from-snapshot it starts from a snapshot's memory instead (banger vm
+snapshot), with its own identity.
 
-The root disk is --disk (default vm_disk in config.toml, 16G), a sparse
-file; / in the guest fills it (grown online at boot where the filesystem
+The root disk is --disk (default vm_disk in config.toml, 16G), thin on the
+host; / in the guest fills it (grown online at boot where the filesystem
 allows, else by resize2fs here). See docs/disks.md.
 
 -p forwards a host port to a guest port (banger vm port; docs/networking.md).`,
@@ -67,6 +71,7 @@ allows, else by resize2fs here). See docs/disks.md.
 	}
 	f := cmd.Flags()
 	f.StringVar(&req.Image, "image", "", "image to boot (see banger image list)")
+	f.StringVar(&req.FromSnapshot, "from-snapshot", "", "start from this snapshot's memory and disk instead of booting (banger snapshot list)")
 	f.StringVar(&req.Name, "name", "", "VM name (default: a generated one)")
 	f.StringVar(&req.Kernel, "kernel", "", "kernel bundle, overriding the image's")
 	sizeFlags(cmd, &req, &memory, &disk)

@@ -120,7 +120,7 @@ func ReadKeyFile(path string) ([]byte, error) {
 
 // accept runs the handshake on conn and logs a peer that fails it.
 func (s *Server) accept(rw io.ReadWriter, peer string) (io.Reader, error) {
-	r, err := guest.AcceptHost(rw, s.key())
+	r, err := guest.AcceptHost(rw, s.key)
 	if errors.Is(err, guest.ErrUnauthenticated) {
 		s.logger.Warn("refused an unauthenticated host", "peer", peer, "err", err)
 	}

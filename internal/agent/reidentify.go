@@ -363,3 +363,21 @@ func (k *stagedKey) discard() {
 		os.Remove(k.tmp)
 	}
 }
+
+// Pretend makes reidentify change nothing of the machine the agent runs
+// on: the guest's files go under root, and the clock, network, hostname
+// and sshd changes are only reported to record (step, what). It is for
+// tests of the host side (the daemon's, over an in-memory VMM), which
+// serve this agent in-process and must not touch the test machine.
+func (s *Server) Pretend(root string, record func(step, what string)) {
+	s.root = root
+	s.sys = system{
+		setClock: func(t time.Time) error { record("clock", t.UTC().Format(time.RFC3339)); return nil },
+		setNetwork: func(c guestnet.Config) error {
+			record("network", fmt.Sprintf("%s %s via %s", c.MAC, c.Addr, c.GW))
+			return nil
+		},
+		setHostname: func(h string) error { record("hostname", h); return nil },
+		restartSSHD: func(context.Context) error { record("sshd", "reloaded"); return nil },
+	}
+}

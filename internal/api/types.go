@@ -9,6 +9,8 @@ type VersionInfo struct {
 	PID        int       `json:"pid"`
 	StateDir   string    `json:"state_dir"`
 	StartedAt  time.Time `json:"started_at"`
+	// Web is the state of the daemon's web UI.
+	Web WebStatus `json:"web"`
 }
 
 // VM states.
@@ -17,6 +19,7 @@ const (
 	StateCreated  = "created"  // disk made, never started
 	StateStarting = "starting" // VMM started, waiting for the agent
 	StateRunning  = "running"  // agent answered
+	StatePaused   = "paused"   // vCPUs stopped by vm pause; the VMM runs
 	StateStopped  = "stopped"  // VMM exited cleanly or was stopped
 	StateFailed   = "failed"   // start or run failed; see LastError and logs
 	StateDeleting = "deleting" // being deleted; a restarted daemon finishes it
@@ -114,6 +117,8 @@ type Kernel struct {
 	Source    string    `json:"source"`
 	SHA256    string    `json:"sha256,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// SizeBytes is what its files (kernel, initrd, modules) take.
+	SizeBytes int64 `json:"size_bytes"`
 }
 
 // PullKernelRequest is the body of POST /v1/kernels/pull.

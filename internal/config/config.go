@@ -34,6 +34,9 @@ type Config struct {
 	QEMUBin string `toml:"qemu_bin" json:"qemu_bin"`
 	// WebListenAddr is the host:port of the web UI; empty disables it.
 	WebListenAddr string `toml:"web_listen_addr" json:"web_listen_addr"`
+	// WebAllowRemote lets web_listen_addr be a non-loopback address. The
+	// UI has no login: anyone who reaches it drives the VMs.
+	WebAllowRemote bool `toml:"web_allow_remote" json:"web_allow_remote"`
 	// BridgeName is the host bridge the VMs' taps join.
 	BridgeName string `toml:"bridge_name" json:"bridge_name"`
 	// BridgeIP is the host's address on the bridge, inside CIDR. When only

@@ -63,6 +63,10 @@ func TestLoadEveryKey(t *testing.T) {
 		{"web_listen_addr", `web_listen_addr = "127.0.0.1:8080"`, func(c *Config) { c.WebListenAddr = "127.0.0.1:8080" }},
 		{"web_listen_addr ipv6", `web_listen_addr = "[::1]:80"`, func(c *Config) { c.WebListenAddr = "[::1]:80" }},
 		{"web_listen_addr disabled", `web_listen_addr = ""`, func(c *Config) { c.WebListenAddr = "" }},
+		{"web_listen_addr localhost", `web_listen_addr = "localhost:7000"`, func(c *Config) { c.WebListenAddr = "localhost:7000" }},
+		{"web_listen_addr remote allowed", "web_allow_remote = true\nweb_listen_addr = \"0.0.0.0:7777\"", func(c *Config) {
+			c.WebListenAddr, c.WebAllowRemote = "0.0.0.0:7777", true
+		}},
 		{"bridge_name", `bridge_name = "br-dev.15chars0"`, func(c *Config) { c.BridgeName = "br-dev.15chars0" }},
 		{"bridge_ip", `bridge_ip = "172.16.0.254"`, func(c *Config) { c.BridgeIP = netip.MustParseAddr("172.16.0.254") }},
 		{"cidr alone moves bridge_ip", `cidr = "10.20.0.0/16"`, func(c *Config) {
@@ -144,6 +148,7 @@ vm_cpus = 4
 vm_memory = "2G"
 vm_disk = "32G"
 warm_start = false
+web_allow_remote = false
 `
 	p := writeConfig(t, body)
 	_, src, err := Load(p)

@@ -52,6 +52,7 @@ var keys = []key{
 	{"vm_memory", applyVMMemory, func(c Config) any { return FormatSize(int64(c.VMMemoryMiB) << 20) }},
 	{"vmm", applyVMM, func(c Config) any { return c.VMM }},
 	{"warm_start", applyWarmStart, func(c Config) any { return c.WarmStart }},
+	{"web_allow_remote", applyWebAllowRemote, func(c Config) any { return c.WebAllowRemote }},
 	{"web_listen_addr", applyWebListenAddr, func(c Config) any { return c.WebListenAddr }},
 }
 
@@ -151,6 +152,39 @@ func applyWebListenAddr(c *Config, v any) error {
 	}
 	c.WebListenAddr = s
 	return nil
+}
+
+func applyWebAllowRemote(c *Config, v any) error {
+	b, ok := v.(bool)
+	if !ok {
+		return fmt.Errorf("web_allow_remote: expected true or false, got %s", tomlType(v))
+	}
+	c.WebAllowRemote = b
+	return nil
+}
+
+// WebLoopback reports whether addr (host:port) listens on loopback only:
+// a loopback IP or "localhost". An empty host means every interface.
+func WebLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// checkWeb refuses a web UI reachable from other hosts unless asked for:
+// the UI has no login.
+func checkWeb(c Config) error {
+	if c.WebListenAddr == "" || c.WebAllowRemote || WebLoopback(c.WebListenAddr) {
+		return nil
+	}
+	return fmt.Errorf("web_listen_addr = %q is not a loopback address: the web UI has no login, so anyone who reaches it drives your VMs; "+
+		"use 127.0.0.1:PORT, or set web_allow_remote = true if you mean it", c.WebListenAddr)
 }
 
 // maxIfname is IFNAMSIZ-1: the longest Linux interface name.

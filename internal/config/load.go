@@ -142,6 +142,9 @@ func Parse(name string, data []byte) (Config, Sources, error) {
 		}
 		return Config{}, nil, &Error{File: name, Line: positions[at].Line, Key: at, Msg: err.Error()}
 	}
+	if err := checkWeb(cfg); err != nil {
+		return Config{}, nil, &Error{File: name, Line: positions["web_listen_addr"].Line, Key: "web_listen_addr", Msg: err.Error()}
+	}
 	return cfg, src, nil
 }
 

@@ -11,7 +11,7 @@ import (
 func TestKeysSortedAndComplete(t *testing.T) {
 	want := []string{"bridge_ip", "bridge_name", "cidr", "console_log_max_mib", "credential_files", "debian_keyring", "debian_mirror", "default_dns",
 		"default_image_name", "firecracker_bin", "image_max_bytes", "image_max_entries", "jailer_bin", "qemu_bin", "session_log_max_mib", "ssh_key_path",
-		"tap_pool_size", "vm_cpus", "vm_disk", "vm_memory", "vmm", "warm_start", "web_listen_addr"}
+		"tap_pool_size", "vm_cpus", "vm_disk", "vm_memory", "vmm", "warm_start", "web_allow_remote", "web_listen_addr"}
 	if diff := cmp.Diff(want, Keys()); diff != "" {
 		t.Errorf("Keys() (-want +got):\n%s", diff)
 	}

@@ -54,6 +54,8 @@ type Server struct {
 	images   *image.Store
 	kernels  *kernel.Store
 	pulls    keyedMutex // by image name: one pull of a name at a time
+	events   *eventBus  // VM changes, for GET /v1/events
+	web      webState
 }
 
 // Run serves until ctx is done. It takes the state directory's lock
@@ -104,7 +106,8 @@ func Run(ctx context.Context, opts Options) error {
 // image and kernel stores (cleaning what a killed pull left), the VMM
 // user and drivers, the network and the VMs.
 func newServer(ctx context.Context, opts Options, st *store.Store, shutdown context.CancelFunc) (*Server, error) {
-	s := &Server{opts: opts, log: opts.Logger, store: st, started: time.Now(), shutdown: shutdown}
+	s := &Server{opts: opts, log: opts.Logger, store: st, started: time.Now(), shutdown: shutdown, events: newEventBus()}
+	st.OnVMChange(s.events.vmChanged)
 	s.images = &image.Store{Dir: filepath.Join(opts.Dirs.State, "images"), AgentBin: opts.AgentBin,
 		Limits: image.Limits{Bytes: opts.Config.ImageMaxBytes, Entries: opts.Config.ImageMaxEntries}}
 	s.kernels = &kernel.Store{
@@ -117,6 +120,7 @@ func newServer(ctx context.Context, opts Options, st *store.Store, shutdown cont
 	// What a daemon killed mid-pull left: staging trees (and debootstrap's
 	// mounts in them), partial blobs, an image moved aside mid-replace.
 	s.images.RemoveStale(s.started, filepath.Join(opts.Dirs.Cache, "oci"))
+	s.kernels.RemoveStale(s.started)
 	s.vmmUser = ensureVMMUser(ctx, opts.Logger)
 	drivers, def := newDrivers(opts.Config, opts.Logger, s.vmmUser)
 	s.log.Info("vmm chosen", "vmm", def.VMM, "accel", def.Accel, "reason", def.Reason)
@@ -160,12 +164,14 @@ func (s *Server) serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	mux := s.routes()
 	srv := &http.Server{
-		Handler:     withVersion(s.peerCheck(s.routes())),
+		Handler:     withVersion(s.peerCheck(mux)),
 		BaseContext: func(net.Listener) context.Context { return ctx },
 		ConnContext: withPeer,
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	s.serveWeb(gctx, g, withVersion(mux))
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -214,6 +220,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/version", s.handleVersion)
 	mux.HandleFunc("POST /v1/shutdown", s.handleShutdown)
 	mux.HandleFunc("GET /v1/network", s.handleNetwork)
+	mux.HandleFunc("GET /v1/events", s.handleEvents)
+	mux.HandleFunc("GET /v1/doctor", s.handleDoctor)
 	s.vmRoutes(mux)
 	s.sessionRoutes(mux)
 	s.kernelRoutes(mux)
@@ -225,13 +233,18 @@ func (s *Server) routes() http.Handler {
 }
 
 func (s *Server) handleVersion(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, api.VersionInfo{
+	writeJSON(w, http.StatusOK, s.versionInfo())
+}
+
+func (s *Server) versionInfo() api.VersionInfo {
+	return api.VersionInfo{
 		Version:    version.String(),
 		APIVersion: api.Version,
 		PID:        os.Getpid(),
 		StateDir:   s.opts.Dirs.State,
 		StartedAt:  s.started,
-	})
+		Web:        s.web.get(),
+	}
 }
 
 func (s *Server) handleShutdown(w http.ResponseWriter, r *http.Request) {

@@ -42,6 +42,9 @@ func (s *Server) handleImagePull(w http.ResponseWriter, r *http.Request) {
 		st.finish(nil, fmt.Errorf("pulling %s: %w", req.Ref, err))
 		return
 	}
+	// A refresh replaced the image: the base of the old one goes once no
+	// VM builds on it.
+	s.vms.gcLayers(r.Context(), false)
 	st.finish(imageView(im), nil)
 }
 

@@ -11,7 +11,7 @@ import (
 )
 
 func (s *Server) imageRoutes(mux *http.ServeMux) {
-	entryRoutes(s, mux, "image", s.images.List, s.images.Get, imageView, s.store.VMsUsingImage, s.deleteImage)
+	entryRoutes(s, mux, "image", s.images.List, s.images.Get, imageView, s.imageUsers, s.deleteImage)
 	mux.HandleFunc("POST /v1/images/register", s.handleImageRegister)
 	s.imagePullRoutes(mux)
 }
@@ -109,7 +109,7 @@ func (s *Server) deleteUnused(w http.ResponseWriter, r *http.Request, kind strin
 	}
 	if len(vms) > 0 {
 		writeErr(w, api.Errorf(api.Conflict, "%s %q is used by vms: %s", kind, name, strings.Join(vms, ", ")).
-			WithHint("delete those VMs first"))
+			WithHint("delete those first (banger vm delete, banger snapshot delete)"))
 		return
 	}
 	if err := del(r.Context(), name); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 
 	"banger/internal/api"
 	"banger/internal/kernel"
@@ -11,7 +12,18 @@ import (
 
 func (s *Server) kernelRoutes(mux *http.ServeMux) {
 	del := func(_ context.Context, name string) error { return s.kernels.Delete(name) }
-	entryRoutes(s, mux, "kernel", s.kernels.List, s.kernels.Get, kernelView, s.store.VMsUsingKernel, del)
+	users := func(ctx context.Context, name string) ([]string, error) {
+		vms, err := s.store.VMsUsingKernel(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		snaps, err := s.store.SnapshotsUsingKernel(ctx, name)
+		for _, sn := range snaps {
+			vms = append(vms, "snapshot "+sn)
+		}
+		return vms, err
+	}
+	entryRoutes(s, mux, "kernel", s.kernels.List, s.kernels.Get, kernelView, users, del)
 	mux.HandleFunc("POST /v1/kernels/pull", s.handleKernelPull)
 	mux.HandleFunc("POST /v1/kernels/import", s.handleKernelImport)
 	mux.HandleFunc("POST /v1/kernels/register", s.handleKernelRegister)
@@ -19,7 +31,18 @@ func (s *Server) kernelRoutes(mux *http.ServeMux) {
 
 func kernelView(b kernel.Bundle) api.Kernel {
 	return api.Kernel{Name: b.Name, Release: b.Release, Kernel: b.Kernel, Initrd: b.Initrd, Modules: b.Modules,
-		Source: b.Source, SHA256: b.SHA256, CreatedAt: b.CreatedAt}
+		Source: b.Source, SHA256: b.SHA256, CreatedAt: b.CreatedAt, SizeBytes: filesSize(b.Kernel, b.Initrd, b.Modules)}
+}
+
+// filesSize is the bytes the files at paths take; missing ones count 0.
+func filesSize(paths ...string) int64 {
+	var n int64
+	for _, p := range paths {
+		if fi, err := os.Stat(p); err == nil && p != "" {
+			n += fi.Size()
+		}
+	}
+	return n
 }
 
 func (s *Server) handleKernelPull(w http.ResponseWriter, r *http.Request) {

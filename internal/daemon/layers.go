@@ -271,3 +271,22 @@ func (l *layerStore) sweep(dir string, keep, live map[string]bool, startup bool)
 		l.log.Info("removed unused layer file", "file", p)
 	}
 }
+
+// chain is the files of the layer called name and those below it in the
+// store, top first.
+func (l *layerStore) chain(name string) ([]string, error) {
+	var out []string
+	p := l.path(name)
+	for range maxChain {
+		out = append(out, p)
+		b, _, err := disk.Backing(p)
+		if err != nil {
+			return out, err
+		}
+		if b == "" || !strings.HasPrefix(b, l.dir+"/") {
+			return out, nil
+		}
+		p = b
+	}
+	return out, fmt.Errorf("layer %s: backing chain deeper than %d", name, maxChain)
+}

@@ -38,8 +38,13 @@ func needLayerTools(t *testing.T) {
 // user key create needs.
 func layerRig(t *testing.T, layers bool) *lifeRig {
 	t.Helper()
+	return layerRigWith(t, vmmtest.MemOptions{Layers: layers})
+}
+
+func layerRigWith(t *testing.T, opts vmmtest.MemOptions) *lifeRig {
+	t.Helper()
 	needLayerTools(t)
-	r := newLifeRig(t, vmmtest.MemOptions{Layers: layers})
+	r := newLifeRig(t, opts)
 	r.m.images = &image.Store{Dir: filepath.Join(r.dir, "images")}
 	r.m.kernels = &kernel.Store{Dir: filepath.Join(r.dir, "kernels")}
 	r.m.cfg.UserSSHKey = filepath.Join(r.dir, "id_ed25519")

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 
 	"banger/internal/api"
+	"banger/internal/crashpoint"
 	"banger/internal/network"
 	"banger/internal/portfwd"
 	"banger/internal/store"
@@ -125,11 +126,13 @@ func (m *vmManager) addPorts(ctx context.Context, name string, specs []string) (
 	if err := m.store.AddPorts(ctx, v.ID, ps); err != nil {
 		return nil, portError(err)
 	}
+	crashpoint.Hit(crashpoint.PortAfterRecord)
 	if m.machine(v.ID) != nil {
 		if err := m.listenPorts(ctx, v, ps); err != nil {
 			m.store.RemovePorts(context.WithoutCancel(ctx), v.ID, ps)
 			return nil, err
 		}
+		crashpoint.Hit(crashpoint.PortAfterListen)
 	}
 	return m.portsView(ctx, v.ID), nil
 }

@@ -22,6 +22,7 @@ var stateSubdirs = []struct {
 }{
 	{"vms", 0o700},
 	{"layers", 0o700},
+	{"snapshots", 0o700},
 	{"images", 0o755},
 	{"kernels", 0o755},
 	{"run", 0o700},

@@ -54,7 +54,7 @@ func (s *Server) handlePutFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := a.Put(r.Context(), path, mode, 0, 0, r.Body); err != nil {
-		writeErr(w, err)
+		writeErr(w, fmt.Errorf("vm %q: %w", r.PathValue("name"), err))
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"path": path})
@@ -90,9 +90,9 @@ func (s *Server) handleGetFile(w http.ResponseWriter, r *http.Request) {
 		lw.Write(nil) // an empty file
 	case err != nil && !lw.started:
 		if ge := guest.ToRemoteError(err); ge.Kind == guest.KindNotExist {
-			err = api.Errorf(api.NotFound, "%s does not exist in the guest", path)
+			err = api.Errorf(api.NotFound, "%s does not exist in the guest of vm %q", path, r.PathValue("name"))
 		}
-		writeErr(w, err)
+		writeErr(w, fmt.Errorf("vm %q: %w", r.PathValue("name"), err))
 	case err != nil:
 		panic(http.ErrAbortHandler) // the client sees a truncated body, not a short file
 	}

@@ -32,6 +32,7 @@ func (s *Server) vmRoutes(mux *http.ServeMux) {
 	s.netRoutes(mux)
 	s.runRoutes(mux)
 	s.portRoutes(mux)
+	s.snapshotRoutes(mux)
 }
 
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/crashpoint"
 	"banger/internal/guest"
 	"banger/internal/kernel"
 	"banger/internal/store"
@@ -37,6 +38,7 @@ func (m *vmManager) startLocked(ctx context.Context, v *store.VM, kb kernel.Bund
 	if mc := m.machine(v.ID); mc != nil {
 		return api.VM{}, api.Errorf(api.Conflict, "vm %q is already running", v.Name)
 	}
+	first := v.State == api.StateCreating // a create's first start: its own crash points
 	driver, ok := m.drivers[v.VMM]
 	if !ok {
 		return api.VM{}, api.Errorf(api.Unavailable, "vm %q uses vmm %q, which is not available on this host", v.Name, v.VMM).
@@ -51,11 +53,13 @@ func (m *vmManager) startLocked(ctx context.Context, v *store.VM, kb kernel.Bund
 	if err := m.openPorts(ctx, *v); err != nil {
 		return api.VM{}, fmt.Errorf("starting vm %q: %w", v.Name, err)
 	}
+	crashpoint.Hit(startPoint(first, crashpoint.VMCreateAfterPorts, crashpoint.VMStartAfterPorts))
 	defer m.closePortsUnlessRunning(v.ID)
 	nic, netArg, err := m.net.attach(ctx, v.ID)
 	if err != nil {
 		return api.VM{}, fmt.Errorf("vm %q network: %w", v.Name, err)
 	}
+	crashpoint.Hit(startPoint(first, crashpoint.VMCreateAfterTap, crashpoint.VMStartAfterTap))
 	spec := m.specFor(*v, kb, nic, netArg)
 	// Each boot's log starts fresh, and private: QEMU appends to the file
 	// as it finds it rather than creating it 0644.
@@ -72,6 +76,7 @@ func (m *vmManager) startLocked(ctx context.Context, v *store.VM, kb kernel.Bund
 		m.store.UpdateVM(context.WithoutCancel(ctx), *v)
 		return api.VM{}, fmt.Errorf("starting vm %q: %w", v.Name, err)
 	}
+	crashpoint.Hit(startPoint(first, crashpoint.VMCreateAfterVMM, crashpoint.VMStartAfterVMM))
 	v.State, v.LastError, v.Spec, v.Handle = api.StateStarting, "", marshal(spec), marshal(mc.Handle())
 	v.VsockCID = spec.VsockCID
 	if err := m.store.UpdateVM(ctx, *v); err != nil {
@@ -79,6 +84,7 @@ func (m *vmManager) startLocked(ctx context.Context, v *store.VM, kb kernel.Bund
 		return api.VM{}, err
 	}
 	m.track(ctx, *v, mc)
+	crashpoint.Hit(startPoint(first, crashpoint.VMCreateAfterStarting, crashpoint.VMStartAfterStarting))
 
 	p("waiting for guest agent", 0, 0)
 	if readyTimeout <= 0 {
@@ -97,6 +103,7 @@ func (m *vmManager) startLocked(ctx context.Context, v *store.VM, kb kernel.Bund
 		return api.VM{}, err
 	}
 	m.afterBoot(ctx, v)
+	crashpoint.Hit(startPoint(first, crashpoint.VMCreateAfterReady, crashpoint.VMStartAfterReady))
 	v.State = api.StateRunning
 	if err := m.store.UpdateVM(ctx, *v); err != nil {
 		return api.VM{}, err
@@ -232,6 +239,11 @@ func (m *vmManager) agent(ctx context.Context, v store.VM) (*guest.Client, error
 	// connection, and a second dial would replace the first one's client
 	// under its users.
 	defer m.dials.lock(v.ID)()
+	return m.agentLocked(ctx, v)
+}
+
+// agentLocked is agent for a caller that holds m.dials' lock of v.
+func (m *vmManager) agentLocked(ctx context.Context, v store.VM) (*guest.Client, error) {
 	if a := m.liveAgent(v.ID); a != nil {
 		return a, nil
 	}
@@ -307,6 +319,9 @@ func (m *vmManager) stopLocked(ctx context.Context, v *store.VM, force bool, tim
 		if timeout <= 0 {
 			timeout = 20 * time.Second
 		}
+		if p, ok := mc.(vmm.Pauser); ok && v.State == api.StatePaused && !force {
+			p.Resume(ctx) // a paused guest cannot hear the power button
+		}
 		if force {
 			mc.Kill()
 		} else {
@@ -330,10 +345,12 @@ func (m *vmManager) stopLocked(ctx context.Context, v *store.VM, force bool, tim
 		case <-time.After(10 * time.Second):
 			return fmt.Errorf("vmm of %q did not exit after kill", v.Name)
 		}
+		crashpoint.Hit(crashpoint.VMStopAfterVMM)
 	}
 	m.forget(v.ID, nil)
 	m.sessions.VMGone(v.ID, "the vm was stopped")
 	m.net.detach(context.WithoutCancel(ctx), v.ID)
+	crashpoint.Hit(crashpoint.VMStopAfterDetach)
 	if v.State != api.StateCreated {
 		v.State = api.StateStopped
 	}
@@ -351,6 +368,7 @@ func (m *vmManager) delete(ctx context.Context, name string, force bool) error {
 	if err := m.stopLocked(ctx, &v, force, 10*time.Second); err != nil {
 		return err
 	}
+	crashpoint.Hit(crashpoint.VMDeleteAfterStop)
 	// Crash-safe order: mark the row, remove the files, then the row. A
 	// daemon killed in between finishes the job at its next start
 	// (adoptAll), so no row ever points at half-removed files.
@@ -358,6 +376,7 @@ func (m *vmManager) delete(ctx context.Context, name string, force bool) error {
 	if err := m.store.UpdateVM(context.WithoutCancel(ctx), v); err != nil {
 		return err
 	}
+	crashpoint.Hit(crashpoint.VMDeleteAfterMark)
 	return m.removeVM(context.WithoutCancel(ctx), v)
 }
 
@@ -390,7 +409,7 @@ func (m *vmManager) adoptAll(ctx context.Context) error {
 			m.store.DeleteVM(ctx, v.ID)
 			continue
 		}
-		if v.State != api.StateRunning && v.State != api.StateStarting && v.State != api.StateFailed {
+		if v.State != api.StateRunning && v.State != api.StateStarting && v.State != api.StateFailed && v.State != api.StatePaused {
 			if pids := reapOrphans(v.Dir); len(pids) > 0 {
 				m.log.Warn("killed unrecorded vmm of a vm that was starting when the daemon died", "vm", v.Name, "pids", pids)
 			}
@@ -431,8 +450,10 @@ func (m *vmManager) adoptAll(ctx context.Context) error {
 			}(v)
 		}
 	}
-	// What a daemon killed mid-create or mid-delete left in the layer
-	// store: layers no row names, bases nothing builds on.
+	// What a daemon killed mid-snapshot, mid-create or mid-delete left:
+	// half-made snapshots, then layers no row names and bases nothing
+	// builds on.
+	m.cleanSnapshots(ctx)
 	m.gcLayers(ctx, true)
 	return nil
 }
@@ -463,6 +484,7 @@ func (m *vmManager) removeVM(ctx context.Context, v store.VM) error {
 	if err := os.RemoveAll(v.Dir); err != nil {
 		return fmt.Errorf("removing %s: %w", v.Dir, err)
 	}
+	crashpoint.Hit(crashpoint.VMDeleteAfterFiles)
 	m.mu.Lock()
 	delete(m.warnings, v.ID)
 	m.mu.Unlock()

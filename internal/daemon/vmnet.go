@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"banger/internal/api"
+	"banger/internal/crashpoint"
 	"banger/internal/store"
 )
 
@@ -90,6 +91,7 @@ func (m *vmManager) setNet(ctx context.Context, name string, req api.SetNetReque
 	if err := m.store.UpdateVM(ctx, v); err != nil {
 		return api.VM{}, err
 	}
+	crashpoint.Hit(crashpoint.NetAfterRecord)
 	if np, ok := m.net.(vmPolicies); ok && m.machine(v.ID) != nil {
 		if err := np.applyPolicy(ctx, v.ID, &p); err != nil {
 			// The old policy stays in force; so does its record.
@@ -98,6 +100,7 @@ func (m *vmManager) setNet(ctx context.Context, name string, req api.SetNetReque
 			np.applyPolicy(context.WithoutCancel(ctx), v.ID, nil)
 			return api.VM{}, err
 		}
+		crashpoint.Hit(crashpoint.NetAfterApply)
 	}
 	return m.view(ctx, v), nil
 }

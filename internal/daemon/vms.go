@@ -18,6 +18,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/config"
+	"banger/internal/crashpoint"
 	"banger/internal/disk"
 	"banger/internal/guest"
 	"banger/internal/image"
@@ -90,6 +91,7 @@ type vmNetwork interface {
 type vmSettings struct {
 	VMsDir        string // a VM's files go in VMsDir/<id>
 	LayersDir     string // qcow2 layers and their bases; "": beside VMsDir
+	SnapshotsDir  string // a snapshot's files go in SnapshotsDir/<id>; "": beside VMsDir
 	DefaultImage  string // image of a VM created without one
 	ConsoleLogMax int64  // bytes of console log kept per VM
 	VCPUs         int    // vCPUs of a VM created without them; 0: defaultVCPUs
@@ -108,6 +110,9 @@ func newVMManager(p vmParts) *vmManager {
 	}
 	if p.ports == nil {
 		p.ports = portfwd.New(context.Background(), p.log) // tests; the daemon passes its own
+	}
+	if p.cfg.SnapshotsDir == "" {
+		p.cfg.SnapshotsDir = filepath.Join(filepath.Dir(p.cfg.VMsDir), "snapshots")
 	}
 	if p.cfg.LayersDir == "" {
 		p.cfg.LayersDir = filepath.Join(filepath.Dir(p.cfg.VMsDir), "layers")
@@ -143,6 +148,9 @@ const (
 // The VM's name is locked throughout, so no stop or delete of it can
 // slip in between.
 func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progressFunc) (api.VM, error) {
+	if req.FromSnapshot != "" {
+		return m.createFromSnapshot(ctx, req, p)
+	}
 	im, kb, err := m.resolve(ctx, &req)
 	if err != nil {
 		return api.VM{}, err
@@ -170,10 +178,12 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 		}
 		return api.VM{}, err
 	}
+	crashpoint.Hit(crashpoint.VMCreateAfterRow)
 	if _, err := m.net.lease(ctx, id); err != nil {
 		m.store.DeleteVM(context.WithoutCancel(ctx), id)
 		return api.VM{}, err
 	}
+	crashpoint.Hit(crashpoint.VMCreateAfterLease)
 	if err := m.recordCreatePorts(ctx, id, req.Ports); err != nil {
 		m.store.DeleteVM(context.WithoutCancel(ctx), id) // and its lease
 		return api.VM{}, err
@@ -184,6 +194,7 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 		m.gcLayers(context.WithoutCancel(ctx), false)
 		return api.VM{}, err
 	}
+	crashpoint.Hit(crashpoint.VMCreateAfterDisk)
 	// Until its first write below the record says creating: a daemon
 	// killed now removes the VM at its next start, as nobody has it yet.
 	if req.NoStart {
@@ -322,7 +333,7 @@ func (m *vmManager) view(ctx context.Context, v store.VM) api.VM {
 		ID: v.ID, Name: v.Name, State: v.State, Image: v.Image, Kernel: v.Kernel, VMM: v.VMM,
 		VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB, DiskBytes: v.DiskBytes, DiskMethod: v.DiskMethod,
 		Disk: m.rootDisk(v).Path, Dir: v.Dir, ConsoleLog: filepath.Join(v.Dir, consoleLogFile), LastError: v.LastError, CreatedAt: v.CreatedAt,
-		VsockCID: v.VsockCID, Workspace: workspaceOf(v), Net: m.netView(v),
+		VsockCID: v.VsockCID, Workspace: workspaceOf(v), Net: m.netView(v), Origin: v.Origin, Boot: v.Boot,
 	}
 	if d, ok := m.drivers[v.VMM]; ok {
 		out.Accel = string(d.Features().Accel)
@@ -426,10 +437,20 @@ func (m *vmManager) gcLayers(ctx context.Context, startup bool) {
 		m.log.Warn("listing vms for layer gc", "err", err)
 		return
 	}
+	snaps, err := m.store.ListSnapshots(ctx)
+	if err != nil {
+		m.log.Warn("listing snapshots for layer gc", "err", err)
+		return
+	}
 	var inUse []string
 	for _, v := range vms {
 		if v.Layer != "" {
 			inUse = append(inUse, v.Layer)
+		}
+	}
+	for _, sn := range snaps {
+		if sn.Layer != "" {
+			inUse = append(inUse, sn.Layer)
 		}
 	}
 	var images []image.Image
@@ -451,6 +472,12 @@ const maxCIDRetries = 16
 // among this daemon's VMs). When the host refuses the id because another
 // VM on the host holds it, v gets another and the start is retried.
 func (m *vmManager) bootVMM(ctx context.Context, d vmm.Driver, v store.VM, spec *vmm.Spec) (vmm.Machine, error) {
+	return m.bootWith(ctx, v, spec, d.Start)
+}
+
+// bootWith is bootVMM with start in place of the driver's Start (a
+// Restore, say).
+func (m *vmManager) bootWith(ctx context.Context, v store.VM, spec *vmm.Spec, start func(context.Context, vmm.Spec) (vmm.Machine, error)) (vmm.Machine, error) {
 	avoid := map[uint32]bool{}
 	for {
 		cid, err := m.store.AllocateCID(ctx, v.ID, avoid)
@@ -458,7 +485,7 @@ func (m *vmManager) bootVMM(ctx context.Context, d vmm.Driver, v store.VM, spec 
 			return nil, err
 		}
 		spec.VsockCID = cid
-		mc, err := d.Start(ctx, *spec)
+		mc, err := start(ctx, *spec)
 		if errors.Is(err, vmm.ErrCIDInUse) && len(avoid) < maxCIDRetries {
 			m.log.Info("vsock cid taken on the host; trying another", "vm", v.Name, "cid", cid)
 			avoid[cid] = true

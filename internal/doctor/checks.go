@@ -262,6 +262,30 @@ func checkDaemon(ctx context.Context, o Options) Check {
 	return c
 }
 
+// checkWeb reports the daemon's web UI: served, disabled, exposed
+// beyond loopback, or not served and why (the port in use, say). The UI is
+// never required: the daemon serves the API without it.
+func checkWeb(ctx context.Context, o Options) Check {
+	c := Check{Name: "web ui"}
+	ws, err := o.Web(ctx)
+	switch {
+	case err != nil:
+		c.Status, c.Detail = StatusWarn, fmt.Sprintf("unknown: bangerd does not answer (%v)", err)
+		c.Fix = "none needed; it starts with bangerd"
+	case ws.Addr == "":
+		c.Status, c.Detail = StatusOK, `disabled (web_listen_addr = "")`
+	case ws.Error != "":
+		c.Status, c.Detail = StatusFail, fmt.Sprintf("not served on %s: %s", ws.Addr, ws.Error)
+		c.Fix = "free that port, or set web_listen_addr to a free host:port (or \"\" to disable) in config.toml, then: banger daemon stop"
+	case ws.Remote:
+		c.Status, c.Detail = StatusWarn, fmt.Sprintf("served at %s beyond loopback (web_allow_remote = true): it has no login, anyone who reaches it drives your VMs", ws.URL)
+		c.Fix = "bind web_listen_addr to 127.0.0.1 and reach it over ssh -L, unless you trust that network"
+	default:
+		c.Status, c.Detail = StatusOK, "served at "+ws.URL
+	}
+	return c
+}
+
 func joinNonEmpty(parts ...string) string {
 	var out []string
 	for _, p := range parts {

@@ -16,6 +16,7 @@ import (
 	"os/user"
 	"sync"
 
+	"banger/internal/api"
 	"banger/internal/config"
 	"banger/internal/vmm"
 	"banger/internal/vmm/kvmcheck"
@@ -79,6 +80,8 @@ type Options struct {
 	StateDir string // the daemon's state directory; need not exist yet
 	// DaemonCheck reports whether bangerd answers; nil skips the check.
 	DaemonCheck func(ctx context.Context) error
+	// Web reports the running daemon's web UI; nil skips the check.
+	Web func(ctx context.Context) (api.WebStatus, error)
 
 	LookPath      func(file string) (string, error) // default exec.LookPath
 	DevKVM        string                            // default /dev/kvm
@@ -156,6 +159,9 @@ func Run(ctx context.Context, o Options) Report {
 	)
 	if o.DaemonCheck != nil {
 		checks = append(checks, func(ctx context.Context) Check { return checkDaemon(ctx, o) })
+	}
+	if o.Web != nil {
+		checks = append(checks, func(ctx context.Context) Check { return checkWeb(ctx, o) })
 	}
 
 	r := Report{

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"banger/internal/api"
 	"banger/internal/config"
 	"banger/internal/vmm"
 )
@@ -92,6 +93,9 @@ func (h *host) options() Options {
 		FreeBytes:     func(string) (uint64, error) { return 50 * gib, nil },
 		NFTables:      func(context.Context) error { return nil },
 		DaemonCheck:   func(context.Context) error { return nil },
+		Web: func(context.Context) (api.WebStatus, error) {
+			return api.WebStatus{Addr: "127.0.0.1:7777", URL: "http://127.0.0.1:7777/"}, nil
+		},
 	}
 }
 
@@ -110,7 +114,7 @@ func TestRunAllOK(t *testing.T) {
 	h := newHost(t)
 	r := Run(t.Context(), h.options())
 	wantNames := []string{"/dev/kvm", "firecracker", "qemu-system-x86_64", "mkfs.ext4", "debootstrap",
-		"depmod", "vmm user", "ip forwarding", "/dev/net/tun", "nftables", "sudo", "disk space", "bangerd"}
+		"depmod", "vmm user", "ip forwarding", "/dev/net/tun", "nftables", "sudo", "disk space", "bangerd", "web ui"}
 	var names []string
 	for _, c := range r.Checks {
 		names = append(names, c.Name)
@@ -224,6 +228,23 @@ func TestChecks(t *testing.T) {
 		{"daemon down", func(h *host, o *Options) {
 			o.DaemonCheck = func(context.Context) error { return errors.New("no socket") }
 		}, "bangerd", StatusWarn, false, "not running (no socket); it starts on the first banger command", "sudo bangerd --foreground"},
+		{"web served", func(h *host, o *Options) {}, "web ui", StatusOK, false, "served at http://127.0.0.1:7777/", ""},
+		{"web port in use", func(h *host, o *Options) {
+			o.Web = func(context.Context) (api.WebStatus, error) {
+				return api.WebStatus{Addr: "127.0.0.1:7777", Error: "listen tcp 127.0.0.1:7777: bind: address already in use"}, nil
+			}
+		}, "web ui", StatusFail, false, "not served on 127.0.0.1:7777: listen tcp 127.0.0.1:7777: bind: address already in use", "free that port"},
+		{"web disabled", func(h *host, o *Options) {
+			o.Web = func(context.Context) (api.WebStatus, error) { return api.WebStatus{}, nil }
+		}, "web ui", StatusOK, false, "disabled", ""},
+		{"web remote", func(h *host, o *Options) {
+			o.Web = func(context.Context) (api.WebStatus, error) {
+				return api.WebStatus{Addr: "0.0.0.0:7777", URL: "http://0.0.0.0:7777/", Remote: true}, nil
+			}
+		}, "web ui", StatusWarn, false, "beyond loopback", "127.0.0.1"},
+		{"web daemon down", func(h *host, o *Options) {
+			o.Web = func(context.Context) (api.WebStatus, error) { return api.WebStatus{}, errors.New("no socket") }
+		}, "web ui", StatusWarn, false, "bangerd does not answer", "starts with bangerd"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

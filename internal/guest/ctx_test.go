@@ -15,7 +15,7 @@ func TestOpenStreamRespectsContext(t *testing.T) {
 	defer guestConn.Close()
 	accepted := make(chan struct{})
 	go func() {
-		if _, err := AcceptHost(guestConn, testKey); err == nil {
+		if _, err := AcceptHost(guestConn, keyOf(testKey)); err == nil {
 			close(accepted)
 		}
 		// Never read again: yamux writes to the pipe block.

@@ -88,24 +88,35 @@ type Frame struct {
 
 // ReadFrame reads one frame from r. It returns io.EOF only when r ends
 // cleanly between frames, and io.ErrUnexpectedEOF when it ends inside
-// one. The payload is freshly allocated.
+// one. The payload is freshly allocated, and grows with what arrives: a
+// peer that announces a large frame and sends little of it holds little
+// memory (a guest could otherwise make each call hold MaxFrameSize).
 func ReadFrame(r io.Reader) (Frame, error) {
 	var hdr [frameHeaderSize]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return Frame{}, err
 	}
-	n := binary.BigEndian.Uint32(hdr[1:])
+	n := int(binary.BigEndian.Uint32(hdr[1:]))
 	if n > MaxFrameSize {
 		return Frame{}, fmt.Errorf("%v frame of %d bytes: %w", FrameType(hdr[0]), n, ErrFrameTooLarge)
 	}
-	f := Frame{Type: FrameType(hdr[0]), Payload: make([]byte, n)}
-	if _, err := io.ReadFull(r, f.Payload); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
+	p := make([]byte, 0, min(n, ChunkSize))
+	for len(p) < n {
+		if len(p) == cap(p) {
+			grown := make([]byte, len(p), min(n, 2*cap(p)))
+			copy(grown, p)
+			p = grown
 		}
-		return Frame{}, err
+		m, err := r.Read(p[len(p):cap(p)])
+		p = p[:len(p)+m]
+		if err != nil && len(p) < n {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return Frame{}, err
+		}
 	}
-	return f, nil
+	return Frame{Type: FrameType(hdr[0]), Payload: p}, nil
 }
 
 // WriteFrame writes one frame to w in a single Write call.

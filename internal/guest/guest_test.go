@@ -143,7 +143,7 @@ func fakeAgent(t *testing.T, handle func(guestConn net.Conn, st net.Conn)) *Clie
 	t.Helper()
 	hostConn, guestConn := net.Pipe()
 	go func() {
-		r, err := AcceptHost(guestConn, testKey)
+		r, err := AcceptHost(guestConn, keyOf(testKey))
 		if err != nil {
 			return
 		}
@@ -228,3 +228,6 @@ func TestCallsEndWhenConnectionDrops(t *testing.T) {
 		t.Error("Done not closed after the connection dropped")
 	}
 }
+
+// keyOf returns a key function for AcceptHost that always gives key.
+func keyOf(key []byte) func() []byte { return func() []byte { return key } }

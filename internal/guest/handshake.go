@@ -157,10 +157,12 @@ func concat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 // AcceptHost runs the agent's half of the handshake on a new connection:
 // it challenges every HELLO until the host answers, and checks the answer
 // against key. It returns the reader to run the session on (it may hold
-// bytes read past the handshake). A host that fails the check is sent a
-// refusal and nothing else, and the error wraps ErrUnauthenticated; with
-// an empty key every host fails. Close rw to abort it.
-func AcceptHost(rw io.ReadWriter, key []byte) (io.Reader, error) {
+// bytes read past the handshake). key is asked for the VM's key when the
+// host's answer arrives, not before: a key swapped while the agent waited
+// (a reidentify) is the one checked. A host that fails the check is sent
+// a refusal and nothing else, and the error wraps ErrUnauthenticated;
+// with an empty key every host fails. Close rw to abort it.
+func AcceptHost(rw io.ReadWriter, keyFn func() []byte) (io.Reader, error) {
 	s := &markerScanner{r: rw}
 	gnonce := make([]byte, nonceSize)
 	if _, err := rand.Read(gnonce); err != nil {
@@ -185,6 +187,7 @@ func AcceptHost(rw io.ReadWriter, key []byte) (io.Reader, error) {
 		if err != nil {
 			return nil, err
 		}
+		key := keyFn()
 		if len(key) == 0 || !hmac.Equal(got, mac(key, "host", gnonce, hnonce)) {
 			_, _ = rw.Write(concat(markerDenied, hnonce))
 			if len(key) == 0 {

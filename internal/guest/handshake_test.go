@@ -20,7 +20,7 @@ func agentSide(t *testing.T, conn net.Conn, key []byte) <-chan error {
 	t.Helper()
 	res := make(chan error, 1)
 	go func() {
-		r, err := AcceptHost(conn, key)
+		r, err := AcceptHost(conn, func() []byte { return key })
 		res <- err
 		if err != nil {
 			conn.Close()
@@ -143,7 +143,7 @@ func TestHandshakeReplayRefused(t *testing.T) {
 
 	attacker, guest2 := net.Pipe()
 	res2 := make(chan error, 1)
-	go func() { _, err := AcceptHost(guest2, testKey); res2 <- err; guest2.Close() }()
+	go func() { _, err := AcceptHost(guest2, keyOf(testKey)); res2 <- err; guest2.Close() }()
 	go io.Copy(io.Discard, attacker)
 	if _, err := attacker.Write(append(append([]byte{}, markerHello...), auth...)); err != nil {
 		t.Fatal(err)
@@ -159,12 +159,58 @@ func TestHandshakeReplayRefused(t *testing.T) {
 	attacker.Close()
 }
 
+// TestHandshakeKeySwappedWhileWaiting: the agent checks the key in force
+// when the host's answer arrives, so a host with the key a reidentify put
+// in force after the agent began waiting is let in, and one with the old
+// key is not.
+func TestHandshakeKeySwappedWhileWaiting(t *testing.T) {
+	newKey := bytes.Repeat([]byte{0x17}, KeySize)
+	for _, tc := range []struct {
+		name    string
+		hostKey []byte
+		want    error
+	}{
+		{"new key", newKey, nil},
+		{"old key", testKey, ErrUnauthenticated},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hostConn, guestConn := net.Pipe()
+			defer hostConn.Close()
+			var mu sync.Mutex
+			key := testKey
+			res := make(chan error, 1)
+			go func() {
+				_, err := AcceptHost(guestConn, func() []byte { mu.Lock(); defer mu.Unlock(); return key })
+				res <- err
+				guestConn.Close()
+			}()
+			time.Sleep(20 * time.Millisecond) // the agent is waiting for a HELLO
+			mu.Lock()
+			key = newKey
+			mu.Unlock()
+			c, err := NewClient(hostConn, tc.hostKey, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			select {
+			case err := <-res:
+				if !errors.Is(err, tc.want) {
+					t.Fatalf("agent: %v, want %v", err, tc.want)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("agent neither accepted nor refused")
+			}
+		})
+	}
+}
+
 // TestHandshakeRefusesNonHandshakeBytes: a peer that skips the handshake
 // and speaks yamux (or anything) straight away is never served.
 func TestHandshakeRefusesNonHandshakeBytes(t *testing.T) {
 	peer, guestConn := net.Pipe()
 	res := make(chan error, 1)
-	go func() { _, err := AcceptHost(guestConn, testKey); res <- err }()
+	go func() { _, err := AcceptHost(guestConn, keyOf(testKey)); res <- err }()
 	go io.Copy(io.Discard, peer)
 	req := bytes.NewBuffer(nil)
 	_ = WriteFrame(req, FrameRequest, []byte(`{"version":2,"op":"exec","exec":{"argv":["id"]}}`))
@@ -231,7 +277,7 @@ func TestGuestOpenedStreamEndsSession(t *testing.T) {
 	hostConn, guestConn := net.Pipe()
 	defer guestConn.Close()
 	go func() {
-		r, err := AcceptHost(guestConn, testKey)
+		r, err := AcceptHost(guestConn, keyOf(testKey))
 		if err != nil {
 			return
 		}

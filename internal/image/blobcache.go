@@ -20,6 +20,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"banger/internal/atomicfile"
+	"banger/internal/crashpoint"
 )
 
 // ErrDigest is returned when a blob does not match its digest.
@@ -63,7 +64,7 @@ func (c BlobCache) Fetch(ctx context.Context, l v1.Layer, progress func(done, to
 		return fmt.Errorf("fetching layer %s: %w", h, err)
 	}
 	defer rc.Close()
-	return atomicfile.Write(dst, 0o600, func(f *os.File) error {
+	err = atomicfile.Write(dst, 0o600, func(f *os.File) error {
 		sum := sha256.New()
 		w := &countWriter{w: io.MultiWriter(f, sum), total: size, progress: progress}
 		if _, err := io.Copy(w, ctxReader{ctx, rc}); err != nil {
@@ -78,8 +79,13 @@ func (c BlobCache) Fetch(ctx context.Context, l v1.Layer, progress func(done, to
 			return fmt.Errorf("layer %s: %w (got sha256:%s)", h, ErrDigest, got)
 		}
 		progress(w.n, size)
+		crashpoint.Hit(crashpoint.ImageLayerWritten)
 		return nil
 	})
+	if err == nil {
+		crashpoint.Hit(crashpoint.ImageLayerCached)
+	}
+	return err
 }
 
 // Open returns the uncompressed tar of the cached blob h (gzip, zstd or

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"banger/internal/crashpoint"
 )
 
 // layerSource is a layer's tar stream, readable more than once: the tree
@@ -42,6 +44,7 @@ func (r *rootfs) readLayers(ctx context.Context, layers []layerSource, progress 
 		if err != nil {
 			return fmt.Errorf("layer %d: %w", i+1, err)
 		}
+		crashpoint.Hit(crashpoint.ImageLayerUnpacked)
 	}
 	progress("reading layers", int64(len(layers)), int64(len(layers)))
 	return nil

@@ -16,6 +16,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
+
+	"banger/internal/crashpoint"
 )
 
 // PullOptions says what to pull and how.
@@ -157,10 +159,12 @@ func (s *Store) buildIn(ctx context.Context, name string, fill fillFunc, bi buil
 		return Image{}, err
 	}
 	progress("building ext4", 0, 0)
+	crashpoint.Hit(crashpoint.ImageBeforeExt4)
 	size, err := buildExt4(ctx, r, layers, filepath.Join(stage, rootfsFile), bi.SizeBytes)
 	if err != nil {
 		return Image{}, err
 	}
+	crashpoint.Hit(crashpoint.ImageAfterExt4)
 	if err := removeTree(filepath.Join(stage, "tree")); err != nil {
 		return Image{}, err
 	}
@@ -174,6 +178,7 @@ func (s *Store) buildIn(ctx context.Context, name string, fill fillFunc, bi buil
 	if err := s.commitReplace(stage, im); err != nil {
 		return Image{}, err
 	}
+	crashpoint.Hit(crashpoint.ImageAfterCommit)
 	return s.Get(name)
 }
 
@@ -200,6 +205,7 @@ func (s *Store) commitReplace(stage string, im Image) error {
 	if err := s.writeManifest(stage, im); err != nil {
 		return err
 	}
+	crashpoint.Hit(crashpoint.ImageBeforeCommit)
 	err := unix.Renameat2(unix.AT_FDCWD, stage, unix.AT_FDCWD, dir, unix.RENAME_EXCHANGE)
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
 		return s.replaceByTrash(stage, dir, im)

@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/crashpoint"
 	"banger/internal/disk"
 )
 
@@ -207,6 +208,7 @@ func (s *Store) commit(stage string, im Image) error {
 	if err := s.writeManifest(stage, im); err != nil {
 		return err
 	}
+	crashpoint.Hit(crashpoint.ImageBeforeCommit)
 	if err := os.Rename(stage, filepath.Join(s.Dir, im.Name)); err != nil {
 		return fmt.Errorf("%q: %w", im.Name, ErrExist)
 	}

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"banger/internal/crashpoint"
 )
 
 // Pull builds the catalog kernel name from the Debian archive at mirror
@@ -51,6 +53,7 @@ func (s *Store) pull(ctx context.Context, name, mirror, keyring string, progress
 	if err != nil {
 		return Bundle{}, fmt.Errorf("pulling %s: %w", name, err)
 	}
+	crashpoint.Hit(crashpoint.KernelAfterFetch)
 	m, err := s.buildFromDeb(ctx, st, deb, progress)
 	if err != nil {
 		return Bundle{}, fmt.Errorf("pulling %s: %w", name, err)
@@ -67,6 +70,7 @@ func (s *Store) ImportDeb(ctx context.Context, debPath, name string, progress Pr
 		return Bundle{}, err
 	}
 	defer st.discard()
+	crashpoint.Hit(crashpoint.KernelImportStarted)
 	sum, err := fileSHA256(debPath)
 	if err != nil {
 		return Bundle{}, fmt.Errorf("importing %s: %w", debPath, err)
@@ -112,6 +116,7 @@ func (s *Store) buildFromDeb(ctx context.Context, st *staging, deb string, progr
 	if err := buildInitrd(ctx, st.path(m.Initrd), s.AgentBin, c.Modules, c.Release); err != nil {
 		return m, fmt.Errorf("building initrd: %w", err)
 	}
+	crashpoint.Hit(crashpoint.KernelAfterInitrd)
 	report(progress, "modules")
 	if err := depmod(ctx, work, c.Release); err != nil {
 		return m, err

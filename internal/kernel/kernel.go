@@ -27,6 +27,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"banger/internal/crashpoint"
 )
 
 // Sentinel errors. Wrap them with %w.
@@ -227,6 +229,25 @@ func (s *Store) stage(name string) (*staging, error) {
 	return &staging{store: s, name: name, dir: dir}, nil
 }
 
+// RemoveStale removes the builds a daemon killed mid-pull or mid-import
+// left, last changed before since, and interrupted deletes. Pass the
+// daemon's start time, so work in progress in this process is never
+// touched. (stage sweeps only builds older than a day: another process
+// may be building.)
+func (s *Store) RemoveStale(since time.Time) {
+	ents, _ := os.ReadDir(s.Dir)
+	for _, e := range ents {
+		stale := strings.HasPrefix(e.Name(), ".del-")
+		if info, err := e.Info(); err == nil && strings.HasPrefix(e.Name(), ".tmp-") {
+			stale = info.ModTime().Before(since)
+		}
+		if stale {
+			s.logger().Info("removing what a killed kernel build left", "dir", e.Name())
+			os.RemoveAll(filepath.Join(s.Dir, e.Name()))
+		}
+	}
+}
+
 // removeStale removes what a crash left behind: interrupted deletes, and
 // builds that started more than a day ago.
 func (s *Store) removeStale() {
@@ -267,6 +288,7 @@ func (st *staging) commit(ctx context.Context, m manifest) (Bundle, error) {
 		return Bundle{}, err
 	}
 	final := filepath.Join(st.store.Dir, st.name)
+	crashpoint.Hit(crashpoint.KernelBeforeCommit)
 	if err := os.Rename(st.dir, final); err != nil {
 		if errors.Is(err, os.ErrExist) || errors.Is(err, syscall.ENOTEMPTY) {
 			return Bundle{}, fmt.Errorf("%w: %q", ErrExist, st.name)
@@ -276,6 +298,7 @@ func (st *staging) commit(ctx context.Context, m manifest) (Bundle, error) {
 	if err := syncDir(st.store.Dir); err != nil {
 		return Bundle{}, err
 	}
+	crashpoint.Hit(crashpoint.KernelAfterCommit)
 	return st.store.Get(st.name)
 }
 

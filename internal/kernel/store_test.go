@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -331,4 +332,27 @@ func TestPullReal(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("second pull (cached downloads) in %s", time.Since(start).Round(time.Millisecond))
+}
+
+// RemoveStale, run at a daemon's start, removes the builds an earlier
+// (killed) daemon left and interrupted deletes, and leaves alone bundles
+// and builds begun since.
+func TestRemoveStale(t *testing.T) {
+	s := &Store{Dir: t.TempDir()}
+	for _, d := range []string{"k1", ".tmp-k2-123", ".tmp--456", ".del-k3-789", ".tmp-new-1"} {
+		if err := os.MkdirAll(filepath.Join(s.Dir, d, "sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	started := time.Now().Add(time.Second)
+	os.Chtimes(filepath.Join(s.Dir, ".tmp-new-1"), started.Add(time.Second), started.Add(time.Second))
+	s.RemoveStale(started)
+	ents, _ := os.ReadDir(s.Dir)
+	var left []string
+	for _, e := range ents {
+		left = append(left, e.Name())
+	}
+	if want := []string{".tmp-new-1", "k1"}; !slices.Equal(left, want) {
+		t.Fatalf("after RemoveStale: %v, want %v", left, want)
+	}
 }

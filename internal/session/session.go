@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/crashpoint"
 	"banger/internal/guest"
 	"banger/internal/store"
 )
@@ -50,8 +51,9 @@ type Manager struct {
 	ctx    context.Context // the daemon's: done when it stops
 	cancel context.CancelFunc
 
-	mu   sync.Mutex
-	live map[string]*live // by key(vmID, name), while running
+	mu      sync.Mutex
+	live    map[string]*live       // by key(vmID, name), while running
+	vmLocks map[string]*sync.Mutex // by vm id: one start or adoption at a time
 }
 
 // live is a running session the manager serves.
@@ -75,7 +77,7 @@ func New(ctx context.Context, opts Options) *Manager {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	return &Manager{opts: opts, ctx: ctx, cancel: cancel, live: map[string]*live{}}
+	return &Manager{opts: opts, ctx: ctx, cancel: cancel, live: map[string]*live{}, vmLocks: map[string]*sync.Mutex{}}
 }
 
 func key(vmID, name string) string { return vmID + "/" + name }
@@ -95,6 +97,7 @@ func (m *Manager) socketPath(vm store.VM, name string) string {
 
 // Start starts a session in vm's guest and serves it.
 func (m *Manager) Start(ctx context.Context, vm store.VM, req api.StartSessionRequest) (api.Session, error) {
+	defer m.vmLock(vm.ID)()
 	if err := m.checkStart(ctx, vm, &req); err != nil {
 		return api.Session{}, err
 	}
@@ -104,21 +107,40 @@ func (m *Manager) Start(ctx context.Context, vm store.VM, req api.StartSessionRe
 	}
 	info, err := cl.SessionStart(ctx, guest.SessionStartRequest{Name: req.Name, Argv: req.Argv, Env: req.Env,
 		Dir: req.Dir, StdinMode: req.StdinMode, Rows: req.Rows, Cols: req.Cols})
+	var re *guest.RemoteError
+	if errors.As(err, &re) && re.Kind == guest.KindExist {
+		// The guest runs one the host has no record of: a daemon killed
+		// after starting it. Take it in, so it is listed and can be stopped.
+		m.adoptLocked(ctx, vm, cl)
+		return api.Session{}, guestErr(vm, req.Name, "starting", err).(*api.Error).
+			WithHint(fmt.Sprintf("it was started before bangerd restarted; attach with banger vm session attach %s %s or stop it with banger vm session stop %s %s",
+				vm.Name, req.Name, vm.Name, req.Name))
+	}
 	if err != nil {
 		return api.Session{}, guestErr(vm, req.Name, "starting", err)
 	}
-	// A session of this name that ended earlier is replaced, logs and all.
-	os.RemoveAll(Dir(vm, req.Name))
-	rec := store.Session{VMID: vm.ID, Name: req.Name, Argv: info.Argv, Dir: info.Dir, StdinMode: info.StdinMode,
-		State: api.SessionRunning, PID: info.PID, ExitCode: -1, StartedAt: info.StartedAt}
-	if err := m.opts.Store.PutSession(context.WithoutCancel(ctx), rec); err != nil {
-		return api.Session{}, err
-	}
-	if err := m.serve(vm, rec); err != nil {
-		m.opts.Logger.Error("serving session", "vm", vm.Name, "session", rec.Name, "err", err)
+	crashpoint.Hit(crashpoint.SessionAfterGuest)
+	if err := m.begin(ctx, vm, info); err != nil {
 		return api.Session{}, err
 	}
 	return m.Get(ctx, vm, req.Name)
+}
+
+// begin records the session the guest of vm started (info) and serves it.
+func (m *Manager) begin(ctx context.Context, vm store.VM, info guest.SessionInfo) error {
+	// A session of this name that ended earlier is replaced, logs and all.
+	os.RemoveAll(Dir(vm, info.Name))
+	rec := store.Session{VMID: vm.ID, Name: info.Name, Argv: info.Argv, Dir: info.Dir, StdinMode: info.StdinMode,
+		State: api.SessionRunning, PID: info.PID, ExitCode: -1, StartedAt: info.StartedAt}
+	if err := m.opts.Store.PutSession(context.WithoutCancel(ctx), rec); err != nil {
+		return err
+	}
+	crashpoint.Hit(crashpoint.SessionAfterRecord)
+	if err := m.serve(vm, rec); err != nil {
+		m.opts.Logger.Error("serving session", "vm", vm.Name, "session", rec.Name, "err", err)
+		return err
+	}
+	return nil
 }
 
 func (m *Manager) checkStart(ctx context.Context, vm store.VM, req *api.StartSessionRequest) error {
@@ -469,6 +491,7 @@ func (m *Manager) Restore(ctx context.Context, running func(vmID string) bool) {
 		}
 		m.opts.Logger.Info("serving session again", "vm", vm.Name, "session", rec.Name)
 	}
+	go m.adoptRunning(running)
 }
 
 // Close stops serving (the sessions go on in their guests).

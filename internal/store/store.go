@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync/atomic"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
@@ -24,6 +25,8 @@ var (
 // several processes.
 type Store struct {
 	db *sql.DB
+	// onVM, when set, hears of every committed VM change (see OnVMChange).
+	onVM atomic.Pointer[func(VMChange)]
 }
 
 // Open opens (creating if needed) the database at path and applies any

@@ -49,6 +49,32 @@ func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
 	return v, err
 }
 
+// VMChange is one committed change to a VM record.
+type VMChange struct {
+	Action string // VMCreated, VMUpdated or VMDeleted
+	ID     string
+	Name   string
+	State  string // empty for VMDeleted
+}
+
+// VMChange actions.
+const (
+	VMCreated = "created"
+	VMUpdated = "updated"
+	VMDeleted = "deleted"
+)
+
+// OnVMChange sets f to be called after every committed CreateVM, UpdateVM
+// and DeleteVM, on the caller's goroutine: f must not block or call back
+// into the store.
+func (s *Store) OnVMChange(f func(VMChange)) { s.onVM.Store(&f) }
+
+func (s *Store) vmChanged(c VMChange) {
+	if f := s.onVM.Load(); f != nil {
+		(*f)(c)
+	}
+}
+
 // CreateVM inserts v. A taken name returns an error wrapping ErrExist.
 func (s *Store) CreateVM(ctx context.Context, v VM) error {
 	now := time.Now().UnixNano()
@@ -59,6 +85,9 @@ func (s *Store) CreateVM(ctx context.Context, v VM) error {
 		nz(v.Net), v.Layer, v.Origin, v.Boot, now, now)
 	if isUniqueViolation(err) {
 		return fmt.Errorf("vm %q: %w", v.Name, ErrExist)
+	}
+	if err == nil {
+		s.vmChanged(VMChange{Action: VMCreated, ID: v.ID, Name: v.Name, State: v.State})
 	}
 	return err
 }
@@ -89,6 +118,7 @@ func (s *Store) UpdateVM(ctx context.Context, v VM) error {
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("vm %s: %w", v.ID, ErrNotExist)
 	}
+	s.vmChanged(VMChange{Action: VMUpdated, ID: v.ID, Name: v.Name, State: v.State})
 	return nil
 }
 
@@ -122,7 +152,13 @@ func (s *Store) ListVMs(ctx context.Context) ([]VM, error) {
 // DeleteVM removes the VM, its leases, sessions and port forwards in one
 // transaction.
 func (s *Store) DeleteVM(ctx context.Context, id string) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	var name string
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if err := tx.QueryRowContext(ctx, `SELECT name FROM vms WHERE id = ?`, id).Scan(&name); errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("vm %s: %w", id, ErrNotExist)
+		} else if err != nil {
+			return err
+		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM leases WHERE vm_id = ?`, id); err != nil {
 			return err
 		}
@@ -141,6 +177,10 @@ func (s *Store) DeleteVM(ctx context.Context, id string) error {
 		}
 		return nil
 	})
+	if err == nil {
+		s.vmChanged(VMChange{Action: VMDeleted, ID: id, Name: name})
+	}
+	return err
 }
 
 // VMsUsingImage returns the names of VMs created from image.

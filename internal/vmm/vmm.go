@@ -169,15 +169,20 @@ type Pauser interface {
 // Snapshotter is implemented by machines that can snapshot their memory
 // and device state into dir. A machine not paused is paused for it and
 // resumed after; a paused one stays paused. The disks are not copied:
-// the caller freezes them while the machine is paused (DiskFreezer).
+// the caller freezes them while the machine is paused (DiskFreezer),
+// before or after Snapshot. dir must not hold a snapshot already; on
+// error nothing Snapshot wrote is left in it.
 type Snapshotter interface {
 	Snapshot(ctx context.Context, dir string) error
 }
 
 // Restorer is implemented by drivers that can start a machine from a
 // snapshot written by a Snapshotter of the same driver. spec must have the
-// drives (in the same order and formats) and NICs the snapshot was taken
-// with; their paths and taps may differ. The machine runs on return.
+// vcpus, memory, drives (in the same order, with the same read-only
+// flags) and number of NICs the snapshot was taken with; drive paths and
+// formats (a clone's disk is an overlay on the frozen one), taps and MACs
+// may differ. The guest keeps the MAC it had until its agent sets the new
+// one. The machine runs on return; on error no process is left.
 type Restorer interface {
 	Restore(ctx context.Context, spec Spec, snapDir string) (Machine, error)
 }

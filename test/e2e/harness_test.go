@@ -46,12 +46,12 @@ func TestMain(m *testing.M) {
 }
 
 // build compiles the three binaries into dir, stamped with version.
-func build(dir, version string) error {
+func build(dir, version string, tags ...string) error {
 	ld := "-X banger/internal/version.Version=" + version
 	for _, b := range []struct{ name, pkg, cgo string }{
 		{"banger", "./cmd/banger", "1"}, {"bangerd", "./cmd/bangerd", "1"}, {"banger-agent", "./cmd/banger-agent", "0"},
 	} {
-		cmd := exec.Command("go", "build", "-ldflags", ld, "-o", filepath.Join(dir, b.name), b.pkg)
+		cmd := exec.Command("go", "build", "-tags", strings.Join(tags, ","), "-ldflags", ld, "-o", filepath.Join(dir, b.name), b.pkg)
 		cmd.Dir = repoRoot()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED="+b.cgo)
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -95,6 +95,8 @@ type env struct {
 	ns   string
 	home string
 	bin  string // directory of the binaries this env runs
+	// extra is more environment for the CLI (and the daemon it starts).
+	extra []string
 }
 
 func newEnv(t testing.TB) *env {
@@ -171,6 +173,7 @@ func (e *env) cmd(ctx context.Context, args ...string) *exec.Cmd {
 		"BANGERD_BIN="+filepath.Join(e.bin, "bangerd"),
 		"BANGER_AGENT_BIN="+filepath.Join(e.bin, "banger-agent"),
 	)
+	c.Env = append(c.Env, e.extra...)
 	return c
 }
 

@@ -92,11 +92,57 @@ func newBareVM(b testing.TB, e *env, name string) *bareVM {
 	tap := "bgbare0"
 	run(b, "ip", "-n", e.ns, "tuntap", "add", "dev", tap, "mode", "tap")
 	run(b, "ip", "-n", e.ns, "link", "set", tap, "master", n.Bridge.Name, "up")
-	bv.args = bareArgs(b, raw, v.Dir, bv.dir, tap)
+	var k struct{ Modules string }
+	json.Unmarshal([]byte(e.ok("kernel", "inspect", "generic-6.1", "--json")), &k)
+	drives := map[string]string{"root": filepath.Join(bv.dir, "root.disk"), "seed": filepath.Join(bv.dir, "seed.tar"), "modules": k.Modules}
+	bv.args = bareArgs(b, fdsetsToPaths(b, raw, drives), v.Dir, bv.dir, tap)
 	for i, a := range bv.args {
 		bv.args[i] = strings.ReplaceAll(a, v.Disk, filepath.Join(bv.dir, "root.disk"))
 	}
 	return bv
+}
+
+// fdsetsToPaths rewrites the drives of a QEMU command line read from
+// /proc, which banger hands to QEMU as open files (-add-fd ... opaque=ID,
+// file=/dev/fdset/N), to the files at paths[ID] that a bare QEMU opens
+// itself.
+func fdsetsToPaths(b testing.TB, cmdline []byte, paths map[string]string) []byte {
+	b.Helper()
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	sets := map[string]string{} // fdset number → drive id
+	var out []string
+	for i := 0; i < len(args); i++ {
+		if args[i] == "-add-fd" && i+1 < len(args) {
+			var set, id string
+			for _, f := range strings.Split(args[i+1], ",") {
+				if v, ok := strings.CutPrefix(f, "set="); ok {
+					set = v
+				}
+				if v, ok := strings.CutPrefix(f, "opaque="); ok {
+					id = v
+				}
+			}
+			sets[set] = id
+			i++
+			continue
+		}
+		out = append(out, args[i])
+	}
+	for i, a := range out {
+		var fs []string
+		for _, f := range strings.Split(a, ",") {
+			if n, ok := strings.CutPrefix(f, "file=/dev/fdset/"); ok {
+				p := paths[sets[n]]
+				if p == "" {
+					b.Fatalf("banger's qemu command line: fdset %s (drive %q) has no file to use instead", n, sets[n])
+				}
+				f = "file=" + p
+			}
+			fs = append(fs, f)
+		}
+		out[i] = strings.Join(fs, ",")
+	}
+	return []byte(strings.Join(out, "\x00") + "\x00")
 }
 
 // bareArgs rewrites a QEMU command line read from /proc: paths in the VM's

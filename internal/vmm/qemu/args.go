@@ -16,7 +16,16 @@ const (
 	agentSocketName = "agent.sock"
 	pidFileName     = "qemu.pid"
 	logFileName     = "qemu.log" // QEMU's own stdout and stderr
+	// memoryFileName holds the guest RAM of a cold-booted VM (a shared
+	// file mapping), so that a snapshot saves only the device state and
+	// copies this file. It is as large as the memory the guest touched.
+	memoryFileName = "memory"
 )
+
+// memoryBackendID names the guest RAM backend. It is the same in every
+// form (shared file, private file, anonymous) because migration matches
+// RAM blocks by this name: a snapshot restores into any of them.
+const memoryBackendID = "mem"
 
 // agentPortName is the virtio-serial port name the guest agent looks for
 // (/sys/class/virtio-ports/*/name, or /dev/virtio-ports/<name> with udev).
@@ -27,15 +36,16 @@ const maxUnixPath = 107
 
 // paths are the per-VM files the driver uses.
 type paths struct {
-	QMP, Agent, PID, Log string
+	QMP, Agent, PID, Log, Memory string
 }
 
 func pathsFor(dir string) paths {
 	return paths{
-		QMP:   filepath.Join(dir, qmpSocketName),
-		Agent: filepath.Join(dir, agentSocketName),
-		PID:   filepath.Join(dir, pidFileName),
-		Log:   filepath.Join(dir, logFileName),
+		QMP:    filepath.Join(dir, qmpSocketName),
+		Agent:  filepath.Join(dir, agentSocketName),
+		PID:    filepath.Join(dir, pidFileName),
+		Log:    filepath.Join(dir, logFileName),
+		Memory: filepath.Join(dir, memoryFileName),
 	}
 }
 
@@ -48,6 +58,14 @@ type launch struct {
 	paths     paths
 	runAs     string // -runas user; empty: QEMU stays root
 	sandbox   bool   // -sandbox on,...
+	mem       memory
+	incoming  bool // -incoming defer -S: wait for migrate-incoming, then cont
+}
+
+// memory is how a launch backs guest RAM.
+type memory struct {
+	path   string // file that backs the RAM; "" for anonymous RAM
+	shared bool   // share=on: guest writes reach path; else a private COW mapping
 }
 
 // validateSpec rejects specs QEMU would fail on late or misread.
@@ -108,10 +126,11 @@ func (l launch) args() []string {
 	a := []string{
 		// ACPI stays on: Debian's cloud kernel finds virtio-mmio devices
 		// only through ACPI (DESIGN.md §2).
-		"-M", "microvm,accel=" + string(l.accel) + ",acpi=on",
+		"-M", "microvm,accel=" + string(l.accel) + ",acpi=on,memory-backend=" + memoryBackendID,
 		"-cpu", cpu,
 		"-smp", strconv.Itoa(s.VCPUs),
 		"-m", strconv.Itoa(s.MemoryMiB) + "M",
+		"-object", l.memObject(),
 		"-nodefaults", "-no-user-config", "-nographic",
 		// A guest reboot or panic (panic=1) ends QEMU instead of looping.
 		"-no-reboot",
@@ -128,13 +147,19 @@ func (l launch) args() []string {
 		"-serial", "chardev:console",
 		"-qmp", qmpArg(l.paths.QMP),
 	)
+	for _, f := range driveFDs(s) {
+		a = append(a, "-add-fd", "fd="+strconv.Itoa(f.fd)+",set="+strconv.Itoa(f.set)+",opaque="+opt(f.drive.ID))
+	}
 	for i, d := range s.Drives {
 		id := "vd" + strconv.Itoa(i)
 		format := d.Format
 		if format == "" {
 			format = vmm.FormatRaw
 		}
-		drive := "id=" + id + ",file=" + opt(d.Path) + ",format=" + format + ",if=none"
+		// No image locking: the two descriptions of the file in its fd
+		// set would hold conflicting locks on reopen; the daemon gives a
+		// writable disk to one VM only.
+		drive := "id=" + id + ",file=/dev/fdset/" + strconv.Itoa(i+1) + ",file.locking=off,format=" + format + ",if=none"
 		if d.ReadOnly {
 			drive += ",readonly=on"
 		} else {
@@ -153,7 +178,54 @@ func (l launch) args() []string {
 			"-device", dev)
 	}
 	a = append(a, l.agentArgs()...)
+	if l.incoming {
+		// -S too: the guest runs only once the driver says cont, after
+		// the state has been loaded.
+		a = append(a, "-incoming", "defer", "-S")
+	}
 	return append(a, l.confineArgs()...)
+}
+
+// driveFD is one descriptor of a drive's file that QEMU inherits.
+type driveFD struct {
+	drive    vmm.Drive
+	set      int  // QEMU fd set: drive i is set i+1, opened as /dev/fdset/<set>
+	fd       int  // descriptor number in QEMU (3 and up: cmd.ExtraFiles order)
+	readOnly bool // opened O_RDONLY, else O_RDWR
+}
+
+// driveFDs are the descriptors the driver opens for the drives and QEMU
+// inherits: each drive is an fd set with a read-only descriptor and, for
+// a writable drive, a read-write one. QEMU reopens a drive read-only when
+// a migration completes (it inactivates the disks) and read-write on
+// cont; after -runas it may not open the path itself, so it takes a
+// descriptor of the right mode from the set.
+func driveFDs(s vmm.Spec) []driveFD {
+	var fds []driveFD
+	for i, d := range s.Drives {
+		fds = append(fds, driveFD{drive: d, set: i + 1, fd: 3 + len(fds), readOnly: true})
+		if !d.ReadOnly {
+			fds = append(fds, driveFD{drive: d, set: i + 1, fd: 3 + len(fds)})
+		}
+	}
+	return fds
+}
+
+// memObject is the -object of the guest RAM backend. The file is not
+// preallocated: QEMU sizes it with ftruncate, so it stays sparse. A
+// shared file's pages are dropped when QEMU exits normally
+// (discard-data=on), so a stopped VM's file costs no disk; a private
+// mapping never writes its file (snapshot memory restored by clones).
+func (l launch) memObject() string {
+	size := ",size=" + strconv.Itoa(l.spec.MemoryMiB) + "M"
+	if l.mem.path == "" {
+		return "memory-backend-ram,id=" + memoryBackendID + size
+	}
+	o := "memory-backend-file,id=" + memoryBackendID + size + ",mem-path=" + opt(l.mem.path)
+	if l.mem.shared {
+		return o + ",share=on,discard-data=on"
+	}
+	return o + ",share=off"
 }
 
 // confineArgs drop QEMU's privileges once it has opened everything it

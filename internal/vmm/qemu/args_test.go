@@ -48,15 +48,19 @@ func TestArgs(t *testing.T) {
 		},
 		NICs: []vmm.NIC{{ID: "eth0", Tap: "tap0", MAC: "02:00:00:00:00:01"}},
 	}
-	l := launch{spec: spec, accel: vmm.AccelTCG, transport: vmm.TransportVirtioSerial, paths: pathsFor(spec.Dir)}
+	l := launch{spec: spec, accel: vmm.AccelTCG, transport: vmm.TransportVirtioSerial, paths: pathsFor(spec.Dir),
+		mem: memory{path: "/run/vm,1/memory", shared: true}}
 	got := strings.Join(l.args(), " ")
 	wantInOrder := []string{
-		"-M microvm,accel=tcg,acpi=on -cpu max -smp 2 -m 512M -nodefaults -no-user-config -nographic -no-reboot",
+		"-M microvm,accel=tcg,acpi=on,memory-backend=mem -cpu max -smp 2 -m 512M",
+		"-object memory-backend-file,id=mem,size=512M,mem-path=/run/vm,,1/memory,share=on,discard-data=on",
+		"-nodefaults -no-user-config -nographic -no-reboot",
 		"-kernel /k/vmlinux -initrd /k/initrd -append console=ttyS0 panic=1",
 		"-chardev file,id=console,append=on,path=/run/vm,,1/console.log -serial chardev:console",
 		"-qmp unix:/run/vm,,1/qmp.sock,server=on,wait=off",
-		"-drive id=vd0,file=/img/root.ext4,format=raw,if=none,discard=unmap -device virtio-blk-device,drive=vd0",
-		"-drive id=vd1,file=/k/mod,,ules.img,format=raw,if=none,readonly=on -device virtio-blk-device,drive=vd1",
+		"-add-fd fd=3,set=1,opaque=root -add-fd fd=4,set=1,opaque=root -add-fd fd=5,set=2,opaque=modules",
+		"-drive id=vd0,file=/dev/fdset/1,file.locking=off,format=raw,if=none,discard=unmap -device virtio-blk-device,drive=vd0",
+		"-drive id=vd1,file=/dev/fdset/2,file.locking=off,format=raw,if=none,readonly=on -device virtio-blk-device,drive=vd1",
 		"-netdev tap,id=net0,ifname=tap0,script=no,downscript=no -device virtio-net-device,netdev=net0,mac=02:00:00:00:00:01",
 		"-device virtio-serial-device -chardev socket,id=agent,path=/run/vm,,1/agent.sock,server=on,wait=off -device virtserialport,chardev=agent,name=banger.agent",
 	}
@@ -78,6 +82,74 @@ func TestArgs(t *testing.T) {
 	}
 	if strings.Contains(got, "virtio-serial") {
 		t.Errorf("vsock args still have virtio-serial:\n%s", got)
+	}
+	if strings.Contains(got, "-incoming") {
+		t.Errorf("cold boot args have -incoming:\n%s", got)
+	}
+}
+
+// TestArgsRestore: a restore waits for the state (-incoming defer, -S)
+// and maps the snapshot's memory private, or uses anonymous RAM when the
+// snapshot streamed it; the backend keeps the id migration matches.
+func TestArgsRestore(t *testing.T) {
+	spec := vmm.Spec{Dir: "/run/vm", VCPUs: 1, MemoryMiB: 256, Kernel: "/k", ConsoleLog: "/run/vm/c.log"}
+	for _, tt := range []struct {
+		name string
+		mem  memory
+		want string
+	}{
+		{"memory file", memory{path: "/snap/memory"}, "-object memory-backend-file,id=mem,size=256M,mem-path=/snap/memory,share=off "},
+		{"streamed", memory{}, "-object memory-backend-ram,id=mem,size=256M "},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l := launch{spec: spec, accel: vmm.AccelTCG, transport: vmm.TransportVirtioSerial, paths: pathsFor(spec.Dir), mem: tt.mem, incoming: true}
+			got := strings.Join(l.args(), " ") + " "
+			for _, w := range []string{tt.want, "memory-backend=mem", "-incoming defer -S "} {
+				if !strings.Contains(got, w) {
+					t.Errorf("args lack %q:\n%s", w, got)
+				}
+			}
+		})
+	}
+}
+
+func TestParseVersion(t *testing.T) {
+	out := "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers\n"
+	if v, err := parseVersion([]byte(out)); err != nil || v != "7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)" {
+		t.Errorf("parseVersion = %q, %v", v, err)
+	}
+	if v, err := parseVersion([]byte("something else\n")); err == nil {
+		t.Errorf("parseVersion of no version = %q, want an error", v)
+	}
+}
+
+// TestVersionCached: Version runs the binary once and remembers; a binary
+// that prints no version is an error, not an empty version.
+func TestVersionCached(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "qemu-system-x86_64")
+	count := filepath.Join(dir, "count")
+	script := "#!/bin/sh\necho x >> " + count + "\necho 'QEMU emulator version 9.9.9'\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := New(Options{Bin: bin, TSCkHz: 1, Accel: vmm.AccelTCG, Transport: vmm.TransportVirtioSerial})
+	for range 2 {
+		if v, err := d.Version(t.Context()); err != nil || v != "9.9.9" {
+			t.Fatalf("Version = %q, %v; want 9.9.9", v, err)
+		}
+	}
+	if b, _ := os.ReadFile(count); string(b) != "x\n" {
+		t.Errorf("binary ran %d times, want once", strings.Count(string(b), "x"))
+	}
+	os.WriteFile(bin, []byte("#!/bin/sh\necho nothing\n"), 0o755)
+	d = New(Options{Bin: bin, TSCkHz: 1, Accel: vmm.AccelTCG, Transport: vmm.TransportVirtioSerial})
+	if v, err := d.Version(t.Context()); err == nil {
+		t.Errorf("Version of a binary that names none = %q, want an error", v)
+	}
+	d = New(Options{Bin: filepath.Join(dir, "missing"), TSCkHz: 1, Accel: vmm.AccelTCG, Transport: vmm.TransportVirtioSerial})
+	if _, err := d.Version(t.Context()); !errors.Is(err, vmm.ErrUnavailable) {
+		t.Errorf("Version of a missing binary = %v, want ErrUnavailable", err)
 	}
 }
 

@@ -8,8 +8,16 @@
 // kernel, without which about one microvm boot in four hangs.
 //
 // Files in the VM directory (vmm.Spec.Dir): qmp.sock (QMP), agent.sock
-// (the virtio-serial agent channel), qemu.pid and qemu.log (QEMU's own
-// stdout and stderr, truncated on each Start). The serial console is
+// (the virtio-serial agent channel), qemu.pid, qemu.log (QEMU's own
+// stdout and stderr, truncated on each Start) and memory (the guest RAM
+// of a cold-booted VM, a sparse file mapped shared; left for the caller
+// to remove with the directory).
+//
+// The driver opens the drives itself and QEMU inherits them as fd sets
+// (/dev/fdset/N, a read-only and a read-write descriptor each, no image
+// locking), so that QEMU, after -runas, can still reopen them, as a
+// migration's end and cont do. Snapshots (snapshot.go) are QEMU
+// migrations into a file the driver passes as a descriptor too. The serial console is
 // appended to vmm.Spec.ConsoleLog, which the Machine keeps under
 // Spec.ConsoleLogMax with vmm.TrimConsoleFile (its older half in
 // ConsoleLog.1) while the daemon runs.
@@ -23,8 +31,10 @@ package qemu
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -77,9 +87,16 @@ type Driver struct {
 	tscKHz    func() (int, error)
 	runAs     string
 	sandbox   bool
+
+	versionMu sync.Mutex // guards version
+	version   string     // cached by Version once known
 }
 
-var _ vmm.Driver = (*Driver)(nil)
+var (
+	_ vmm.Driver    = (*Driver)(nil)
+	_ vmm.Restorer  = (*Driver)(nil)
+	_ vmm.Versioner = (*Driver)(nil)
+)
 
 // New returns a Driver. It probes /dev/kvm and /dev/vhost-vsock now; the
 // binary is looked up on each Start.
@@ -121,41 +138,43 @@ func New(opts Options) *Driver {
 // Name returns "qemu".
 func (d *Driver) Name() string { return driverName }
 
-// Features reports pause support, the accelerator and the agent channel.
-// QEMU snapshots are not offered.
+// Features reports pause and snapshot support, the accelerator and the
+// agent channel.
 func (d *Driver) Features() vmm.Features {
-	return vmm.Features{Pause: true, Layers: true, Accel: d.accel, Transport: d.transport}
+	return vmm.Features{Pause: true, Snapshots: true, Layers: true, Accel: d.accel, Transport: d.transport}
 }
 
 // Start boots spec and returns once QEMU answers on QMP. The serial
 // console is appended to spec.ConsoleLog (capped); QEMU's own output goes to
 // qemu.log in spec.Dir and its tail is part of the error when QEMU exits
 // at once. On error no process or socket is left behind.
+//
+// Guest RAM is the file "memory" in spec.Dir, mapped shared, so that
+// Snapshot saves only the device state and copies the file. Start
+// replaces a file left there by an earlier run; the Machine leaves it
+// when QEMU exits (emptied, on a normal exit): the caller removes it
+// with the VM directory.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
-	if err := validateSpec(spec); err != nil {
-		return nil, fmt.Errorf("invalid vm spec %q: %w", spec.Name, err)
-	}
-	if d.transport == vmm.TransportVsock && spec.VsockCID < 3 {
-		return nil, fmt.Errorf("invalid vm spec %q: vsock cid %d: must be at least 3", spec.Name, spec.VsockCID)
-	}
-	bin, err := exec.LookPath(d.bin)
+	l, bin, err := d.prepare(spec)
 	if err != nil {
-		return nil, fmt.Errorf("qemu binary %q: %w (install qemu-system-x86 or set the qemu binary path): %w", d.bin, vmm.ErrUnavailable, err)
+		return nil, err
 	}
-	l := launch{spec: spec, accel: d.accel, transport: d.transport, paths: pathsFor(spec.Dir), runAs: d.runAs, sandbox: d.sandbox}
-	if d.accel == vmm.AccelTCG {
-		if l.tscKHz, err = d.tscKHz(); err != nil {
-			d.log.Warn("host tsc frequency unknown; tcg boots may hang in early boot", "err", err)
-		}
+	// A stale file would keep its data (not sparse, copied by every
+	// snapshot) or have the wrong size.
+	if err := os.Remove(l.paths.Memory); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("removing stale guest memory file: %w", err)
 	}
-	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating vm dir: %w", err)
+	// Made here, 0600, so that QEMU (which would make it with its umask,
+	// 0644) opens a file only the daemon can read: it is the guest's RAM.
+	f, err := os.OpenFile(l.paths.Memory, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("making the guest memory file: %w", err)
 	}
-	os.Remove(l.paths.QMP) // stale sockets from a crashed run
-	os.Remove(l.paths.Agent)
-
+	f.Close()
+	l.mem = memory{path: l.paths.Memory, shared: true}
 	m, err := d.spawn(bin, l)
 	if err != nil {
+		os.Remove(l.paths.Memory)
 		return nil, err
 	}
 	if err := m.waitQMP(ctx); err != nil {
@@ -168,6 +187,33 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) 
 	}
 	m.log.Info("qemu started", "accel", d.accel, "transport", d.transport, "tsc_khz", l.tscKHz, "runas", d.runAs, "sandbox", d.sandbox)
 	return m, nil
+}
+
+// prepare checks spec and the binary, makes spec.Dir and clears stale
+// sockets: everything Start and Restore do before spawning QEMU.
+func (d *Driver) prepare(spec vmm.Spec) (launch, string, error) {
+	if err := validateSpec(spec); err != nil {
+		return launch{}, "", fmt.Errorf("invalid vm spec %q: %w", spec.Name, err)
+	}
+	if d.transport == vmm.TransportVsock && spec.VsockCID < 3 {
+		return launch{}, "", fmt.Errorf("invalid vm spec %q: vsock cid %d: must be at least 3", spec.Name, spec.VsockCID)
+	}
+	bin, err := exec.LookPath(d.bin)
+	if err != nil {
+		return launch{}, "", fmt.Errorf("qemu binary %q: %w (install qemu-system-x86 or set the qemu binary path): %w", d.bin, vmm.ErrUnavailable, err)
+	}
+	l := launch{spec: spec, accel: d.accel, transport: d.transport, paths: pathsFor(spec.Dir), runAs: d.runAs, sandbox: d.sandbox}
+	if d.accel == vmm.AccelTCG {
+		if l.tscKHz, err = d.tscKHz(); err != nil {
+			d.log.Warn("host tsc frequency unknown; tcg boots may hang in early boot", "err", err)
+		}
+	}
+	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
+		return launch{}, "", fmt.Errorf("creating vm dir: %w", err)
+	}
+	os.Remove(l.paths.QMP) // stale sockets from a crashed run
+	os.Remove(l.paths.Agent)
+	return l, bin, nil
 }
 
 // spawn starts QEMU in its own session with its output in qemu.log.
@@ -185,7 +231,16 @@ func (d *Driver) spawn(bin string, l launch) (*Machine, error) {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	files, err := openDrives(l.spec)
+	if err != nil {
+		return nil, err
+	}
+	cmd.ExtraFiles = files
+	err = cmd.Start()
+	for _, f := range files {
+		f.Close() // QEMU has its own copies
+	}
+	if err != nil {
 		return nil, fmt.Errorf("running %s: %w", bin, err)
 	}
 	pidfd, err := openPidfd(cmd.Process.Pid)
@@ -194,9 +249,32 @@ func (d *Driver) spawn(bin string, l launch) (*Machine, error) {
 		cmd.Wait()
 		return nil, err
 	}
-	m := newMachine(d.log, l.spec, cmd.Process.Pid, pidfd, cmd)
+	m := newMachine(d, l.spec, cmd.Process.Pid, pidfd, cmd)
 	m.accel, m.transport = l.accel, l.transport
+	if l.mem.shared {
+		m.memFile = l.mem.path
+	}
 	return m, nil
+}
+
+// openDrives opens the descriptors of driveFDs, in order.
+func openDrives(spec vmm.Spec) ([]*os.File, error) {
+	var files []*os.File
+	for _, d := range driveFDs(spec) {
+		flag := os.O_RDWR
+		if d.readOnly {
+			flag = os.O_RDONLY
+		}
+		f, err := os.OpenFile(d.drive.Path, flag, 0)
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			return nil, fmt.Errorf("opening drive %q: %w", d.drive.ID, err)
+		}
+		files = append(files, f)
+	}
+	return files, nil
 }
 
 // Adopt re-attaches to a QEMU started by an earlier daemon. It checks
@@ -233,8 +311,11 @@ func (d *Driver) Adopt(ctx context.Context, spec vmm.Spec, h vmm.Handle) (vmm.Ma
 		// its QMP connection.
 		return nil, fmt.Errorf("adopting vm %q: connecting to qmp: %w", spec.Name, err)
 	}
-	m := newMachine(d.log, spec, h.PID, pidfd, nil)
+	m := newMachine(d, spec, h.PID, pidfd, nil)
 	m.accel = vmm.Accel(h.Data[dataAccel])
+	// Without it (a handle from before memory files), snapshots stream
+	// the RAM, which works with any backend.
+	m.memFile = h.Data[dataMemory]
 	m.transport = vmm.AgentTransport(h.Data[dataTransport])
 	if m.transport == "" {
 		m.transport = d.transport

@@ -113,16 +113,20 @@ var initModules = []string{
 	"drivers/block/virtio_blk.ko",
 	"drivers/input/evdev.ko",
 	"drivers/acpi/button.ko",
+	"net/core/failover.ko",
+	"drivers/net/net_failover.ko",
+	"drivers/net/virtio_net.ko",
 }
 
 // testInit is /init of the busybox initrd: load the virtio modules, print
 // a marker and the block devices, then say hello on the agent port and
 // echo what comes back to the console. With banger.test.acpi on the
-// kernel command line it powers off when the ACPI power button is pressed.
+// kernel command line it powers off when the ACPI power button is pressed;
+// with banger.test.shell it runs the lines it reads as commands instead.
 const testInit = `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_mmio virtio_console virtio_blk evdev button; do insmod /mods/$m.ko; done
+for m in virtio_ring virtio virtio_mmio virtio_console virtio_blk evdev button failover net_failover virtio_net; do insmod /mods/$m.ko; done
 if grep -q banger.test.acpi /proc/cmdline; then
   # Power off when the ACPI power button is pressed.
   while [ ! -e /dev/input/event0 ]; do sleep 0.05; done
@@ -143,6 +147,14 @@ done
 echo "AGENT-PORT $port"
 exec 3<>$port
 echo hello-from-guest >&3
+if grep -q banger.test.shell /proc/cmdline; then
+  # A shell on the agent port: each line is a command, its output comes
+  # back followed by "END <status>". A read fails while no host client
+  # is connected (as after a restore): try again.
+  while :; do
+    if read -r line <&3; then sh -c "$line" >&3 2>&1 </dev/null; echo "END $?" >&3; else sleep 0.05; fi
+  done
+fi
 read -r line <&3
 echo "GOT $line"
 [ "$line" = poweroff ] && poweroff -f

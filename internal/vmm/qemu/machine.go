@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -25,6 +26,7 @@ const (
 	dataAgent     = "agent"
 	dataTransport = "transport"
 	dataAccel     = "accel"
+	dataMemory    = "memory" // the shared guest RAM file; absent when private
 )
 
 // killWait bounds how long Kill waits for the process to go after SIGKILL.
@@ -33,38 +35,56 @@ const killWait = 10 * time.Second
 // Machine is one running QEMU process, started by Start or re-attached by
 // Adopt. It is safe for concurrent use.
 type Machine struct {
+	drv       *Driver
 	log       *slog.Logger
 	spec      vmm.Spec
 	paths     paths
 	pid       int
 	accel     vmm.Accel
 	transport vmm.AgentTransport
-	done      chan struct{} // closed once the process has exited
-	status    string        // how the process ended; set before done closes
+	// memFile is the guest RAM file when it is mapped shared (cold
+	// boot): a snapshot copies it and leaves the RAM out of the state.
+	// Empty when the RAM is private (restored): a snapshot streams it.
+	memFile string
+	done    chan struct{} // closed once the process has exited
+	status  string        // how the process ended; set before done closes
 
 	pidMu sync.Mutex // guards pidfd, which is -1 once the process is reaped
 	pidfd int
 
 	qmpMu sync.Mutex // guards qmp; held while (re)dialing
 	qmp   *qmpClient
+
+	// opMu serializes snapshots and disk freezes: QEMU runs one
+	// migration at a time, and a freeze must not land inside one.
+	opMu sync.Mutex
+	// drives are the spec's drives as QEMU uses them now: FreezeDisk
+	// moves a drive to its overlay. Guarded by opMu, like freezes, the
+	// number of overlays made (it names their nodes).
+	drives  []vmm.Drive
+	freezes int
 }
 
 var (
-	_ vmm.Machine = (*Machine)(nil)
-	_ vmm.Pauser  = (*Machine)(nil)
+	_ vmm.Machine     = (*Machine)(nil)
+	_ vmm.Pauser      = (*Machine)(nil)
+	_ vmm.Snapshotter = (*Machine)(nil)
+	_ vmm.DiskFreezer = (*Machine)(nil)
 )
 
 // newMachine watches the process behind pidfd. When cmd is non-nil the
 // process is our child and is reaped with Wait; otherwise (adopted) its
 // exit is seen through the pidfd.
-func newMachine(log *slog.Logger, spec vmm.Spec, pid, pidfd int, cmd *exec.Cmd) *Machine {
+func newMachine(d *Driver, spec vmm.Spec, pid, pidfd int, cmd *exec.Cmd) *Machine {
 	m := &Machine{
-		log:   log.With("vm", spec.Name, "pid", pid),
-		spec:  spec,
-		paths: pathsFor(spec.Dir),
-		pid:   pid,
-		pidfd: pidfd,
-		done:  make(chan struct{}),
+		drv:    d,
+		log:    d.log.With("vm", spec.Name, "pid", pid),
+		spec:   spec,
+		paths:  pathsFor(spec.Dir),
+		pid:    pid,
+		pidfd:  pidfd,
+		done:   make(chan struct{}),
+		drives: slices.Clone(spec.Drives),
 	}
 	go m.watch(cmd)
 	// QEMU appends the console to a file it keeps open: trim it from
@@ -119,6 +139,7 @@ func (m *Machine) Handle() vmm.Handle {
 			dataAgent:     m.paths.Agent,
 			dataTransport: string(m.transport),
 			dataAccel:     string(m.accel),
+			dataMemory:    m.memFile,
 		},
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // qmpClient is a minimal QEMU Machine Protocol client: JSON objects over a
@@ -140,6 +142,12 @@ func (c *qmpClient) readLoop(r *bufio.Reader) {
 
 // execute runs one QMP command and returns its "return" value.
 func (c *qmpClient) execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return c.executeFD(ctx, cmd, args, -1)
+}
+
+// executeFD runs one QMP command like execute and, when fd >= 0, passes
+// fd to QEMU with it (SCM_RIGHTS), as getfd wants.
+func (c *qmpClient) executeFD(ctx context.Context, cmd string, args any, fd int) (json.RawMessage, error) {
 	ch := make(chan qmpReply, 1)
 	c.mu.Lock()
 	if c.err != nil {
@@ -162,7 +170,7 @@ func (c *qmpClient) execute(ctx context.Context, cmd string, args any) (json.Raw
 		return nil, fmt.Errorf("encoding qmp %s: %w", cmd, err)
 	}
 	c.writeMu.Lock()
-	_, err = c.conn.Write(append(b, '\n'))
+	err = c.write(append(b, '\n'), fd)
 	c.writeMu.Unlock()
 	if err != nil {
 		c.forget(id)
@@ -184,6 +192,23 @@ func (c *qmpClient) execute(ctx context.Context, cmd string, args any) (json.Raw
 		c.forget(id)
 		return nil, fmt.Errorf("qmp %s: %w", cmd, ctx.Err())
 	}
+}
+
+// write sends msg, with fd attached when fd >= 0.
+func (c *qmpClient) write(msg []byte, fd int) error {
+	if fd < 0 {
+		_, err := c.conn.Write(msg)
+		return err
+	}
+	uc, ok := c.conn.(*net.UnixConn)
+	if !ok {
+		return errors.New("passing a file descriptor needs a unix socket")
+	}
+	n, _, err := uc.WriteMsgUnix(msg, unix.UnixRights(fd), nil)
+	if err == nil && n < len(msg) {
+		_, err = c.conn.Write(msg[n:])
+	}
+	return err
 }
 
 func (c *qmpClient) forget(id string) {

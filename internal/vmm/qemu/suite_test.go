@@ -30,7 +30,7 @@ func TestDriverSuite(t *testing.T) {
 	opts := Options{Accel: accel, Transport: vmm.TransportVirtioSerial}
 	vmmtest.Run(t, vmmtest.Harness{
 		Name:     driverName,
-		Features: vmm.Features{Pause: true, Layers: true, Accel: accel, Transport: vmm.TransportVirtioSerial},
+		Features: vmm.Features{Pause: true, Snapshots: true, Layers: true, Accel: accel, Transport: vmm.TransportVirtioSerial},
 		New:      func(*testing.T) vmm.Driver { return New(opts) },
 		Spec: func(t *testing.T, g vmmtest.Guest) vmm.Spec {
 			k := needBoot(t)
