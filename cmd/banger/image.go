@@ -13,6 +13,7 @@ func newImageCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "image", Short: "Manage images (root filesystems)"}
 	cmd.AddCommand(newImageRegisterCmd(), newImageListCmd(), newImageInspectCmd(), newImageDeleteCmd())
 	cmd.AddCommand(newImagePullCmds()...)
+	cmd.AddCommand(newImageWarmCmd())
 	return cmd
 }
 
@@ -75,4 +76,37 @@ func newImageInspectCmd() *cobra.Command {
 
 func newImageDeleteCmd() *cobra.Command {
 	return newDeleteCmd("Delete an image no VM uses", (*client.Client).DeleteImage)
+}
+
+func newImageWarmCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "warm IMAGE",
+		Short: "Make the image's warm snapshot now, so the next vm run of it restores instead of booting",
+		Long: `Boot a temporary VM of IMAGE (default sizes from config.toml), snapshot it
+as soon as its agent (and sshd) answer, and delete the VM; the snapshot (kind
+warm) stays. vm create and vm run of the image with those sizes then restore
+it instead of booting cold. Without this, the first cold boot of an image
+makes it. Warm snapshots are deleted with their image.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			p := newProgress()
+			sn, err := c.WarmImage(cmd.Context(), args[0], p.Event)
+			p.Done()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(sn)
+			}
+			cmd.Printf("%s: warm snapshot %s (%s %s, %d vcpus, %d MiB)\n", args[0], sn.Name, sn.VMM, sn.VMMVersion, sn.VCPUs, sn.MemoryMiB)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the snapshot as JSON")
+	return cmd
 }

@@ -110,9 +110,9 @@ hostname, machine-id, SSH host key and agent key.`,
 func newSnapshotCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "snapshot", Short: "List, inspect and delete VM snapshots"}
 	cmd.AddCommand(
-		newListCmd("List snapshots", (*client.Client).ListSnapshots, "NAME\tSTATE\tSOURCE\tIMAGE\tVMM\tSIZE\tUSED BY\tAGE",
+		newListCmd("List snapshots", (*client.Client).ListSnapshots, "NAME\tKIND\tSTATE\tSOURCE\tIMAGE\tVMM\tSIZE\tUSED BY\tAGE",
 			func(s api.Snapshot) string {
-				return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", s.Name, s.State, s.SourceVM, s.Image, s.VMM,
+				return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", s.Name, s.Kind, s.State, s.SourceVM, s.Image, s.VMM,
 					config.FormatSize(s.Bytes), dash(strings.Join(s.UsedBy, ",")), age(s.CreatedAt))
 			}),
 		newInspectCmd("Show a snapshot", (*client.Client).Snapshot, func(s api.Snapshot) [][2]string {

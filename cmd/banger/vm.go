@@ -76,6 +76,7 @@ allows, else by resize2fs here). See docs/disks.md.
 	f.StringVar(&req.Kernel, "kernel", "", "kernel bundle, overriding the image's")
 	sizeFlags(cmd, &req, &memory, &disk)
 	f.BoolVar(&req.NoStart, "no-start", false, "create the VM but do not boot it")
+	f.BoolVar(&req.Cold, "cold", false, "boot the kernel even when the image has a warm snapshot (warm_start)")
 	netFlags(cmd, &req)
 	publishFlag(cmd, &req.Ports)
 	f.IntVar(&req.ReadyTimeoutSeconds, "ready-timeout", 90, "seconds to wait for the guest agent")

@@ -84,6 +84,7 @@ banger vm port and docs/networking.md.`,
 	f.StringVar(&o.VM.Image, "image", "", "image to boot (default: default_image_name, pulled when missing)")
 	f.StringVar(&o.Branch, "branch", "", "create and check out this branch in the workspace")
 	f.StringVar(&o.From, "from", "", "check out this ref (branch, tag, commit) in the workspace")
+	f.BoolVar(&o.VM.Cold, "cold", false, "boot the kernel even when the image has a warm snapshot (warm_start)")
 	f.BoolVar(&o.Remove, "rm", false, "delete the VM after the command ended (command mode)")
 	f.IntVar(&o.VM.ReadyTimeoutSeconds, "ready-timeout", 90, "seconds to wait for the guest's agent and sshd")
 	sizeFlags(cmd, &o.VM, &memory, &disk)

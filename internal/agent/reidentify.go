@@ -202,8 +202,70 @@ func writeHostKey(root, private, public string) error {
 }
 
 // restartSSHD makes every running sshd listener serve the new host key
-// (see reloadSSHD), in the guest's /proc.
-func restartSSHD(ctx context.Context) error { return reloadSSHD(ctx, "/proc") }
+// (see reloadSSHD), in the guest's /proc, unless they read it afresh for
+// each connection anyway (keysReadPerConnection): then there is nothing
+// to do, and a restore does not wait for sshd to re-execute.
+func restartSSHD(ctx context.Context) error {
+	if keysReadPerConnection("/proc", "/") {
+		return nil
+	}
+	return reloadSSHD(ctx, "/proc")
+}
+
+// sshdSessionPaths are where OpenSSH 9.8 and later install sshd-session,
+// the program a listener runs for each connection; the one in
+// OpenSSH_9.8 is the first such release.
+var sshdSessionPaths = []string{
+	"usr/lib/openssh/sshd-session", "usr/libexec/openssh/sshd-session",
+	"usr/libexec/sshd-session", "usr/lib/ssh/sshd-session",
+}
+
+// keysReadPerConnection reports whether every sshd listener under
+// procDir loads the host key files for each connection itself, so a new
+// key is served from the next connection on: an OpenSSH before 9.8 (no
+// sshd-session under root) re-executes itself for each connection, and
+// the new process reads its keys (checked with Debian 12's 9.2p1), unless
+// the listener runs with -r (no re-execution). A later OpenSSH may hand
+// the listener's keys to sshd-session, so it is reloaded.
+func keysReadPerConnection(procDir, root string) bool {
+	for _, p := range sshdSessionPaths {
+		if _, err := os.Stat(filepath.Join(root, p)); err == nil {
+			return false
+		}
+	}
+	for pid := range sshdListeners(procDir) {
+		b, err := os.ReadFile(filepath.Join(procDir, strconv.Itoa(pid), "cmdline"))
+		// A listener's title ("sshd: /usr/sbin/sshd -D [listener] ...")
+		// may have replaced its argv: split on spaces too.
+		args := strings.FieldsFunc(string(b), func(r rune) bool { return r == 0 || r == ' ' })
+		if err != nil || noReexec(args) {
+			return false
+		}
+	}
+	return true
+}
+
+// noReexec reports whether sshd's argv has -r, alone or among other
+// flags ("-Dr"); the letters of options that take a value end a cluster.
+func noReexec(argv []string) bool {
+	for _, a := range argv[min(1, len(argv)):] {
+		if a == "--" {
+			return false
+		}
+		if len(a) < 2 || a[0] != '-' {
+			continue
+		}
+		for _, c := range a[1:] {
+			if c == 'r' {
+				return true
+			}
+			if strings.ContainsRune("CcEfghkopu", c) {
+				break
+			}
+		}
+	}
+	return false
+}
 
 // sshdPoll is how often reloadSSHD looks for the re-executed listeners.
 const sshdPoll = 10 * time.Millisecond

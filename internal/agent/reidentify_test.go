@@ -395,3 +395,40 @@ func TestReloadSSHD(t *testing.T) {
 		})
 	}
 }
+
+func TestKeysReadPerConnection(t *testing.T) {
+	listener := func(t *testing.T, argv ...string) fakeProc {
+		p := fakeProc{t, t.TempDir()}
+		p.proc(10, "sshd", 101)
+		p.tcp([]uint64{101})
+		os.WriteFile(filepath.Join(p.dir, "10", "cmdline"), []byte(strings.Join(argv, "\x00")+"\x00"), 0o644)
+		return p
+	}
+	tests := []struct {
+		name    string
+		argv    []string
+		session string // an sshd-session installed under the root
+		want    bool
+	}{
+		{"OpenSSH before 9.8", []string{"sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups"}, "", true},
+		{"plain -D", []string{"/usr/sbin/sshd", "-D"}, "", true},
+		{"-r: no re-execution", []string{"/usr/sbin/sshd", "-D", "-r"}, "", false},
+		{"-r in a cluster", []string{"/usr/sbin/sshd", "-Dr"}, "", false},
+		{"-r in a listener's title", []string{"sshd: /usr/sbin/sshd -D -r [listener] 0 of 10-100 startups"}, "", false},
+		{"r inside an option's value", []string{"/usr/sbin/sshd", "-D", "-fr"}, "", true},
+		{"OpenSSH 9.8 or later", []string{"/usr/sbin/sshd", "-D"}, "usr/lib/openssh/sshd-session", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := listener(t, tt.argv...)
+			root := t.TempDir()
+			if tt.session != "" {
+				os.MkdirAll(filepath.Join(root, filepath.Dir(tt.session)), 0o755)
+				os.WriteFile(filepath.Join(root, tt.session), nil, 0o755)
+			}
+			if got := keysReadPerConnection(p.dir, root); got != tt.want {
+				t.Errorf("keysReadPerConnection = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

@@ -62,8 +62,29 @@ type VM struct {
 	Ports []PortForward `json:"ports,omitempty"`
 	// Origin is the snapshot it was restored from, if any; Boot says how
 	// its last start went (cold or warm, and why).
-	Origin string `json:"origin,omitempty"`
-	Boot   string `json:"boot,omitempty"`
+	Origin string    `json:"origin,omitempty"`
+	Boot   *BootInfo `json:"boot,omitempty"`
+}
+
+// Boot modes: a cold boot of the kernel, a warm start from the image's
+// warm snapshot, or a restore of a snapshot the user named.
+const (
+	BootCold     = "cold"
+	BootWarm     = "warm"
+	BootSnapshot = "snapshot"
+)
+
+// BootInfo says how a VM's last start went.
+type BootInfo struct {
+	Mode string `json:"mode"`
+	// Snapshot is the snapshot it was restored from (warm, snapshot).
+	Snapshot string `json:"snapshot,omitempty"`
+	// Why a cold boot was not warm.
+	Why string `json:"why,omitempty"`
+	// MadeWarm is the warm snapshot this cold boot left for the next
+	// ones, and MadeWarmMS what taking it cost.
+	MadeWarm   string `json:"made_warm,omitempty"`
+	MadeWarmMS int64  `json:"made_warm_ms,omitempty"`
 }
 
 // WorkspaceSource records the host repo a VM's workspace came from.

@@ -118,6 +118,12 @@ func (c *Client) RegisterImage(ctx context.Context, req api.RegisterImageRequest
 	return stream[api.Image](ctx, c, path("images", "register"), req, p)
 }
 
+// WarmImage makes the image's warm snapshot ahead of time (or returns
+// the one there is).
+func (c *Client) WarmImage(ctx context.Context, name string, p Progress) (api.Snapshot, error) {
+	return stream[api.Snapshot](ctx, c, path("images", name, "warm"), struct{}{}, p)
+}
+
 // DeleteImage removes an image no VM uses.
 func (c *Client) DeleteImage(ctx context.Context, name string) error {
 	return c.Do(ctx, http.MethodDelete, path("images", name), nil, nil)

@@ -151,6 +151,7 @@ func newServer(ctx context.Context, opts Options, st *store.Store, shutdown cont
 			MemoryMiB:     opts.Config.VMMemoryMiB,
 			DiskBytes:     opts.Config.VMDiskBytes,
 			UserSSHKey:    opts.Config.SSHKey(opts.Dirs),
+			WarmStart:     opts.Config.WarmStart,
 			Credentials: credentialSettings{Files: opts.Config.Credentials(config.UserHome()),
 				UID: config.InvokingUID(), GID: config.InvokingGID()},
 		},

@@ -13,12 +13,17 @@ import (
 func (s *Server) imageRoutes(mux *http.ServeMux) {
 	entryRoutes(s, mux, "image", s.images.List, s.images.Get, imageView, s.imageUsers, s.deleteImage)
 	mux.HandleFunc("POST /v1/images/register", s.handleImageRegister)
+	mux.HandleFunc("POST /v1/images/{name}/warm", s.handleImageWarm)
 	s.imagePullRoutes(mux)
 }
 
 // deleteImage deletes the image called name, then the bases of the layer
 // store that were links to it (no VM builds on them: the caller checked).
 func (s *Server) deleteImage(ctx context.Context, name string) error {
+	// Its warm snapshots go with it: they are a cache of its boot.
+	if err := s.vms.deleteWarmOf(ctx, name); err != nil {
+		return err
+	}
 	if err := s.images.Delete(name); err != nil {
 		return err
 	}
@@ -117,4 +122,15 @@ func (s *Server) deleteUnused(w http.ResponseWriter, r *http.Request, kind strin
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"deleted": name})
+}
+
+// handleImageWarm makes the image's warm snapshot ahead of time.
+func (s *Server) handleImageWarm(w http.ResponseWriter, r *http.Request) {
+	st := newStream(w)
+	sn, err := s.vms.warmImage(r.Context(), r.PathValue("name"), st.Progress)
+	if err != nil {
+		st.finish(nil, err)
+		return
+	}
+	st.finish(sn, nil)
 }

@@ -85,7 +85,7 @@ func (s *Server) imageUsers(ctx context.Context, name string) ([]string, error) 
 	if err != nil {
 		return nil, err
 	}
-	snaps, err := s.store.SnapshotsUsingImage(ctx, name)
+	snaps, err := s.store.SnapshotsUsingImage(ctx, name, api.SnapshotWarm)
 	if err != nil {
 		return nil, err
 	}

@@ -38,8 +38,10 @@ type snapshotMeta struct {
 	// frozen (its backing file is the snapshot's layer).
 	Next string `json:"next,omitempty"`
 	// KernelStamp tells the kernel bundle the VM ran from another of the
-	// same name (one pulled again since).
+	// same name (one pulled again since); ImageStamp the same of its
+	// image (warm start restores only onto the image it booted).
 	KernelStamp string `json:"kernel_stamp,omitempty"`
+	ImageStamp  string `json:"image_stamp,omitempty"`
 }
 
 // snapshotAgentKey is the source VM's agent key, kept in the snapshot's
@@ -110,7 +112,10 @@ func (m *vmManager) snapshot(ctx context.Context, name string, req api.SnapshotV
 // was switched to it before the error).
 func (m *vmManager) snapshotLocked(ctx context.Context, v *store.VM, name, kind string) (store.Snapshot, error) {
 	mc := m.machine(v.ID)
-	if mc == nil || (v.State != api.StateRunning && v.State != api.StatePaused) {
+	// A warm snapshot is taken as the guest became ready, before the
+	// start has marked it running.
+	starting := kind == api.SnapshotWarm && v.State == api.StateStarting
+	if mc == nil || (v.State != api.StateRunning && v.State != api.StatePaused && !starting) {
 		return store.Snapshot{}, api.Errorf(api.Conflict, "vm %q is %s: a snapshot holds a running vm's memory, and snapshots of stopped vms are not supported", v.Name, v.State).
 			WithHint("start it first: banger vm start " + v.Name)
 	}
@@ -144,6 +149,11 @@ func (m *vmManager) snapshotLocked(ctx context.Context, v *store.VM, name, kind 
 	}
 	id := newID()
 	meta := snapshotMeta{Next: newLayerName(), KernelStamp: kernelStamp(kb)}
+	if m.images != nil {
+		if im, err := m.images.Get(v.Image); err == nil {
+			meta.ImageStamp = imageStamp(im)
+		}
+	}
 	sn := store.Snapshot{
 		ID: id, Name: name, State: api.SnapshotCreating, Kind: kind, SourceVM: v.Name,
 		Image: v.Image, Kernel: v.Kernel, VMM: v.VMM, VMMVersion: version,
@@ -466,6 +476,12 @@ func (m *vmManager) createFromSnapshot(ctx context.Context, req api.CreateVMRequ
 	if err != nil {
 		return api.VM{}, err
 	}
+	return m.createFrom(ctx, req, sn, restorer, kb, api.BootInfo{Mode: api.BootSnapshot, Snapshot: sn.Name}, p)
+}
+
+// createFrom is createFromSnapshot once sn passed restoreCheck; boot is
+// what vm inspect says of the start.
+func (m *vmManager) createFrom(ctx context.Context, req api.CreateVMRequest, sn store.Snapshot, restorer vmm.Restorer, kb kernel.Bundle, boot api.BootInfo, p progressFunc) (api.VM, error) {
 	if req.Name == "" {
 		req.Name = m.generateName(ctx)
 	}
@@ -489,7 +505,7 @@ func (m *vmManager) createFromSnapshot(ctx context.Context, req api.CreateVMRequ
 		ID: id, Name: req.Name, State: api.StateCreating, Image: sn.Image, Kernel: sn.Kernel, VMM: sn.VMM,
 		VCPUs: sn.VCPUs, MemoryMiB: sn.MemoryMiB, DiskBytes: sn.DiskBytes, DiskMethod: disk.MethodOverlay,
 		Dir: filepath.Join(m.cfg.VMsDir, id), Net: marshal(policy), Layer: newLayerName(), Origin: sn.Name,
-		Boot: "restored from snapshot " + sn.Name,
+		Boot: marshal(boot),
 	}
 	if err := m.store.CreateVM(ctx, v); err != nil {
 		if errors.Is(err, store.ErrExist) {
@@ -537,6 +553,7 @@ func (m *vmManager) createFromSnapshot(ctx context.Context, req api.CreateVMRequ
 // identity. Unlike a cold start, a failure here removes the VM (the
 // caller does): a half-restored guest still has its source's identity.
 func (m *vmManager) restoreLocked(ctx context.Context, v *store.VM, sn store.Snapshot, r vmm.Restorer, kb kernel.Bundle, readyTimeout time.Duration, p progressFunc) (api.VM, error) {
+	t0 := time.Now()
 	if err := m.openPorts(ctx, *v); err != nil {
 		return api.VM{}, err
 	}
@@ -569,14 +586,18 @@ func (m *vmManager) restoreLocked(ctx context.Context, v *store.VM, sn store.Sna
 	rctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	p("giving the guest its identity", 0, 0)
+	t1 := time.Now()
 	if err := m.reidentifyAndDial(rctx, *v, sn, mc, netArg, nic.MAC); err != nil {
 		return api.VM{}, err
 	}
+	t2 := time.Now()
 	m.afterBoot(ctx, v)
 	v.State = api.StateRunning
 	if err := m.store.UpdateVM(ctx, *v); err != nil {
 		return api.VM{}, err
 	}
+	m.log.Info("restored", "vm", v.Name, "snapshot", sn.Name, "vmm", t1.Sub(t0).Round(time.Millisecond).String(),
+		"identity", t2.Sub(t1).Round(time.Millisecond).String(), "after-boot", time.Since(t2).Round(time.Millisecond).String())
 	return m.view(ctx, *v), nil
 }
 
@@ -661,13 +682,17 @@ func (m *vmManager) reidentify(ctx context.Context, v store.VM, sn store.Snapsho
 		}
 	}
 	var last error
+	t0 := time.Now()
 	for {
 		a, _, err := m.dialAgent(ctx, mc, srcKey)
 		if err == nil {
+			t1 := time.Now()
 			req.Time = time.Now().UTC()
 			err = a.Reidentify(ctx, req)
 			a.Close()
 			if err == nil {
+				m.log.Debug("reidentified", "vm", v.Name, "dial", t1.Sub(t0).Round(time.Millisecond).String(),
+					"request", time.Since(t1).Round(time.Millisecond).String())
 				return nil
 			}
 			var re *guest.RemoteError

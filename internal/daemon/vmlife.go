@@ -35,6 +35,13 @@ func (m *vmManager) start(ctx context.Context, name string, readyTimeout time.Du
 // answers is left running and marked failed, so it can be inspected; the
 // error says where to look.
 func (m *vmManager) startLocked(ctx context.Context, v *store.VM, kb kernel.Bundle, readyTimeout time.Duration, p progressFunc) (api.VM, error) {
+	return m.startThen(ctx, v, kb, readyTimeout, p, nil)
+}
+
+// startThen is startLocked with ready called once the guest's agent
+// answered and before anything of the user's (credentials) goes in:
+// warm start snapshots the guest there.
+func (m *vmManager) startThen(ctx context.Context, v *store.VM, kb kernel.Bundle, readyTimeout time.Duration, p progressFunc, ready func(*store.VM)) (api.VM, error) {
 	if mc := m.machine(v.ID); mc != nil {
 		return api.VM{}, api.Errorf(api.Conflict, "vm %q is already running", v.Name)
 	}
@@ -101,6 +108,9 @@ func (m *vmManager) startLocked(ctx context.Context, v *store.VM, kb kernel.Bund
 		}
 		m.store.UpdateVM(context.WithoutCancel(ctx), *v)
 		return api.VM{}, err
+	}
+	if ready != nil {
+		ready(v)
 	}
 	m.afterBoot(ctx, v)
 	crashpoint.Hit(startPoint(first, crashpoint.VMCreateAfterReady, crashpoint.VMStartAfterReady))

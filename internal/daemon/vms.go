@@ -98,6 +98,7 @@ type vmSettings struct {
 	MemoryMiB     int    // memory of a VM created without it; 0: defaultMemoryMiB
 	DiskBytes     int64  // root disk of a VM created without one, at least the image's size
 	UserSSHKey    string // the user's banger ssh key (private half)
+	WarmStart     bool   // keep and restore warm snapshots of images (warm.go)
 	Credentials   credentialSettings
 }
 
@@ -159,6 +160,17 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 	if err != nil {
 		return api.VM{}, err
 	}
+	var plan warmPlan
+	if !req.NoStart {
+		if plan = m.warmFor(ctx, req, im); plan.found {
+			out, err := m.createWarm(ctx, req, plan, p)
+			if err == nil || ctx.Err() != nil {
+				return out, err
+			}
+			m.log.Warn("warm start failed; booting cold", "vm", req.Name, "snapshot", plan.sn.Name, "err", err)
+			plan = warmPlan{why: fmt.Sprintf("warm start from %s failed: %v", plan.sn.Name, err)}
+		}
+	}
 	defer m.lock(req.Name)()
 	id := newID()
 	v := store.VM{
@@ -204,7 +216,17 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 		}
 		return m.view(ctx, v), nil
 	}
-	out, err := m.startLocked(ctx, &v, kb, time.Duration(req.ReadyTimeoutSeconds)*time.Second, p)
+	boot := api.BootInfo{Mode: api.BootCold, Why: plan.why}
+	v.Boot = marshal(boot)
+	var ready func(*store.VM)
+	if plan.make != "" {
+		ready = func(v *store.VM) {
+			p("taking the warm snapshot of image "+im.Name, 0, 0)
+			m.takeWarm(ctx, v, im, plan.make, &boot)
+			v.Boot = marshal(boot)
+		}
+	}
+	out, err := m.startThen(ctx, &v, kb, time.Duration(req.ReadyTimeoutSeconds)*time.Second, p, ready)
 	if err != nil && v.State == api.StateCreating {
 		// It failed before booting: the VM is made, just not started.
 		v.State = api.StateCreated
@@ -333,7 +355,13 @@ func (m *vmManager) view(ctx context.Context, v store.VM) api.VM {
 		ID: v.ID, Name: v.Name, State: v.State, Image: v.Image, Kernel: v.Kernel, VMM: v.VMM,
 		VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB, DiskBytes: v.DiskBytes, DiskMethod: v.DiskMethod,
 		Disk: m.rootDisk(v).Path, Dir: v.Dir, ConsoleLog: filepath.Join(v.Dir, consoleLogFile), LastError: v.LastError, CreatedAt: v.CreatedAt,
-		VsockCID: v.VsockCID, Workspace: workspaceOf(v), Net: m.netView(v), Origin: v.Origin, Boot: v.Boot,
+		VsockCID: v.VsockCID, Workspace: workspaceOf(v), Net: m.netView(v), Origin: v.Origin,
+	}
+	if v.Boot != "" {
+		out.Boot = &api.BootInfo{}
+		if json.Unmarshal([]byte(v.Boot), out.Boot) != nil {
+			out.Boot = &api.BootInfo{Why: v.Boot} // a row from before boot was JSON
+		}
 	}
 	if d, ok := m.drivers[v.VMM]; ok {
 		out.Accel = string(d.Features().Accel)

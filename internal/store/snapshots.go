@@ -137,9 +137,10 @@ func (s *Store) DeleteSnapshot(ctx context.Context, id string) error {
 	return nil
 }
 
-// SnapshotsUsingImage returns the names of snapshots of VMs of image.
-func (s *Store) SnapshotsUsingImage(ctx context.Context, image string) ([]string, error) {
-	return s.names(ctx, `SELECT name FROM snapshots WHERE image = ? ORDER BY name`, image)
+// SnapshotsUsingImage returns the names of snapshots of VMs of image,
+// but for those of kind except (which go with the image).
+func (s *Store) SnapshotsUsingImage(ctx context.Context, image, except string) ([]string, error) {
+	return s.names(ctx, `SELECT name FROM snapshots WHERE image = ? AND kind != ? ORDER BY name`, image, except)
 }
 
 // SnapshotsUsingKernel returns the names of snapshots whose VM booted

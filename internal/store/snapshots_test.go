@@ -49,7 +49,7 @@ func TestSnapshotCRUD(t *testing.T) {
 	if got, _ := s.SnapshotByName(ctx, "snap"); got.State != "ready" {
 		t.Errorf("state %q after a finish that failed on the vm, want the earlier ready", got.State)
 	}
-	if names, _ := s.SnapshotsUsingImage(ctx, "deb"); len(names) != 1 || names[0] != "snap" {
+	if names, _ := s.SnapshotsUsingImage(ctx, "deb", "warm"); len(names) != 1 || names[0] != "snap" {
 		t.Errorf("snapshots of image deb: %v", names)
 	}
 	if names, _ := s.SnapshotsUsingKernel(ctx, "k"); len(names) != 1 {

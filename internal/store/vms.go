@@ -193,8 +193,8 @@ func (s *Store) VMsUsingKernel(ctx context.Context, kernel string) ([]string, er
 	return s.names(ctx, `SELECT name FROM vms WHERE kernel = ? ORDER BY name`, kernel)
 }
 
-func (s *Store) names(ctx context.Context, q string, arg any) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, q, arg)
+func (s *Store) names(ctx context.Context, q string, args ...any) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}

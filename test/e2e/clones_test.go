@@ -1,0 +1,109 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestTenClones: ten VMs made from one snapshot share its memory. The sum
+// of their proportional set sizes (PSS: a page mapped by n processes
+// counts 1/n in each) must be far below ten times what one guest holds,
+// and the snapshot's memory file must be unchanged after they ran.
+func TestTenClones(t *testing.T) {
+	e := bootEnv(t)
+	e.ok("vm", "create", "--image", "fixture", "--name", "src")
+	srcPID := e.vmmPID("src")
+	srcRSS := rollup(t, srcPID)["Rss"]
+	e.ok("vm", "snapshot", "src", "--name", "s10")
+	var sn struct {
+		Dir string `json:"dir"`
+	}
+	if err := json.Unmarshal([]byte(e.ok("snapshot", "inspect", "s10", "--json")), &sn); err != nil {
+		t.Fatal(err)
+	}
+	mem := sn.Dir + "/memory"
+	sum := fileSum(t, mem)
+	var st syscall.Stat_t
+	if err := syscall.Stat(mem, &st); err != nil {
+		t.Fatal(err)
+	}
+	memUsedKiB := st.Blocks * 512 / 1024 // the file is sparse: what the guest touched
+	e.ok("vm", "delete", "--force", "src")
+
+	const n = 10
+	start := time.Now()
+	var pids []int
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("k%d", i)
+		e.ok("vm", "create", "--from-snapshot", "s10", "--name", name)
+		pids = append(pids, e.vmmPID(name))
+	}
+	t.Logf("%d vm create --from-snapshot in a row: %v", n, time.Since(start).Round(time.Millisecond))
+	// Each clone does a little work of its own, then the numbers are read.
+	for i := 0; i < n; i++ {
+		e.ok("vm", "exec", fmt.Sprintf("k%d", i), "--", "true")
+	}
+	var pss, rss, anon int64
+	for _, pid := range pids {
+		r := rollup(t, pid)
+		pss, rss, anon = pss+r["Pss"], rss+r["Rss"], anon+r["Anonymous"]
+	}
+	t.Logf("one guest before the snapshot: qemu RSS %d MiB; the snapshot's memory file holds %d MiB (of its full size)", srcRSS>>10, memUsedKiB>>10)
+	t.Logf("%d clones: PSS %d MiB in all (%d MiB each), RSS %d MiB in all, private (anonymous) %d MiB in all",
+		n, pss>>10, pss/n>>10, rss>>10, anon>>10)
+	t.Logf("PSS of %d clones / (%d x one guest's RSS) = %.2f", n, n, float64(pss)/float64(n*srcRSS))
+	if pss*2 > n*srcRSS {
+		t.Errorf("%d clones take %d MiB PSS, not far below %d x %d MiB: they do not share the snapshot's memory", n, pss>>10, n, srcRSS>>10)
+	}
+	if got := fileSum(t, mem); got != sum {
+		t.Errorf("the snapshot's memory file changed while %d clones ran from it", n)
+	}
+	for i := 0; i < n; i++ {
+		e.ok("vm", "delete", "--force", fmt.Sprintf("k%d", i))
+	}
+	e.ok("snapshot", "delete", "s10")
+}
+
+// vmmPID returns the pid of the VMM process of VM name.
+func (e *env) vmmPID(name string) int {
+	e.t.Helper()
+	var v struct {
+		PID int `json:"pid"`
+	}
+	if err := json.Unmarshal([]byte(e.ok("vm", "inspect", name)), &v); err != nil {
+		e.t.Fatal(err)
+	}
+	if v.PID != 0 {
+		return v.PID
+	}
+	e.t.Fatalf("vm inspect %s names no vmm pid", name)
+	return 0
+}
+
+// rollup reads /proc/PID/smaps_rollup: field name to KiB.
+func rollup(t *testing.T, pid int) map[string]int64 {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := map[string]int64{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) == 3 && fs[2] == "kB" {
+			if v, err := strconv.ParseInt(fs[1], 10, 64); err == nil {
+				out[strings.TrimSuffix(fs[0], ":")] = v
+			}
+		}
+	}
+	return out
+}
