@@ -691,7 +691,7 @@ func (m *vmManager) reidentify(ctx context.Context, v store.VM, sn store.Snapsho
 			err = a.Reidentify(ctx, req)
 			a.Close()
 			if err == nil {
-				m.log.Debug("reidentified", "vm", v.Name, "dial", t1.Sub(t0).Round(time.Millisecond).String(),
+				m.log.Info("reidentified", "vm", v.Name, "dial", t1.Sub(t0).Round(time.Millisecond).String(),
 					"request", time.Since(t1).Round(time.Millisecond).String())
 				return nil
 			}

@@ -132,7 +132,7 @@ func BenchmarkWarmRun(b *testing.B) {
 	// Where a warm run's time goes, as the daemon saw it.
 	log, _ := os.ReadFile(filepath.Join(e.home, "state", "bangerd.log"))
 	for _, l := range strings.Split(string(log), "\n") {
-		if strings.Contains(l, "warm start") || strings.Contains(l, "qemu restored") {
+		if strings.Contains(l, "warm start") || strings.Contains(l, "qemu restored") || strings.Contains(l, "msg=restored") || strings.Contains(l, "msg=reidentified") {
 			fmt.Println(l)
 		}
 	}
