@@ -23,8 +23,12 @@ import (
 
 const (
 	// portPollInterval is how often an idle virtio-serial port is read
-	// again: a read returns EOF while no host is connected.
+	// again: a read returns EOF while no host is connected. The first
+	// polls after a session ends, and the first reopen, come sooner
+	// (portPollFirst, doubling): that is when a restored guest's new
+	// host is about to get in.
 	portPollInterval = 75 * time.Millisecond
+	portPollFirst    = 10 * time.Millisecond
 	// portRetryInterval is how often a missing port is looked for again.
 	portRetryInterval = 2 * time.Second
 	// portNameWait bounds the wait for a port's sysfs name to be filled in.
@@ -82,7 +86,7 @@ func (s *Server) ServeTransports(ctx context.Context) {
 // through.
 func (s *Server) ServePort(ctx context.Context, open func(context.Context) (io.ReadWriteCloser, error)) error {
 	var lastErr string
-	pause := portPollInterval
+	pause := portPollFirst
 	for ctx.Err() == nil {
 		port, err := open(ctx)
 		if err != nil {
@@ -95,7 +99,7 @@ func (s *Server) ServePort(ctx context.Context, open func(context.Context) (io.R
 		}
 		served, err := s.servePortOnce(ctx, port)
 		if served {
-			lastErr, pause = "", portPollInterval
+			lastErr, pause = "", portPollFirst
 		}
 		switch {
 		case err == nil || ctx.Err() != nil:
@@ -122,7 +126,7 @@ func (s *Server) ServePort(ctx context.Context, open func(context.Context) (io.R
 func (s *Server) servePortOnce(ctx context.Context, port io.ReadWriteCloser) (served bool, err error) {
 	stop := context.AfterFunc(ctx, func() { port.Close() })
 	defer stop()
-	idle := &idlePort{ctx: ctx, port: port, waiting: true}
+	idle := &idlePort{ctx: ctx, port: port, waiting: true, poll: portPollFirst}
 	r, err := s.accept(idle, "virtio-serial")
 	if err != nil {
 		port.Close()
@@ -140,7 +144,8 @@ func (s *Server) servePortOnce(ctx context.Context, port io.ReadWriteCloser) (se
 type idlePort struct {
 	ctx     context.Context
 	port    io.ReadWriteCloser
-	waiting bool // only touched by the goroutine that reads
+	waiting bool          // only touched by the goroutine that reads
+	poll    time.Duration // the next pause after an EOF, up to portPollInterval
 }
 
 func (p *idlePort) Read(b []byte) (int, error) {
@@ -152,7 +157,8 @@ func (p *idlePort) Read(b []byte) (int, error) {
 		if p.ctx.Err() != nil {
 			return 0, p.ctx.Err()
 		}
-		sleepCtx(p.ctx, portPollInterval)
+		sleepCtx(p.ctx, p.poll)
+		p.poll = min(2*p.poll, portPollInterval)
 	}
 }
 

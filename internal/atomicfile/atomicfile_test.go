@@ -117,3 +117,35 @@ func TestTempName(t *testing.T) {
 		t.Errorf("temp file %q does not match .tmp-blob-*", tmp)
 	}
 }
+
+// Replace gives what WriteFile does, bar the syncs: new content and mode,
+// the old file replaced rather than written through, no temp file left.
+func TestReplace(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "hostname")
+	if err := os.WriteFile(p, []byte("old\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	keep := filepath.Join(dir, "link")
+	if err := os.Link(p, keep); err != nil {
+		t.Fatal(err)
+	}
+	if err := Replace(p, []byte("new\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(p); err != nil || string(b) != "new\n" {
+		t.Errorf("content = %q, %v", b, err)
+	}
+	if st, _ := os.Stat(p); st.Mode().Perm() != 0o644 {
+		t.Errorf("mode = %v, want 0644", st.Mode())
+	}
+	if b, _ := os.ReadFile(keep); string(b) != "old\n" {
+		t.Errorf("the old file was written through: %q", b)
+	}
+	if diff := cmp.Diff([]string{"hostname", "link"}, entries(t, dir)); diff != "" {
+		t.Errorf("entries (-want +got):\n%s", diff)
+	}
+	if err := Replace(filepath.Join(dir, "no-such-dir", "f"), nil, 0o644); err == nil {
+		t.Error("Replace into a missing directory succeeded")
+	}
+}

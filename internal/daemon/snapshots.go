@@ -601,70 +601,44 @@ func (m *vmManager) restoreLocked(ctx context.Context, v *store.VM, sn store.Sna
 	return m.view(ctx, *v), nil
 }
 
-// reidentifyAndDial gives the restored guest of v its identity and then
-// dials its agent with v's own key, holding v's dial lock throughout: on
-// the serial transport a second dial (a waiter, a CLI call) would break
-// into the session that carries the new key. An agent that refuses the
-// new key for a few seconds and still takes the snapshot's is told its
-// identity once more.
+// reidentifyAndDial gives the restored guest of v its identity and keeps
+// the connection that did it as v's agent client, holding v's dial lock
+// throughout: on the serial transport a second dial (a waiter, a CLI
+// call) would break into that session. The session was opened with the
+// snapshot's key, over v's own transport, so it reaches v's guest alone;
+// later connections authenticate with v's key, in force in the agent
+// from its answer on. Keeping it saves a reconnect (a quarter of a warm
+// start under software emulation).
 func (m *vmManager) reidentifyAndDial(ctx context.Context, v store.VM, sn store.Snapshot, mc vmm.Machine, netArg, mac string) error {
 	defer m.dials.lock(v.ID)()
-	for attempt := 1; ; attempt++ {
-		if err := m.reidentify(ctx, v, sn, mc, netArg, mac); err != nil {
-			return err
-		}
-		err := m.dialRefusedFor(ctx, v, refusedGrace)
-		if err == nil || !errors.Is(err, guest.ErrUnauthenticated) || attempt == 2 {
-			if err != nil {
-				return fmt.Errorf("guest agent after reidentify: %w", err)
-			}
-			return nil
-		}
-		m.log.Warn("the restored agent refused the new key after reidentify; telling it again", "vm", v.Name, "err", err)
+	a, info, err := m.reidentify(ctx, v, sn, mc, netArg, mac)
+	if err != nil {
+		return err
 	}
-}
-
-// refusedGrace is how long a dial with a VM's new key keeps being tried
-// while the agent refuses it, right after a reidentify.
-const refusedGrace = 5 * time.Second
-
-// dialRefusedFor dials v's agent (m.agentLocked) and tries again while
-// it refuses the key, for up to grace.
-func (m *vmManager) dialRefusedFor(ctx context.Context, v store.VM, grace time.Duration) error {
-	deadline := time.Now().Add(grace)
-	for {
-		_, err := m.agentLocked(ctx, v)
-		if err == nil || !errors.Is(err, guest.ErrUnauthenticated) || time.Now().After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
+	m.keepAgent(ctx, v.ID, a, info)
+	return nil
 }
 
 // reidentify tells the restored guest's agent (which still answers to
 // the snapshot source's key) its new identity, with v's own keys from
-// its seed: the agent takes v's agent key last, so the next connection
-// (m.agent) authenticates as v.
-func (m *vmManager) reidentify(ctx context.Context, v store.VM, sn store.Snapshot, mc vmm.Machine, netArg, mac string) error {
+// its seed, and returns the client that did it: the agent takes v's
+// agent key last, so the next connection (m.agent) authenticates as v.
+func (m *vmManager) reidentify(ctx context.Context, v store.VM, sn store.Snapshot, mc vmm.Machine, netArg, mac string) (*guest.Client, guest.Info, error) {
 	srcKey, err := loadAgentKey(store.VM{Name: "snapshot " + sn.Name, Dir: sn.Dir})
 	if err != nil {
-		return err
+		return nil, guest.Info{}, err
 	}
 	newKey, err := loadAgentKey(v)
 	if err != nil {
-		return err
+		return nil, guest.Info{}, err
 	}
 	gc, err := network.ParseBangerNet(netArg)
 	if err != nil {
-		return err
+		return nil, guest.Info{}, err
 	}
 	seed, err := readSeed(filepath.Join(v.Dir, seedFileName))
 	if err != nil {
-		return fmt.Errorf("reading the seed of vm %q: %w", v.Name, err)
+		return nil, guest.Info{}, fmt.Errorf("reading the seed of vm %q: %w", v.Name, err)
 	}
 	req := guest.ReidentifyRequest{
 		Hostname: v.Name, MAC: mac, Address: gc.Address.String(), Gateway: gc.Gateway.String(),
@@ -684,29 +658,28 @@ func (m *vmManager) reidentify(ctx context.Context, v store.VM, sn store.Snapsho
 	var last error
 	t0 := time.Now()
 	for {
-		a, _, err := m.dialAgent(ctx, mc, srcKey)
+		a, info, err := m.dialAgent(ctx, mc, srcKey)
 		if err == nil {
 			t1 := time.Now()
 			req.Time = time.Now().UTC()
-			err = a.Reidentify(ctx, req)
-			a.Close()
-			if err == nil {
+			if err = a.Reidentify(ctx, req); err == nil {
 				m.log.Info("reidentified", "vm", v.Name, "dial", t1.Sub(t0).Round(time.Millisecond).String(),
 					"request", time.Since(t1).Round(time.Millisecond).String())
-				return nil
+				return a, info, nil
 			}
+			a.Close()
 			var re *guest.RemoteError
 			if errors.As(err, &re) {
-				return err
+				return nil, guest.Info{}, err
 			}
 		}
 		if errors.Is(err, guest.ErrUnauthenticated) || errors.Is(err, vmm.ErrNotRunning) || errors.Is(err, guest.ErrVersionMismatch) {
-			return err
+			return nil, guest.Info{}, err
 		}
 		last = err
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the restored guest's agent never answered: %w (last error: %w)", ctx.Err(), last)
+			return nil, guest.Info{}, fmt.Errorf("the restored guest's agent never answered: %w (last error: %w)", ctx.Err(), last)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -269,13 +269,7 @@ func (m *vmManager) agentLocked(ctx context.Context, v store.VM) (*guest.Client,
 	for {
 		a, info, err := m.dialAgent(ctx, mc, key)
 		if err == nil {
-			m.mu.Lock()
-			if old := m.agents[v.ID]; old != nil {
-				old.Close()
-			}
-			m.agents[v.ID], m.infos[v.ID] = a, info
-			m.mu.Unlock()
-			m.markAnswered(ctx, v.ID)
+			m.keepAgent(ctx, v.ID, a, info)
 			return a, nil
 		}
 		if errors.Is(err, guest.ErrVersionMismatch) || errors.Is(err, guest.ErrUnauthenticated) || errors.Is(err, vmm.ErrNotRunning) {
@@ -288,6 +282,18 @@ func (m *vmManager) agentLocked(ctx context.Context, v store.VM) (*guest.Client,
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// keepAgent makes a the agent client of the VM with id (closing the one
+// it replaces), the caller holding m.dials' lock of it.
+func (m *vmManager) keepAgent(ctx context.Context, id string, a *guest.Client, info guest.Info) {
+	m.mu.Lock()
+	if old := m.agents[id]; old != nil {
+		old.Close()
+	}
+	m.agents[id], m.infos[id] = a, info
+	m.mu.Unlock()
+	m.markAnswered(ctx, id)
 }
 
 func (m *vmManager) dialAgent(ctx context.Context, mc vmm.Machine, key []byte) (*guest.Client, guest.Info, error) {

@@ -29,7 +29,8 @@ import (
 // (a yamux header starts with version 0, so a marker always breaks an old
 // session):
 //
-//	host:  [filler] HELLO, repeated every helloInterval with growing filler
+//	host:  [filler] HELLO, repeated with growing filler, every
+//	       helloFirstInterval and then every helloInterval
 //	guest: CHALLENGE+gnonce for each HELLO it sees (anything else is skipped)
 //	host:  on the first CHALLENGE, stops sending HELLO and sends
 //	       AUTH+hnonce+HMAC(key, "host"|gnonce|hnonce)
@@ -58,8 +59,15 @@ const (
 	nonceSize     = 16
 	macSize       = sha256.Size
 	helloInterval = 250 * time.Millisecond
-	minFiller     = 64
-	maxFiller     = 256 << 10 // yamux's default (and our) max stream window
+	// helloFirstInterval spaces the first helloFirstCount HELLOs: a
+	// virtio-serial port drops what arrives while the guest has it
+	// closed, as an agent does for a moment when a restored guest's
+	// old session ends, and a restore should not wait helloInterval
+	// for the next HELLO.
+	helloFirstInterval = 40 * time.Millisecond
+	helloFirstCount    = 5
+	minFiller          = 64
+	maxFiller          = 256 << 10 // yamux's default (and our) max stream window
 	// maxDenied is how many refusals the host takes before it believes
 	// one: a refusal can be stale, left on a virtio-serial port by an
 	// earlier handshake.
@@ -245,16 +253,20 @@ func challenge(rw io.ReadWriter, s *markerScanner) ([]byte, error) {
 	go func() {
 		defer close(stopped)
 		filler := minFiller
-		for {
+		for sent := 1; ; sent++ {
 			msg := append(bytes.Repeat([]byte{0xff}, filler), markerHello...)
 			if _, err := rw.Write(msg); err != nil {
 				return
 			}
 			filler = min(filler*4, maxFiller)
+			wait := helloInterval
+			if sent < helloFirstCount {
+				wait = helloFirstInterval
+			}
 			select {
 			case <-stop:
 				return
-			case <-time.After(helloInterval):
+			case <-time.After(wait):
 			}
 		}
 	}()
