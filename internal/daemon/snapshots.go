@@ -658,13 +658,29 @@ func (m *vmManager) reidentify(ctx context.Context, v store.VM, sn store.Snapsho
 	var last error
 	t0 := time.Now()
 	for {
-		a, info, err := m.dialAgent(ctx, mc, srcKey)
+		a, err := m.connectAgent(ctx, mc, srcKey)
 		if err == nil {
 			t1 := time.Now()
 			req.Time = time.Now().UTC()
-			if err = a.Reidentify(ctx, req); err == nil {
-				m.log.Info("reidentified", "vm", v.Name, "dial", t1.Sub(t0).Round(time.Millisecond).String(),
-					"request", time.Since(t1).Round(time.Millisecond).String())
+			// The hello goes beside the request, on a stream of its own:
+			// under emulation each round trip to a just-restored guest
+			// costs tens of milliseconds.
+			var info guest.Info
+			var herr error
+			hello := make(chan struct{})
+			go func() {
+				defer close(hello)
+				info, herr = a.Hello(ctx)
+			}()
+			err = a.Reidentify(ctx, req)
+			<-hello
+			if herr != nil && (err == nil || errors.Is(herr, guest.ErrVersionMismatch)) {
+				err = herr
+			}
+			if err == nil {
+				info.Hostname = req.Hostname // the hello may have seen the old one
+				m.log.Info("reidentified", "vm", v.Name, "waited", t1.Sub(t0).Round(time.Millisecond).String(),
+					"took", time.Since(t1).Round(time.Millisecond).String())
 				return a, info, nil
 			}
 			a.Close()

@@ -284,6 +284,20 @@ func (m *vmManager) agentLocked(ctx context.Context, v store.VM) (*guest.Client,
 	}
 }
 
+// connectAgent connects to mc's agent and authenticates with key.
+func (m *vmManager) connectAgent(ctx context.Context, mc vmm.Machine, key []byte) (*guest.Client, error) {
+	conn, err := mc.DialAgent(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a, err := guest.NewClient(conn, key, m.log)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
 // keepAgent makes a the agent client of the VM with id (closing the one
 // it replaces), the caller holding m.dials' lock of it.
 func (m *vmManager) keepAgent(ctx context.Context, id string, a *guest.Client, info guest.Info) {
@@ -297,13 +311,8 @@ func (m *vmManager) keepAgent(ctx context.Context, id string, a *guest.Client, i
 }
 
 func (m *vmManager) dialAgent(ctx context.Context, mc vmm.Machine, key []byte) (*guest.Client, guest.Info, error) {
-	conn, err := mc.DialAgent(ctx)
+	a, err := m.connectAgent(ctx, mc, key)
 	if err != nil {
-		return nil, guest.Info{}, err
-	}
-	a, err := guest.NewClient(conn, key, m.log)
-	if err != nil {
-		conn.Close()
 		return nil, guest.Info{}, err
 	}
 	info, err := a.Hello(ctx)

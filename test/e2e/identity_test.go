@@ -83,7 +83,7 @@ func TestReidentifySystemdGuest(t *testing.T) {
 	if err := c.Reidentify(ctx, req); err != nil {
 		t.Fatalf("Reidentify: %v", err)
 	}
-	t.Logf("reidentify (sshd reloaded under systemd) took %v", time.Since(start))
+	t.Logf("reidentify (sshd under systemd) took %v", time.Since(start))
 
 	got := e.ok("vm", "exec", "id1", "--", "sh", "-c",
 		"hostname; cat /etc/hostname /etc/machine-id /sys/class/net/eth0/address; ip -4 -o addr show dev eth0 | awk '{print $4}'; grep 127.0.1.1 /etc/hosts")
