@@ -168,3 +168,24 @@ web_allow_remote = false
 		t.Errorf("sources (-want +got):\n%s", diff)
 	}
 }
+
+// BANGER_WARM_START overrides warm_start, from the file or the default;
+// a value that is not a boolean is an error naming the variable.
+func TestWarmStartEnv(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(path, []byte("warm_start = true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(WarmStartEnv, "false")
+	for _, p := range []string{path, filepath.Join(dir, "missing.toml")} {
+		cfg, src, err := Load(p)
+		if err != nil || cfg.WarmStart || src.Of("warm_start") != "$BANGER_WARM_START" {
+			t.Errorf("Load(%s) with %s=false: warm_start %v from %q, %v", p, WarmStartEnv, cfg.WarmStart, src.Of("warm_start"), err)
+		}
+	}
+	t.Setenv(WarmStartEnv, "maybe")
+	if _, _, err := Load(path); err == nil || !strings.Contains(err.Error(), "BANGER_WARM_START") {
+		t.Errorf("Load with %s=maybe: %v, want an error naming it", WarmStartEnv, err)
+	}
+}

@@ -54,15 +54,45 @@ func (e *Error) Error() string {
 // not an error: it yields Default() with every source SourceDefault. Every
 // problem found is reported (errors.Join of *Error), each naming the file,
 // the line and the key.
+//
+// The environment variable BANGER_WARM_START (true or false) overrides
+// warm_start, for a script or a test suite that wants every VM to boot
+// cold (or warm) whatever the file says.
 func Load(path string) (Config, Sources, error) {
 	data, err := readTrusted(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return Default(), Sources{}, nil
-	}
-	if err != nil {
+	var cfg Config
+	var src Sources
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		cfg, src = Default(), Sources{}
+	case err != nil:
 		return Config{}, nil, fmt.Errorf("reading config: %w", err)
+	default:
+		if cfg, src, err = Parse(path, data); err != nil {
+			return cfg, src, err
+		}
 	}
-	return Parse(path, data)
+	if err := applyEnv(&cfg, src); err != nil {
+		return Config{}, nil, err
+	}
+	return cfg, src, nil
+}
+
+// WarmStartEnv overrides warm_start (see Load).
+const WarmStartEnv = "BANGER_WARM_START"
+
+func applyEnv(cfg *Config, src Sources) error {
+	v, ok := os.LookupEnv(WarmStartEnv)
+	if !ok || v == "" {
+		return nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("%s=%q: want true or false", WarmStartEnv, v)
+	}
+	cfg.WarmStart = b
+	src["warm_start"] = "$" + WarmStartEnv
+	return nil
 }
 
 // maxConfigBytes bounds what Load reads: a config.toml is a few lines.

@@ -73,6 +73,16 @@ const (
 	// policy change (vm net).
 	NetAfterRecord Point = "vm.net.after-record" // the new policy is recorded, not yet in force
 	NetAfterApply  Point = "vm.net.after-apply"  // in force (nftables), the client not told
+
+	// vm snapshot (and a fork's first half): the row, the VMM's save,
+	// the disk's freeze; the source VM is paused throughout.
+	SnapshotAfterRow    Point = "vm.snapshot.after-row"    // recorded creating, nothing saved
+	SnapshotAfterSave   Point = "vm.snapshot.after-save"   // memory and device state written, the disk not frozen
+	SnapshotAfterFreeze Point = "vm.snapshot.after-freeze" // recorded ready, the source still paused
+
+	// vm create --from-snapshot (and a fork's second half, and a warm start).
+	RestoreAfterVMM      Point = "vm.restore.after-vmm"      // the VMM restored and recorded; the guest has its source's identity
+	RestoreAfterIdentity Point = "vm.restore.after-identity" // the guest has its own identity, not yet recorded running
 )
 
 // All is every point, in the order of the operations' steps: the crash
@@ -88,6 +98,8 @@ var All = []Point{
 	SessionAfterGuest, SessionAfterRecord,
 	PortAfterRecord, PortAfterListen,
 	NetAfterRecord, NetAfterApply,
+	SnapshotAfterRow, SnapshotAfterSave, SnapshotAfterFreeze,
+	RestoreAfterVMM, RestoreAfterIdentity,
 }
 
 // Known reports whether p is one of All.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/crashpoint"
 	"banger/internal/disk"
 	"banger/internal/guest"
 	"banger/internal/image"
@@ -169,8 +170,14 @@ func (m *vmManager) snapshotLocked(ctx context.Context, v *store.VM, name, kind 
 	}
 	fail := func(err error) (store.Snapshot, error) {
 		m.abandonSnapshot(context.WithoutCancel(ctx), sn, v)
+		if isNoSpace(err) {
+			return store.Snapshot{}, api.Errorf(api.Unavailable, "snapshot of vm %q: the file system of %s is full (%s free; a snapshot takes up to the vm's memory, %d MiB): %v (nothing of the snapshot was kept)",
+				v.Name, m.cfg.SnapshotsDir, freeSpace(m.cfg.SnapshotsDir), v.MemoryMiB, err).
+				WithHint("free space there, then run the same command again")
+		}
 		return store.Snapshot{}, fmt.Errorf("snapshot of vm %q: %w (nothing of the snapshot was kept)", v.Name, err)
 	}
+	crashpoint.Hit(crashpoint.SnapshotAfterRow)
 	if err := os.MkdirAll(sn.Dir, 0o700); err != nil {
 		return fail(err)
 	}
@@ -186,9 +193,11 @@ func (m *vmManager) snapshotLocked(ctx context.Context, v *store.VM, name, kind 
 	if err := snapper.Snapshot(ctx, sn.Dir); err != nil {
 		return fail(err)
 	}
+	crashpoint.Hit(crashpoint.SnapshotAfterSave)
 	if err := m.freeze(ctx, freezer, &sn, v, meta.Next); err != nil {
 		return fail(err)
 	}
+	crashpoint.Hit(crashpoint.SnapshotAfterFreeze)
 	return sn, nil
 }
 
@@ -574,12 +583,17 @@ func (m *vmManager) restoreLocked(ctx context.Context, v *store.VM, sn store.Sna
 	if err != nil {
 		return api.VM{}, err
 	}
-	v.State, v.Spec, v.Handle, v.VsockCID = api.StateStarting, marshal(spec), marshal(mc.Handle()), spec.VsockCID
+	// v stays creating until the guest has its identity: a daemon that
+	// dies before has left a guest with its source's, which the next one
+	// removes with the rest of the half-made VM (its VMM is found by the
+	// handle recorded here).
+	v.Spec, v.Handle, v.VsockCID = marshal(spec), marshal(mc.Handle()), spec.VsockCID
 	if err := m.store.UpdateVM(ctx, *v); err != nil {
 		mc.Kill()
 		return api.VM{}, err
 	}
 	m.track(ctx, *v, mc)
+	crashpoint.Hit(crashpoint.RestoreAfterVMM)
 	if readyTimeout <= 0 {
 		readyTimeout = defaultReadyTimeout
 	}
@@ -591,6 +605,7 @@ func (m *vmManager) restoreLocked(ctx context.Context, v *store.VM, sn store.Sna
 		return api.VM{}, err
 	}
 	t2 := time.Now()
+	crashpoint.Hit(crashpoint.RestoreAfterIdentity)
 	m.afterBoot(ctx, v)
 	v.State = api.StateRunning
 	if err := m.store.UpdateVM(ctx, *v); err != nil {
@@ -734,4 +749,21 @@ func (m *vmManager) fork(ctx context.Context, name string, req api.ForkVMRequest
 		return api.VM{}, err
 	}
 	return out, nil
+}
+
+// isNoSpace reports whether err is a full file system: ENOSPC, or QEMU's
+// words for it (its migration errors are text).
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || strings.Contains(err.Error(), "No space left on device") ||
+		strings.Contains(err.Error(), "no space left on device")
+}
+
+// freeSpace is what the file system of dir has free for an unprivileged
+// writer, in MiB ("unknown" when it cannot be read).
+func freeSpace(dir string) string {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return "unknown space"
+	}
+	return fmt.Sprintf("%d MiB", st.Bavail*uint64(st.Bsize)>>20)
 }

@@ -418,3 +418,31 @@ func TestImageDeleteNamesSnapshots(t *testing.T) {
 		t.Errorf("users of image deb: %v, %v", users, err)
 	}
 }
+
+// A daemon killed while a snapshot had the VM paused leaves it paused,
+// with a record that says running: the next daemon resumes it. A VM
+// recorded paused stays paused.
+func TestAdoptResumesVMLeftPaused(t *testing.T) {
+	r, _ := newSnapRig(t, vmmtest.MemOptions{})
+	ctx := t.Context()
+	v := running(t, r, "src")
+	w := running(t, r, "kept-paused")
+	if _, err := r.m.pause(ctx, "kept-paused", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.d.Machine(v.ID).Pause(ctx); err != nil { // as snapshotLocked does, then the kill
+		t.Fatal(err)
+	}
+	d2 := r.d.Restart()
+	m := r.manager(d2)
+	m.images, m.kernels, m.cfg.UserSSHKey = r.m.images, r.m.kernels, r.m.cfg.UserSSHKey
+	if err := m.adoptAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r.d.Machine(v.ID).Paused() {
+		t.Error("a vm recorded running, left paused by a killed daemon, is still paused")
+	}
+	if !r.d.Machine(w.ID).Paused() {
+		t.Error("a vm recorded paused was resumed")
+	}
+}

@@ -462,6 +462,13 @@ func (m *vmManager) adoptAll(ctx context.Context) error {
 		m.log.Info("re-adopted vm", "vm", v.Name, "pid", h.PID)
 		m.track(ctx, v, mc)
 		m.reopenPorts(ctx, v)
+		if p, ok := mc.(vmm.Pauser); ok && v.State != api.StatePaused {
+			// A daemon killed while a snapshot (or a pause) had the VM
+			// paused left it so; the record says it runs, so it runs.
+			if err := p.Resume(ctx); err != nil {
+				m.log.Warn("resuming an adopted vm", "vm", v.Name, "err", err)
+			}
+		}
 		if v.State == api.StateStarting {
 			// The old daemon died mid-boot: finish the wait in the background.
 			go func(v store.VM) {

@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"archive/tar"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -195,6 +197,10 @@ func runCrashCase(t *testing.T, e *env, c crashCase) (result string) {
 		}
 		if len(rec.errs) > 0 {
 			result = "FAIL: " + strings.Join(rec.errs, "; ")
+			// The daemon may still be armed (the op never reached the
+			// point): the next case must not meet it.
+			e.extra = nil
+			e.banger("daemon", "stop")
 		}
 	}()
 	if c.setup != nil {
@@ -239,7 +245,8 @@ func checkCrashWorld(t testing.TB, e *env) {
 	}
 	// The state and the files agree: every VM's directory and disk are
 	// there (checkNoLeaks checked every directory has its VM), and every
-	// qcow2 layer is a VM's disk.
+	// qcow2 layer is a VM's disk or under one (a backing file: what a
+	// snapshot froze).
 	running := map[string]bool{}
 	disks := map[string]bool{}
 	var listeners []string
@@ -258,10 +265,32 @@ func checkCrashWorld(t testing.TB, e *env) {
 			}
 		}
 	}
+	for d := range disks {
+		for l := qcow2Backing(t, d); l != ""; l = qcow2Backing(t, l) {
+			disks[l] = true
+		}
+	}
 	layers, _ := filepath.Glob(filepath.Join(e.home, "state", "layers", "*.qcow2"))
 	for _, l := range layers {
 		if !disks[l] {
-			t.Errorf("layer %s is no listed vm's disk: leaked", l)
+			t.Errorf("layer %s is no listed vm's disk nor under one: leaked", l)
+		}
+	}
+	// Snapshots: every listed one has its directory, every directory is a
+	// listed one's.
+	var sns []struct{ Name, State, Dir string }
+	json.Unmarshal([]byte(e.ok("snapshot", "list", "--json")), &sns)
+	snapDirs := map[string]bool{}
+	for _, sn := range sns {
+		snapDirs[sn.Dir] = true
+		if !exists(sn.Dir) {
+			t.Errorf("snapshot %s (%s): its directory %s is missing", sn.Name, sn.State, sn.Dir)
+		}
+	}
+	ents, _ := os.ReadDir(filepath.Join(e.home, "state", "snapshots"))
+	for _, ent := range ents {
+		if d := filepath.Join(e.home, "state", "snapshots", ent.Name()); !snapDirs[d] {
+			t.Errorf("%s is no listed snapshot's: leaked", d)
 		}
 	}
 	// Port listeners: exactly the running VMs' forwards (and the guests'
@@ -342,6 +371,35 @@ func checkCrashWorld(t testing.TB, e *env) {
 	if s := e.sessions("keep")["before"]; s.State != "running" {
 		t.Errorf("keep's session made before the crash: %+v", s)
 	}
+}
+
+// qcow2Backing returns the backing file a qcow2 file names in its header
+// (relative names are under the file's directory), "" for none or for a
+// file that is not qcow2.
+func qcow2Backing(t testing.TB, path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var h [20]byte
+	if _, err := io.ReadFull(f, h[:]); err != nil || string(h[:4]) != "QFI\xfb" {
+		return ""
+	}
+	off, n := binary.BigEndian.Uint64(h[8:16]), binary.BigEndian.Uint32(h[16:20])
+	if off == 0 || n == 0 || n > 4096 {
+		return ""
+	}
+	name := make([]byte, n)
+	if _, err := f.ReadAt(name, int64(off)); err != nil {
+		t.Errorf("reading the backing file name of %s: %v", path, err)
+		return ""
+	}
+	b := string(name)
+	if !filepath.IsAbs(b) {
+		b = filepath.Join(filepath.Dir(path), b)
+	}
+	return filepath.Clean(b)
 }
 
 func exists(p string) bool {
@@ -547,7 +605,80 @@ func crashCases(deb string) []crashCase {
 	for _, p := range []crashpoint.Point{crashpoint.NetAfterRecord, crashpoint.NetAfterApply} {
 		cs = append(cs, crashCase{point: p, op: []string{"vm", "net", "keep", "--net", "none"}, after: netOutcome})
 	}
+	// vm snapshot of keep, which is paused from before the save until the
+	// end: the snapshot is complete (a VM made from it runs) or gone, and
+	// keep runs on (checkCrashWorld execs in it: a guest left paused would
+	// not answer).
+	for _, p := range []crashpoint.Point{crashpoint.SnapshotAfterRow, crashpoint.SnapshotAfterSave, crashpoint.SnapshotAfterFreeze} {
+		cs = append(cs, crashCase{point: p, op: []string{"vm", "snapshot", "keep", "--name", "cs"}, after: snapshotOutcome})
+	}
+	// vm create --from-snapshot of rs, a snapshot of keep: a VM killed
+	// before it was recorded running is gone (a guest that may still have
+	// its source's identity is nobody's), and the same create then works.
+	makeRS := func(e *env) {
+		if e.snapshotState("rs") == "" {
+			e.ok("vm", "snapshot", "keep", "--name", "rs")
+		}
+	}
+	for _, p := range []crashpoint.Point{crashpoint.RestoreAfterVMM, crashpoint.RestoreAfterIdentity} {
+		cs = append(cs, crashCase{point: p, setup: makeRS, op: []string{"vm", "create", "--from-snapshot", "rs", "--name", "r1"},
+			after: restoreOutcome})
+	}
 	return cs
+}
+
+// snapshotState is the listed state of snapshot name, "" when it is not
+// listed.
+func (e *env) snapshotState(name string) string {
+	var sns []struct{ Name, State string }
+	json.Unmarshal([]byte(e.ok("snapshot", "list", "--json")), &sns)
+	for _, sn := range sns {
+		if sn.Name == name {
+			return sn.State
+		}
+	}
+	return ""
+}
+
+// snapshotOutcome: the snapshot a killed vm snapshot made is listed ready
+// and a VM made from it runs, or it is not listed; keep runs; then the
+// name is taken again.
+func snapshotOutcome(e *env) string {
+	if st := e.vmState("keep"); st != "running" {
+		e.t.Errorf("keep is %s after a snapshot of it was killed, want running", st)
+	}
+	out := "gone"
+	if st := e.snapshotState("cs"); st != "" {
+		out = st
+		if st != "ready" {
+			e.t.Errorf("snapshot cs is listed %s, want ready or not listed", st)
+		}
+		e.ok("vm", "create", "--from-snapshot", "cs", "--name", "cs1")
+		if got := e.ok("vm", "exec", "cs1", "--", "echo", "ok"); got != "ok\n" {
+			e.t.Errorf("cs1 (from cs): exec said %q", got)
+		}
+		e.ok("vm", "delete", "--force", "cs1")
+		e.ok("snapshot", "delete", "cs")
+		out += "; restored"
+	}
+	e.ok("vm", "snapshot", "keep", "--name", "cs")
+	e.ok("snapshot", "delete", "cs")
+	return out + "; taken again"
+}
+
+// restoreOutcome: the VM a killed restore made is gone; the same create
+// then makes it, running.
+func restoreOutcome(e *env) string {
+	st := vmOutcome("r1", "gone")(e)
+	if st != "gone" {
+		e.ok("vm", "delete", "--force", "r1")
+	}
+	e.ok("vm", "create", "--from-snapshot", "rs", "--name", "r1")
+	if got := e.ok("vm", "exec", "r1", "--", "echo", "ok"); got != "ok\n" {
+		e.t.Errorf("r1 made again: exec said %q", got)
+	}
+	e.ok("vm", "delete", "--force", "r1")
+	return st + "; restored again"
 }
 
 // sessionOutcome: the session a killed start made is listed and running

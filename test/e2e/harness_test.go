@@ -97,6 +97,11 @@ type env struct {
 	bin  string // directory of the binaries this env runs
 	// extra is more environment for the CLI (and the daemon it starts).
 	extra []string
+	// warm leaves warm starts on (the product's default). Off, every
+	// create boots as it would without them: most tests test something
+	// else, and their VMs (and the crash matrix's points) should not
+	// depend on which create came first.
+	warm bool
 }
 
 func newEnv(t testing.TB) *env {
@@ -172,6 +177,7 @@ func (e *env) cmd(ctx context.Context, args ...string) *exec.Cmd {
 		"BANGER_HOME="+e.home,
 		"BANGERD_BIN="+filepath.Join(e.bin, "bangerd"),
 		"BANGER_AGENT_BIN="+filepath.Join(e.bin, "banger-agent"),
+		"BANGER_WARM_START="+strconv.FormatBool(e.warm),
 	)
 	c.Env = append(c.Env, e.extra...)
 	return c

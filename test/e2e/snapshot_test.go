@@ -1,6 +1,9 @@
 package e2e
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -56,5 +59,43 @@ func TestPauseResumeQEMU(t *testing.T) {
 	time.Sleep(time.Second)
 	if c, _ := strconv.Atoi(count()); c <= a {
 		t.Errorf("the counter stays at %d after resume", c)
+	}
+}
+
+// A snapshot that fills its file system (a 64 MiB tmpfs over the
+// snapshots directory, so the VMs' own files have room): a clear error
+// naming the file system, nothing listed or left behind, the VM runs on;
+// with room made, the same command works and a VM made from it runs.
+func TestSnapshotDiskFull(t *testing.T) {
+	e := bootEnv(t)
+	snaps := filepath.Join(e.home, "state", "snapshots")
+	if err := os.MkdirAll(snaps, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "banger-e2e-full", snaps)
+	t.Cleanup(func() { exec.Command("umount", "-l", snaps).Run() })
+	e.ok("vm", "create", "--image", "fixture", "--name", "full")
+
+	r := e.banger("vm", "snapshot", "full", "--name", "s-full")
+	if r.code == 0 {
+		t.Fatal("a snapshot of a 1 GiB vm onto a 64 MiB file system succeeded")
+	}
+	t.Logf("snapshot onto a full file system: %s", strings.TrimSpace(r.stderr))
+	mustContain(t, "snapshot on a full file system", r.stderr, snaps, "is full", "MiB free", "nothing of the snapshot was kept", "free space there")
+	if out := strings.TrimSpace(e.ok("snapshot", "list", "--json")); out != "[]" {
+		t.Errorf("snapshots listed after the failure: %s", out)
+	}
+	if ents, _ := os.ReadDir(snaps); len(ents) != 0 {
+		t.Errorf("left in %s: %v", snaps, ents)
+	}
+	if got := e.ok("vm", "exec", "full", "--", "echo", "ok"); got != "ok\n" || e.inspect("full").State != "running" {
+		t.Errorf("the vm after the failed snapshot: exec %q, state %s", got, e.inspect("full").State)
+	}
+
+	run(t, "mount", "-o", "remount,size=2g", snaps)
+	e.ok("vm", "snapshot", "full", "--name", "s-full")
+	e.ok("vm", "create", "--from-snapshot", "s-full", "--name", "full2")
+	if got := e.ok("vm", "exec", "full2", "--", "echo", "ok"); got != "ok\n" {
+		t.Errorf("full2 (from the snapshot made once there was room): exec %q", got)
 	}
 }

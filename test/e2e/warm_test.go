@@ -40,6 +40,8 @@ const guestFacts = `hostname; cat /etc/machine-id; cat /etc/ssh/ssh_host_ed25519
 // snapshots; image warm makes one ahead of time.
 func TestWarmStart(t *testing.T) {
 	e := bootEnv(t)
+	e.warm = true
+	e.ok("daemon", "stop") // the next call starts one with warm starts on
 	repo := fixtureRepo(t, t.TempDir(), "fixture-repo")
 	run := func(args ...string) (result, time.Duration) {
 		start := time.Now()
@@ -116,6 +118,8 @@ func TestWarmStart(t *testing.T) {
 // vm run --rm -- true from warm start against --cold.
 func BenchmarkWarmRun(b *testing.B) {
 	e := bootEnv(b)
+	e.warm = true
+	e.ok("daemon", "stop") // the next call starts one with warm starts on
 	e.ok("image", "warm", "fixture")
 	var warm, cold time.Duration
 	b.ResetTimer()

@@ -59,10 +59,8 @@ type Machine struct {
 	// migration at a time, and a freeze must not land inside one.
 	opMu sync.Mutex
 	// drives are the spec's drives as QEMU uses them now: FreezeDisk
-	// moves a drive to its overlay. Guarded by opMu, like freezes, the
-	// number of overlays made (it names their nodes).
-	drives  []vmm.Drive
-	freezes int
+	// moves a drive to its overlay. Guarded by opMu.
+	drives []vmm.Drive
 }
 
 var (

@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
 
 	"banger/internal/atomicfile"
 	"banger/internal/disk"
@@ -491,8 +493,7 @@ func (m *Machine) FreezeDisk(ctx context.Context, driveID, overlay string) (err 
 	// The overlay as a node of its own (without locking, like the
 	// drives, and without opening its backing: the drive's node becomes
 	// that), then the drive moved onto it.
-	m.freezes++
-	node := "frozen-" + strconv.Itoa(m.freezes)
+	node := frozenNode(overlay)
 	_, err = m.execute(ctx, "blockdev-add", map[string]any{
 		"driver":    vmm.FormatQCOW2,
 		"node-name": node,
@@ -544,4 +545,26 @@ func (m *Machine) addFDSet(ctx context.Context, path string) (int, error) {
 		fdset = r.FDSet
 	}
 	return fdset, nil
+}
+
+// frozenNode names the block node of overlay after its file, which no
+// other freeze of this QEMU uses: a counter in the machine would start
+// again in a daemon that adopted a QEMU an earlier daemon froze a drive
+// of, and QEMU refuses a node name it has. A node name is at most 31
+// letters, digits, '-' and '_', starting with a letter.
+func frozenNode(overlay string) string {
+	base := strings.TrimSuffix(filepath.Base(overlay), filepath.Ext(overlay))
+	var b strings.Builder
+	b.WriteString("frozen-")
+	for _, r := range base {
+		if b.Len() == 31 {
+			break
+		}
+		if r < 128 && (unicode.IsLetter(r) || unicode.IsDigit(r) || r == '-' || r == '_') {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	return b.String()
 }
