@@ -62,7 +62,7 @@ func TestPauseResumeQEMU(t *testing.T) {
 	}
 }
 
-// A snapshot that fills its file system (a 64 MiB tmpfs over the
+// A snapshot that fills its file system (a 16 MiB tmpfs over the
 // snapshots directory, so the VMs' own files have room): a clear error
 // naming the file system, nothing listed or left behind, the VM runs on;
 // with room made, the same command works and a VM made from it runs.
@@ -72,13 +72,16 @@ func TestSnapshotDiskFull(t *testing.T) {
 	if err := os.MkdirAll(snaps, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	run(t, "mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "banger-e2e-full", snaps)
+	// Mounted with no daemon running: the next one (started by ip netns
+	// exec, in a mount namespace copied from this one) sees it.
+	e.ok("daemon", "stop")
+	run(t, "mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "banger-e2e-full", snaps)
 	t.Cleanup(func() { exec.Command("umount", "-l", snaps).Run() })
 	e.ok("vm", "create", "--image", "fixture", "--name", "full")
 
 	r := e.banger("vm", "snapshot", "full", "--name", "s-full")
 	if r.code == 0 {
-		t.Fatal("a snapshot of a 1 GiB vm onto a 64 MiB file system succeeded")
+		t.Fatal("a snapshot of a 1 GiB vm onto a 16 MiB file system succeeded")
 	}
 	t.Logf("snapshot onto a full file system: %s", strings.TrimSpace(r.stderr))
 	mustContain(t, "snapshot on a full file system", r.stderr, snaps, "is full", "MiB free", "nothing of the snapshot was kept", "free space there")
