@@ -48,7 +48,7 @@ func (m *vmManager) warmFor(ctx context.Context, req api.CreateVMRequest, im ima
 		return warmPlan{why: "--cold"}
 	}
 	if !m.cfg.WarmStart {
-		return warmPlan{why: "warm_start is off in config.toml"}
+		return warmPlan{why: "warm_start is off (config.toml, or BANGER_WARM_START=false)"}
 	}
 	d := m.drivers[m.def]
 	if d == nil || !d.Features().Snapshots || !d.Features().Layers {
