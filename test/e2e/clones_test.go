@@ -13,9 +13,10 @@ import (
 )
 
 // TestTenClones: ten VMs made from one snapshot share its memory. The sum
-// of their proportional set sizes (PSS: a page mapped by n processes
-// counts 1/n in each) must be far below ten times what one guest holds,
-// and the snapshot's memory file must be unchanged after they ran.
+// of the proportional set sizes (PSS: a page mapped by n processes counts
+// 1/n in each) of their guest RAM must be far below ten times what the
+// source guest held, and the snapshot's memory file must be unchanged
+// after they ran. The whole processes' PSS is printed beside it.
 func TestTenClones(t *testing.T) {
 	e := bootEnv(t)
 	e.ok("vm", "create", "--image", "fixture", "--name", "src")
@@ -69,11 +70,12 @@ func TestTenClones(t *testing.T) {
 		srcGuest.rss>>10, n, guest.pss>>10, guest.pss/n>>10, guest.anon>>10, n, float64(guest.pss)/float64(n*srcGuest.rss))
 	fmt.Printf("ten clones: PSS %d MiB in all against %d x %d MiB for one guest (%.2f); guest RAM PSS %d MiB against %d x %d MiB (%.2f), %d MiB copied on write\n",
 		pss>>10, n, srcRSS>>10, float64(pss)/float64(n*srcRSS), guest.pss>>10, n, srcGuest.rss>>10, float64(guest.pss)/float64(n*srcGuest.rss), guest.anon>>10)
+	// The check is on guest RAM: the rest of each QEMU (heap, and under
+	// TCG the translation cache, which grows with what its guest runs)
+	// is its own whatever the sharing; on a loaded machine it took the
+	// whole-process ratio from 0.30 to 0.53.
 	if guest.pss*2 > n*srcGuest.rss {
-		t.Errorf("%d clones' guest RAM takes %d MiB PSS, not far below %d x %d MiB", n, guest.pss>>10, n, srcGuest.rss>>10)
-	}
-	if pss*2 > n*srcRSS {
-		t.Errorf("%d clones take %d MiB PSS, not far below %d x %d MiB: they do not share the snapshot's memory", n, pss>>10, n, srcRSS>>10)
+		t.Errorf("%d clones' guest RAM takes %d MiB PSS, not far below %d x %d MiB: they do not share the snapshot's memory", n, guest.pss>>10, n, srcGuest.rss>>10)
 	}
 	if got := fileSum(t, mem); got != sum {
 		t.Errorf("the snapshot's memory file changed while %d clones ran from it", n)
