@@ -754,8 +754,7 @@ func (m *vmManager) fork(ctx context.Context, name string, req api.ForkVMRequest
 // isNoSpace reports whether err is a full file system: ENOSPC, or QEMU's
 // words for it (its migration errors are text).
 func isNoSpace(err error) bool {
-	return errors.Is(err, syscall.ENOSPC) || strings.Contains(err.Error(), "No space left on device") ||
-		strings.Contains(err.Error(), "no space left on device")
+	return errors.Is(err, syscall.ENOSPC) || strings.Contains(strings.ToLower(err.Error()), "no space left on device")
 }
 
 // freeSpace is what the file system of dir has free for an unprivileged

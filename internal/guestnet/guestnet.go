@@ -128,8 +128,9 @@ func ResolvConf(dns []netip.Addr) string {
 
 // WriteResolvConf replaces root's /etc/resolv.conf with one naming dns,
 // unsynced (atomicfile.Replace): it is written afresh at each boot, and a
-// reidentify syncs once for all its files. A symlink there (often to systemd-resolved's stub, which banger's
-// guests do not run) is replaced by a file.
+// reidentify syncs once for all its files. A symlink there (often to
+// systemd-resolved's stub, which banger's guests do not run) is replaced
+// by a file.
 func WriteResolvConf(root string, dns []netip.Addr) error {
 	p := filepath.Join(root, "etc/resolv.conf")
 	if st, err := os.Lstat(p); err == nil && st.Mode()&os.ModeSymlink != 0 {

@@ -2,10 +2,9 @@ package e2e
 
 import (
 	"archive/tar"
-	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"banger/internal/crashpoint"
+	"banger/internal/disk"
 	"banger/internal/prereq"
 )
 
@@ -373,29 +373,17 @@ func checkCrashWorld(t testing.TB, e *env) {
 	}
 }
 
-// qcow2Backing returns the backing file a qcow2 file names in its header
-// (relative names are under the file's directory), "" for none or for a
-// file that is not qcow2.
+// qcow2Backing returns the backing file of the qcow2 file at path
+// (disk.Backing, relative names under the file's directory), "" for none
+// or for a file that is not qcow2.
 func qcow2Backing(t testing.TB, path string) string {
-	f, err := os.Open(path)
-	if err != nil {
+	b, _, err := disk.Backing(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) { // a missing disk is reported on its own
+		t.Errorf("reading the backing file of %s: %v", path, err)
+	}
+	if b == "" {
 		return ""
 	}
-	defer f.Close()
-	var h [20]byte
-	if _, err := io.ReadFull(f, h[:]); err != nil || string(h[:4]) != "QFI\xfb" {
-		return ""
-	}
-	off, n := binary.BigEndian.Uint64(h[8:16]), binary.BigEndian.Uint32(h[16:20])
-	if off == 0 || n == 0 || n > 4096 {
-		return ""
-	}
-	name := make([]byte, n)
-	if _, err := f.ReadAt(name, int64(off)); err != nil {
-		t.Errorf("reading the backing file name of %s: %v", path, err)
-		return ""
-	}
-	b := string(name)
 	if !filepath.IsAbs(b) {
 		b = filepath.Join(filepath.Dir(path), b)
 	}
