@@ -36,6 +36,11 @@ func TestReapOrphans(t *testing.T) {
 	if len(killed) != 1 || killed[0] != mine.Process.Pid {
 		t.Fatalf("killed %v, want [%d]", killed, mine.Process.Pid)
 	}
+	// It has exited by the time reapOrphans returns: a zombie, as the
+	// test (its parent) has not reaped it yet.
+	if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", mine.Process.Pid)); !strings.Contains(string(st), ") Z ") {
+		t.Errorf("reapOrphans returned before the process exited: %s", st)
+	}
 	done := make(chan error, 1)
 	go func() { done <- mine.Wait() }()
 	select {

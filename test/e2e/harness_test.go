@@ -157,14 +157,20 @@ func (e *env) pids() []int {
 	return pids
 }
 
-// procs counts the processes in the namespace whose command name is comm.
+// procs counts the live processes in the namespace whose command name is
+// comm. A zombie (exited, its parent not yet reaping it) holds nothing
+// but its PID and is not counted.
 func (e *env) procs(comm string) []int {
 	var out []int
 	for _, p := range e.pids() {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p))
-		if err == nil && strings.TrimSpace(string(b)) == comm {
-			out = append(out, p)
+		if err != nil || strings.TrimSpace(string(b)) != comm {
+			continue
 		}
+		if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p)); strings.Contains(string(st), ") Z ") {
+			continue
+		}
+		out = append(out, p)
 	}
 	return out
 }

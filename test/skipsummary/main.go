@@ -41,6 +41,14 @@ type tally struct {
 	pkgFailed      []string
 	skips          map[key]string // test -> reason
 	output         map[key][]string
+	failures       []failure // in the order they failed
+}
+
+// failure is a failed test and the lines it logged through t.Log or
+// t.Error (file.go:N: ...), which is where its reasons are.
+type failure struct {
+	name  string
+	lines []string
 }
 
 func newTally() *tally {
@@ -69,6 +77,13 @@ func (t *tally) add(ev event, verbose bool) []string {
 		t.failed++
 		out := t.output[k]
 		delete(t.output, k)
+		f := failure{name: strings.TrimPrefix(k.pkg, "banger/") + " " + k.test}
+		for _, l := range out {
+			if fileLine.MatchString(l) {
+				f.lines = append(f.lines, strings.TrimSpace(l))
+			}
+		}
+		t.failures = append(t.failures, f)
 		return out
 	case "skip":
 		if ev.Test == "" {
@@ -141,11 +156,41 @@ func summary(w io.Writer, t *tally) int {
 	fmt.Fprintf(w, "\nskip summary: %d skipped, %d by design, %d unexpected\n", nDesign+nOther, nDesign, nOther)
 	group(w, "unexpected (a missing prerequisite or a raw t.Skip: install it, or skip through prereq)", other)
 	group(w, "by design (opt-in or not applicable here)", byDesign)
+	failures(w, t.failures)
 	for _, p := range t.pkgFailed {
 		fmt.Fprintf(w, "package failed: %s\n", p)
 	}
 	fmt.Fprintf(w, "tests: %d passed, %d failed, %d skipped\n", t.passed, t.failed, nDesign+nOther)
 	return nOther
+}
+
+// Per failed test, at most maxFailLines of its logged lines are repeated
+// at the end, each cut to maxFailLine bytes: a CI log's reader sees why
+// without scrolling back through every daemon log the test printed.
+const (
+	maxFailLines = 12
+	maxFailLine  = 400
+)
+
+func failures(w io.Writer, fs []failure) {
+	if len(fs) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "failed tests, and what they logged:\n")
+	for _, f := range fs {
+		fmt.Fprintf(w, "  %s\n", f.name)
+		lines := f.lines
+		if len(lines) > maxFailLines {
+			fmt.Fprintf(w, "    (%d lines logged; the last %d)\n", len(lines), maxFailLines)
+			lines = lines[len(lines)-maxFailLines:]
+		}
+		for _, l := range lines {
+			if len(l) > maxFailLine {
+				l = l[:maxFailLine] + " ..."
+			}
+			fmt.Fprintf(w, "    %s\n", l)
+		}
+	}
 }
 
 func group(w io.Writer, title string, m map[string][]string) {

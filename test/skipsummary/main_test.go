@@ -48,6 +48,7 @@ func TestSummary(t *testing.T) {
 		"skip summary: 2 skipped, 1 by design, 1 unexpected",
 		"1 × qemu not installed\n        p TestD",
 		"1 × set X=1\n        p TestC",
+		"failed tests, and what they logged:\n  p TestB\n    b_test.go:9: boom\n",
 		"package failed: banger/p",
 		"tests: 1 passed, 1 failed, 2 skipped",
 	} {
