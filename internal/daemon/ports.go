@@ -115,7 +115,11 @@ func (m *vmManager) addPorts(ctx context.Context, name string, specs []string) (
 	if err != nil {
 		return nil, err
 	}
-	defer m.lock(name)()
+	unlock, err := m.lock(ctx, name, "vm port add")
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	v, err := m.get(ctx, name)
 	if err != nil {
 		return nil, err
@@ -155,7 +159,11 @@ func (m *vmManager) removePorts(ctx context.Context, name string, specs []string
 			keys = append(keys, store.Port{Proto: p.Proto, HostAddr: p.HostAddr, HostPort: p.HostPort, GuestPort: p.GuestPort})
 		}
 	}
-	defer m.lock(name)()
+	unlock, err := m.lock(ctx, name, "vm port remove")
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	v, err := m.get(ctx, name)
 	if err != nil {
 		return nil, err

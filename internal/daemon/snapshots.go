@@ -57,7 +57,11 @@ func kernelStamp(kb kernel.Bundle) string {
 
 // pause stops a running VM's vCPUs; resume lets them go on.
 func (m *vmManager) pause(ctx context.Context, name string, paused bool) (api.VM, error) {
-	defer m.lock(name)()
+	unlock, err := m.lock(ctx, name, "vm pause/resume")
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
 	v, err := m.get(ctx, name)
 	if err != nil {
 		return api.VM{}, err
@@ -75,6 +79,7 @@ func (m *vmManager) pause(ctx context.Context, name string, paused bool) (api.VM
 	if !ok {
 		return api.VM{}, api.Errorf(api.Unavailable, "vmm %s cannot %s a vm", v.VMM, op)
 	}
+	defer m.hush(v.ID)()
 	if paused {
 		err = p.Pause(ctx)
 		v.State = api.StatePaused
@@ -93,7 +98,11 @@ func (m *vmManager) pause(ctx context.Context, name string, paused bool) (api.VM
 
 // snapshot takes a snapshot of the running VM called name.
 func (m *vmManager) snapshot(ctx context.Context, name string, req api.SnapshotVMRequest) (api.Snapshot, error) {
-	defer m.lock(name)()
+	unlock, err := m.lock(ctx, name, "vm snapshot")
+	if err != nil {
+		return api.Snapshot{}, err
+	}
+	defer unlock()
 	v, err := m.get(ctx, name)
 	if err != nil {
 		return api.Snapshot{}, err
@@ -184,6 +193,7 @@ func (m *vmManager) snapshotLocked(ctx context.Context, v *store.VM, name, kind 
 	if err := saveAgentKey(sn.Dir, key); err != nil {
 		return fail(err)
 	}
+	defer m.hush(v.ID)()
 	if v.State != api.StatePaused {
 		if err := pauser.Pause(ctx); err != nil {
 			return fail(fmt.Errorf("pausing: %w", err))
@@ -508,7 +518,11 @@ func (m *vmManager) createFrom(ctx context.Context, req api.CreateVMRequest, sn 
 	if err != nil {
 		return api.VM{}, err
 	}
-	defer m.lock(req.Name)()
+	unlock, err := m.lock(ctx, req.Name, "vm create --from-snapshot")
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
 	id := newID()
 	v := store.VM{
 		ID: id, Name: req.Name, State: api.StateCreating, Image: sn.Image, Kernel: sn.Kernel, VMM: sn.VMM,
@@ -729,7 +743,10 @@ func (m *vmManager) fork(ctx context.Context, name string, req api.ForkVMRequest
 	if _, err := m.store.VMByName(ctx, req.Name); err == nil {
 		return api.VM{}, api.Errorf(api.Conflict, "vm name %q is taken", req.Name).WithHint("pick another --name")
 	}
-	unlock := m.lock(name)
+	unlock, err := m.lock(ctx, name, "vm fork")
+	if err != nil {
+		return api.VM{}, err
+	}
 	v, err := m.get(ctx, name)
 	if err != nil {
 		unlock()

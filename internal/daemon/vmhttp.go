@@ -213,7 +213,52 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 	if err := guest.WriteFrame(stream, first.Type, first.Payload); err != nil {
 		return
 	}
-	splice(conn, brw.Reader, stream)
+	spliceExec(conn, brw.Reader, stream, a, v.Name)
+}
+
+// spliceExec is splice for an exec stream, the agent's side copied frame
+// by frame: when the stream ends before the command's exit (the guest
+// stopped answering and its connection was dropped, or the VM went
+// away), the client is sent an error frame that names the VM and says
+// why, rather than a bare end of stream.
+func spliceExec(client net.Conn, fromClient *bufio.Reader, stream net.Conn, a *guest.Client, vm string) {
+	var once sync.Once
+	done := make(chan struct{})
+	end := func() {
+		once.Do(func() {
+			client.Close()
+			stream.Close()
+			close(done)
+		})
+	}
+	go func() { io.Copy(stream, fromClient); end() }()
+	go func() {
+		defer end()
+		for {
+			f, err := guest.ReadFrame(stream)
+			if err != nil {
+				break
+			}
+			if err := guest.WriteFrame(client, f.Type, f.Payload); err != nil {
+				return
+			}
+			if f.Type == guest.FrameExit || f.Type == guest.FrameError {
+				return
+			}
+		}
+		select {
+		case <-done:
+			return // the client went first
+		case <-a.Done():
+		case <-time.After(2 * time.Second):
+		}
+		reason := a.Abandoned()
+		if reason == nil {
+			reason = fmt.Errorf("vm %q: the guest agent's stream ended before the command exited", vm)
+		}
+		guest.NewFrameWriter(client).WriteError(fmt.Errorf("%w (%w)", guest.ErrConnectionLost, reason))
+	}()
+	<-done
 }
 
 // splice copies both ways until either side ends, then closes both.

@@ -18,7 +18,11 @@ import (
 
 // start boots a VM that is not running and waits for its agent.
 func (m *vmManager) start(ctx context.Context, name string, readyTimeout time.Duration, p progressFunc) (api.VM, error) {
-	defer m.lock(name)()
+	unlock, err := m.lock(ctx, name, "vm start")
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
 	v, err := m.get(ctx, name)
 	if err != nil {
 		return api.VM{}, err
@@ -144,7 +148,7 @@ func (m *vmManager) track(ctx context.Context, v store.VM, mc vmm.Machine) {
 	m.mu.Unlock()
 	go func() {
 		<-mc.Done()
-		defer m.lock(v.Name)()
+		defer m.locks.lock(v.Name)()
 		if !m.forget(v.ID, mc) {
 			return
 		}
@@ -176,6 +180,7 @@ func (m *vmManager) forget(id string, mc vmm.Machine) bool {
 		delete(m.agents, id)
 	}
 	delete(m.infos, id)
+	delete(m.quiets, id)
 	return true
 }
 
@@ -242,13 +247,40 @@ func (m *vmManager) agentByID(ctx context.Context, id string) (*guest.Client, er
 // agent returns the agent client of v, dialing (and retrying until ctx
 // is done) when there is none or the last one broke.
 func (m *vmManager) agent(ctx context.Context, v store.VM) (*guest.Client, error) {
+	if v.State == api.StatePaused {
+		return nil, api.Errorf(api.Conflict, "vm %q is paused: its guest cannot answer", v.Name).
+			WithHint("resume it first: banger vm resume " + v.Name)
+	}
 	if a := m.liveAgent(v.ID); a != nil {
 		return a, nil
 	}
-	// One dial at a time per VM: the serial transport takes one
-	// connection, and a second dial would replace the first one's client
-	// under its users.
-	defer m.dials.lock(v.ID)()
+	// A running VM's agent answered before: give a new connection
+	// agentDialTimeout, not all the caller's time (a boot's wait is the
+	// start's own ready timeout).
+	if v.State == api.StateRunning {
+		start := time.Now()
+		dctx, cancel := context.WithTimeout(ctx, agentDialTimeout)
+		defer cancel()
+		a, err := m.dialOnce(dctx, v)
+		if err != nil && errors.Is(dctx.Err(), context.DeadlineExceeded) {
+			return nil, api.Errorf(api.Timeout, "vm %q: its guest agent did not answer within %s: the guest is frozen or overloaded",
+				v.Name, time.Since(start).Round(time.Second)).
+				WithHint(fmt.Sprintf("see banger vm logs %s; banger vm stop --force %s ends it", v.Name, v.Name))
+		}
+		return a, err
+	}
+	return m.dialOnce(ctx, v)
+}
+
+// dialOnce is agent's dial: one at a time per VM, as the serial transport
+// takes one connection, and a second dial would replace the first one's
+// client under its users.
+func (m *vmManager) dialOnce(ctx context.Context, v store.VM) (*guest.Client, error) {
+	unlock, err := m.dials.lockFor(ctx, v.ID, "a dial of the guest agent")
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	return m.agentLocked(ctx, v)
 }
 
@@ -307,6 +339,7 @@ func (m *vmManager) keepAgent(ctx context.Context, id string, a *guest.Client, i
 	}
 	m.agents[id], m.infos[id] = a, info
 	m.mu.Unlock()
+	go m.watchAgent(id, a)
 	m.markAnswered(ctx, id)
 }
 
@@ -326,7 +359,11 @@ func (m *vmManager) dialAgent(ctx context.Context, mc vmm.Machine, key []byte) (
 // stop powers a VM off: the agent first, then the VMM's power button, then
 // a kill once timeout has passed. force skips straight to the kill.
 func (m *vmManager) stop(ctx context.Context, name string, force bool, timeout time.Duration) (api.VM, error) {
-	defer m.lock(name)()
+	unlock, err := m.lock(ctx, name, "vm stop")
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
 	v, err := m.get(ctx, name)
 	if err != nil {
 		return api.VM{}, err
@@ -385,7 +422,11 @@ func (m *vmManager) stopLocked(ctx context.Context, v *store.VM, force bool, tim
 
 // delete stops the VM if needed and removes its record and files.
 func (m *vmManager) delete(ctx context.Context, name string, force bool) error {
-	defer m.lock(name)()
+	unlock, err := m.lock(ctx, name, "vm delete")
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	v, err := m.get(ctx, name)
 	if err != nil {
 		return err

@@ -133,7 +133,7 @@ func nop(string, int64, int64) {}
 // start boots v the way start does after reading it.
 func (r *lifeRig) start(ctx context.Context, t *testing.T, v store.VM, ready time.Duration) (api.VM, error) {
 	t.Helper()
-	defer r.m.lock(v.Name)()
+	defer r.m.locks.lock(v.Name)()
 	return r.m.startLocked(ctx, &v, memKernel, ready, nop)
 }
 

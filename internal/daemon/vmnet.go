@@ -66,7 +66,11 @@ func (m *vmManager) checkPolicy(ctx context.Context, p api.NetPolicy) error {
 // VM runs (else at its next start). An empty Net keeps the mode and
 // destinations; a nil Isolate keeps the isolation.
 func (m *vmManager) setNet(ctx context.Context, name string, req api.SetNetRequest) (api.VM, error) {
-	defer m.lock(name)()
+	unlock, err := m.lock(ctx, name, "vm net")
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
 	v, err := m.get(ctx, name)
 	if err != nil {
 		return api.VM{}, err

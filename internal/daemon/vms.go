@@ -43,6 +43,7 @@ type vmManager struct {
 	agents   map[string]*guest.Client // by VM id, once the agent answered
 	infos    map[string]guest.Info    // by VM id: the agent's hello
 	warnings map[string][]string      // by VM id: what its last start could not do
+	quiets   map[string]*quiet        // by VM id: stops of its guest on purpose (agentwatch.go)
 }
 
 // vmParts are what the VMs are made from and kept in.
@@ -125,11 +126,30 @@ func newVMManager(p vmParts) *vmManager {
 		agents:   map[string]*guest.Client{},
 		infos:    map[string]guest.Info{},
 		warnings: map[string][]string{},
+		quiets:   map[string]*quiet{},
 	}
 }
 
 // lock serializes lifecycle changes of the VM called name.
-func (m *vmManager) lock(name string) func() { return m.locks.lock(name) }
+func (m *vmManager) lock(ctx context.Context, name, what string) (func(), error) {
+	ctx, cancel := context.WithTimeout(ctx, vmLockWait)
+	defer cancel()
+	unlock, err := m.locks.lockFor(ctx, name, what)
+	if err != nil {
+		code := api.Timeout
+		if errors.Is(err, context.Canceled) {
+			code = api.Canceled
+		}
+		return nil, api.Errorf(code, "vm %q is busy: %v", name, err).
+			WithHint("try again once it is done; banger vm inspect " + name + " shows its state")
+	}
+	return unlock, nil
+}
+
+// vmLockWait bounds how long a command waits for another one on the
+// same VM (a start waits for its guest up to its ready timeout, 90 s by
+// default).
+const vmLockWait = 3 * time.Minute
 
 func (m *vmManager) machine(id string) vmm.Machine {
 	m.mu.Lock()
@@ -171,7 +191,11 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 			plan = warmPlan{why: fmt.Sprintf("warm start from %s failed: %v", plan.sn.Name, err)}
 		}
 	}
-	defer m.lock(req.Name)()
+	unlock, err := m.lock(ctx, req.Name, "vm create")
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
 	id := newID()
 	v := store.VM{
 		ID: id, Name: req.Name, State: api.StateCreating, Image: im.Name, Kernel: req.Kernel, VMM: m.def,

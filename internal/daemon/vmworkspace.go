@@ -37,7 +37,11 @@ func (m *vmManager) setWorkspace(ctx context.Context, name string, src api.Works
 		return api.VM{}, api.Errorf(api.InvalidArgument, "workspace guest path %q must be absolute", src.GuestPath)
 	}
 	src.HostPath, src.GuestPath = filepath.Clean(src.HostPath), path.Clean(src.GuestPath)
-	defer m.lock(name)()
+	unlock, err := m.lock(ctx, name, "vm workspace")
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
 	v, err := m.get(ctx, name)
 	if err != nil {
 		return api.VM{}, err

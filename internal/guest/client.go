@@ -8,6 +8,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -50,6 +51,9 @@ type Client struct {
 	sess   *yamux.Session
 	err    error         // why the handshake failed; set before ready closes
 	done   chan struct{} // closed once the session is over
+
+	mu     sync.Mutex
+	reason error // why Abandon ended the client; calls fail with it
 }
 
 // NewClient starts talking to the agent over conn, proving knowledge of
@@ -138,6 +142,52 @@ func (c *Client) Close() error {
 	return err
 }
 
+// Abandon ends the client like Close; the calls in flight, and any
+// made later, fail with an ErrConnectionLost that gives reason.
+func (c *Client) Abandon(reason error) {
+	c.mu.Lock()
+	if c.reason == nil {
+		c.reason = reason
+	}
+	c.mu.Unlock()
+	c.Close()
+}
+
+// Abandoned is Abandon's reason, or nil.
+func (c *Client) Abandoned() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reason
+}
+
+// Ping checks that the agent's end of the session answers. It waits
+// for the pong at most the session's write timeout (30 s), or until ctx
+// is done.
+func (c *Client) Ping(ctx context.Context) (time.Duration, error) {
+	sess, err := c.session(ctx)
+	if err != nil {
+		return 0, err
+	}
+	type pong struct {
+		rtt time.Duration
+		err error
+	}
+	ch := make(chan pong, 1)
+	go func() {
+		rtt, err := sess.Ping()
+		ch <- pong{rtt, err}
+	}()
+	select {
+	case p := <-ch:
+		if p.err != nil {
+			return 0, fmt.Errorf("ping: %w", lostErr(p.err))
+		}
+		return p.rtt, nil
+	case <-ctx.Done():
+		return 0, fmt.Errorf("ping: %w", ctx.Err())
+	}
+}
+
 // Done is closed when the client is finished: Close, or the connection
 // dropped.
 func (c *Client) Done() <-chan struct{} { return c.done }
@@ -151,6 +201,9 @@ func (c *Client) OpenStream(ctx context.Context) (net.Conn, error) {
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if r := c.Abandoned(); r != nil {
+		return nil, fmt.Errorf("opening agent stream: %w (%w)", ErrConnectionLost, r)
 	}
 	// yamux's OpenStream takes no context: it can wait for a free SYN slot
 	// (a guest that never acks) or for the transport to take the SYN (a
@@ -184,6 +237,7 @@ func (c *Client) OpenStream(ctx context.Context) (net.Conn, error) {
 // call is one operation's stream. Its context watcher unblocks reads and
 // writes (and closes the stream) when ctx is done.
 type call struct {
+	c    *Client
 	conn net.Conn
 	fw   *FrameWriter
 	ctx  context.Context
@@ -196,7 +250,7 @@ func (c *Client) start(ctx context.Context, req Request) (*call, error) {
 	if err != nil {
 		return nil, err
 	}
-	cl := &call{conn: conn, fw: NewFrameWriter(conn), ctx: ctx}
+	cl := &call{c: c, conn: conn, fw: NewFrameWriter(conn), ctx: ctx}
 	cl.stop = context.AfterFunc(ctx, func() {
 		_ = conn.SetDeadline(time.Now())
 		_ = conn.Close()
@@ -229,6 +283,9 @@ func (cl *call) read() (Frame, error) {
 func (cl *call) wrap(what string, err error) error {
 	if cerr := cl.ctx.Err(); cerr != nil {
 		return fmt.Errorf("%s: %w", what, cerr)
+	}
+	if r := cl.c.Abandoned(); r != nil {
+		return fmt.Errorf("%s: %w (%w)", what, ErrConnectionLost, r)
 	}
 	return fmt.Errorf("%s: %w", what, lostErr(err))
 }

@@ -22,6 +22,9 @@ var (
 	// another VM on the host (of any VMM or user) holds it. Start fails
 	// with it before the guest runs; retry with another context id.
 	ErrCIDInUse = errors.New("vsock context id in use on this host")
+	// ErrUnresponsive reports that a running VMM did not answer its
+	// control channel in time: the process is stopped or wedged.
+	ErrUnresponsive = errors.New("vmm not answering")
 )
 
 // Accel is the kind of CPU virtualization a driver uses.

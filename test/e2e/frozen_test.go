@@ -40,7 +40,9 @@ func TestFrozenGuestCommandsReturn(t *testing.T) {
 	for _, args := range [][]string{
 		{"vm", "list"},
 		{"vm", "inspect", "fz"},
+		{"vm", "logs", "fz"},
 		{"vm", "exec", "fz", "--", "true"},
+		{"vm", "ssh", "fz", "--", "true"},
 		{"vm", "cp", src, "fz:/tmp/f"},
 		{"vm", "session", "start", "fz", "--name", "s", "--", "sleep", "100"},
 		{"vm", "session", "list", "fz"},

@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"banger/internal/vmm"
 )
 
 // qmpClient is a minimal QEMU Machine Protocol client: JSON objects over a
@@ -57,6 +60,12 @@ type qmpMessage struct {
 
 var errQMPClosed = errors.New("qmp connection closed")
 
+// qmpReplyTimeout bounds the wait for QEMU's reply to one command. QMP
+// commands answer at once (a migration runs in the background and is
+// polled), so a reply this late means QEMU is stopped or wedged. A
+// caller's earlier deadline wins.
+var qmpReplyTimeout = 15 * time.Second
+
 // dialQMP connects to the QMP socket at path, reads the greeting and
 // leaves command mode enabled (qmp_capabilities).
 func dialQMP(ctx context.Context, path string) (*qmpClient, error) {
@@ -76,17 +85,23 @@ func dialQMP(ctx context.Context, path string) (*qmpClient, error) {
 // newQMPClient runs the QMP handshake on conn and starts the reader.
 func newQMPClient(ctx context.Context, conn net.Conn) (*qmpClient, error) {
 	r := bufio.NewReader(conn)
-	// A socket whose QMP monitor is busy with another client accepts the
-	// connection but never greets: give up when ctx is done.
+	// A socket whose QMP monitor is busy with another client, or whose
+	// QEMU is stopped, accepts the connection but never greets: give up
+	// when ctx is done or after qmpReplyTimeout.
+	conn.SetReadDeadline(time.Now().Add(qmpReplyTimeout))
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
 	var greeting qmpMessage
 	err := readQMPMessage(r, &greeting)
 	if !stop() {
 		return nil, fmt.Errorf("reading qmp greeting: %w", ctx.Err())
 	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, fmt.Errorf("reading qmp greeting: none in %s: %w", qmpReplyTimeout, vmm.ErrUnresponsive)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("reading qmp greeting: %w", err)
 	}
+	conn.SetReadDeadline(time.Time{})
 	if greeting.QMP == nil {
 		return nil, errors.New("reading qmp greeting: no QMP banner")
 	}
@@ -177,6 +192,8 @@ func (c *qmpClient) executeFD(ctx context.Context, cmd string, args any, fd int)
 		return nil, fmt.Errorf("sending qmp %s: %w", cmd, err)
 	}
 
+	timer := time.NewTimer(qmpReplyTimeout)
+	defer timer.Stop()
 	select {
 	case rep := <-ch:
 		if rep.Error != nil {
@@ -191,6 +208,9 @@ func (c *qmpClient) executeFD(ctx context.Context, cmd string, args any, fd int)
 	case <-ctx.Done():
 		c.forget(id)
 		return nil, fmt.Errorf("qmp %s: %w", cmd, ctx.Err())
+	case <-timer.C:
+		c.forget(id)
+		return nil, fmt.Errorf("qmp %s: no reply in %s: %w", cmd, qmpReplyTimeout, vmm.ErrUnresponsive)
 	}
 }
 

@@ -12,11 +12,13 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"banger/internal/vmm"
 )
 
 // fakeQMP serves the QMP handshake and answers commands on conn the way
 // QEMU does, with an async event before every reply. "fail" gets an error
-// and "hangup" closes the connection.
+// "hangup" closes the connection, and "mute" is never answered.
 func fakeQMP(t *testing.T, conn net.Conn) {
 	t.Helper()
 	go func() {
@@ -35,6 +37,8 @@ func fakeQMP(t *testing.T, conn net.Conn) {
 			switch req.Execute {
 			case "hangup":
 				return
+			case "mute":
+				continue // a QEMU stopped between two commands
 			case "fail":
 				fmt.Fprintf(conn, `{"error": {"class": "GenericError", "desc": "nope"}, "id": %s}`+"\n", req.ID)
 			case "query-status":
@@ -102,5 +106,39 @@ func TestQMPSilentServerHonoursContext(t *testing.T) {
 	_, err := newQMPClient(ctx, host)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("err = %v, want context.DeadlineExceeded", err)
+	}
+}
+
+// A command QEMU never answers (a stopped process), and a monitor that
+// never greets, fail after qmpReplyTimeout with vmm.ErrUnresponsive even
+// when the caller's context has no deadline; the connection stays usable.
+func TestQMPNoReplyIsBounded(t *testing.T) {
+	defer func(d time.Duration) { qmpReplyTimeout = d }(qmpReplyTimeout)
+	qmpReplyTimeout = 200 * time.Millisecond
+
+	host, guest := net.Pipe()
+	fakeQMP(t, guest)
+	c, err := newQMPClient(context.Background(), host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	start := time.Now()
+	_, err = c.execute(context.Background(), "mute", nil)
+	if !errors.Is(err, vmm.ErrUnresponsive) || !strings.Contains(err.Error(), "qmp mute: no reply in 200ms") {
+		t.Errorf("mute: %v, want vmm.ErrUnresponsive naming the command", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("mute took %s", d)
+	}
+	if _, err := c.execute(context.Background(), "stop", nil); err != nil {
+		t.Errorf("a command after the unanswered one: %v", err)
+	}
+
+	silent, other := net.Pipe()
+	defer other.Close()
+	_, err = newQMPClient(context.Background(), silent)
+	if !errors.Is(err, vmm.ErrUnresponsive) || !strings.Contains(err.Error(), "greeting") {
+		t.Errorf("silent monitor: %v, want vmm.ErrUnresponsive on the greeting", err)
 	}
 }
