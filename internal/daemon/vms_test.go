@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -90,6 +91,31 @@ func TestKeyedMutex(t *testing.T) {
 	}
 	if n := k.len(); n != 0 {
 		t.Errorf("%d keys kept after every holder left", n)
+	}
+}
+
+// A wait for a held key ends with its context, says what holds the key,
+// and leaves the key forgotten once its holder lets go.
+func TestKeyedMutexWaitEnds(t *testing.T) {
+	var k keyedMutex
+	unlock, err := k.lockFor(t.Context(), "vm", "vm snapshot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	_, err = k.lockFor(ctx, "vm", "vm stop")
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "waiting behind vm snapshot") {
+		t.Errorf("wait behind a holder: %v, want a deadline naming vm snapshot", err)
+	}
+	unlock()
+	again, err := k.lockFor(t.Context(), "vm", "vm stop")
+	if err != nil {
+		t.Fatalf("after the holder left: %v", err)
+	}
+	again()
+	if n := k.len(); n != 0 {
+		t.Errorf("%d keys kept after every holder and waiter left", n)
 	}
 }
 
