@@ -98,8 +98,9 @@ func (s *guestShell) counter() int {
 }
 
 // startCounter starts a guest process that counts in /tmp/count every
-// 0.1 s and notes its pid in /tmp/counter.pid.
-const startCounter = `mkdir -p /tmp; (i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done) >/dev/null 2>&1 & echo $! > /tmp/counter.pid; sleep 0.3`
+// 0.1 s and notes its pid in /tmp/counter.pid. Each count is renamed into
+// place: a read between `>`'s truncate and its write would see nothing.
+const startCounter = `mkdir -p /tmp; (i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.1; done) >/dev/null 2>&1 & echo $! > /tmp/counter.pid; sleep 0.3`
 
 // assertCounting fails t unless the guest's counter goes up.
 func assertCounting(t *testing.T, s *guestShell, who string) {
