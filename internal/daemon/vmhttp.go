@@ -260,19 +260,3 @@ func spliceExec(client net.Conn, fromClient *bufio.Reader, stream net.Conn, a *g
 	}()
 	<-done
 }
-
-// splice copies both ways until either side ends, then closes both.
-func splice(client net.Conn, fromClient *bufio.Reader, agent net.Conn) {
-	var once sync.Once
-	done := make(chan struct{})
-	end := func() {
-		once.Do(func() {
-			client.Close()
-			agent.Close()
-			close(done)
-		})
-	}
-	go func() { io.Copy(agent, fromClient); end() }()
-	go func() { io.Copy(client, agent); end() }()
-	<-done
-}
