@@ -229,7 +229,9 @@ func isDone(c <-chan struct{}) bool {
 func (m *vmManager) liveAgent(id string) *guest.Client {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if a := m.agents[id]; a != nil && !isDone(a.Done()) {
+	// An abandoned client is done, though its session may take a moment
+	// to say so.
+	if a := m.agents[id]; a != nil && !isDone(a.Done()) && a.Abandoned() == nil {
 		return a
 	}
 	return nil
