@@ -95,6 +95,7 @@ type caseFailed struct{}
 // not the matrix.
 type caseRecorder struct {
 	testing.TB
+	name string // the case's point, which each error reported on t names
 	errs []string
 }
 
@@ -102,7 +103,7 @@ func (r *caseRecorder) Errorf(format string, args ...any) {
 	r.TB.Helper()
 	msg := fmt.Sprintf(format, args...)
 	r.errs = append(r.errs, msg)
-	r.TB.Errorf("%s", msg)
+	r.TB.Errorf("case %s: %s", r.name, msg)
 }
 
 func (r *caseRecorder) Error(args ...any) { r.Errorf("%s", fmt.Sprint(args...)) }
@@ -186,7 +187,7 @@ func TestCrashMatrix(t *testing.T) {
 
 // runCrashCase runs one case and returns its row's result.
 func runCrashCase(t *testing.T, e *env, c crashCase) (result string) {
-	rec := &caseRecorder{TB: t}
+	rec := &caseRecorder{TB: t, name: string(c.point) + c.at}
 	e.t = rec
 	defer func() { e.t = t }()
 	defer func() {

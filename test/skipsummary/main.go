@@ -19,6 +19,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -48,7 +49,7 @@ type tally struct {
 // t.Error (file.go:N: ...), which is where its reasons are.
 type failure struct {
 	name  string
-	lines []string
+	lines [][]string // each a message's first line and what continues it
 }
 
 func newTally() *tally {
@@ -77,12 +78,7 @@ func (t *tally) add(ev event, verbose bool) []string {
 		t.failed++
 		out := t.output[k]
 		delete(t.output, k)
-		f := failure{name: strings.TrimPrefix(k.pkg, "banger/") + " " + k.test}
-		for _, l := range out {
-			if fileLine.MatchString(l) {
-				f.lines = append(f.lines, strings.TrimSpace(l))
-			}
-		}
+		f := failure{name: strings.TrimPrefix(k.pkg, "banger/") + " " + k.test, lines: messages(out)}
 		t.failures = append(t.failures, f)
 		return out
 	case "skip":
@@ -101,6 +97,40 @@ func (t *tally) add(ev event, verbose bool) []string {
 }
 
 var fileLine = regexp.MustCompile(`^\s*[\w.-]+\.go:\d+: `)
+
+// messages picks what a test logged through t.Log or t.Error out of its
+// output: each file.go:N: line with the lines that continue it (go test
+// indents them deeper), such as the stderr of a command whose failure the
+// first line names; of a longer message (a daemon log) the first and the
+// last maxContLines/2.
+func messages(out []string) [][]string {
+	var msgs [][]string
+	indent := -1 // of the message being read; -1 for none
+	var ls []string
+	for _, o := range out {
+		ls = append(ls, strings.Split(strings.TrimRight(o, "\n"), "\n")...)
+	}
+	for _, l := range ls {
+		n := len(l) - len(strings.TrimLeft(l, " "))
+		switch {
+		case fileLine.MatchString(l):
+			msgs = append(msgs, []string{strings.TrimSpace(l)})
+			indent = n
+		case indent >= 0 && n > indent && !strings.HasPrefix(strings.TrimSpace(l), "=== "):
+			msgs[len(msgs)-1] = append(msgs[len(msgs)-1], strings.TrimSpace(l))
+		default:
+			indent = -1
+		}
+	}
+	for i, m := range msgs {
+		if cont := m[1:]; len(cont) > maxContLines {
+			half := maxContLines / 2
+			cut := fmt.Sprintf("(%d lines more)", len(cont)-2*half)
+			msgs[i] = slices.Concat(m[:1+half], []string{cut}, cont[len(cont)-half:])
+		}
+	}
+	return msgs
+}
 
 // skipReason is the last message the test logged before `--- SKIP`.
 func skipReason(lines []string) string {
@@ -164,12 +194,14 @@ func summary(w io.Writer, t *tally) int {
 	return nOther
 }
 
-// Per failed test, at most maxFailLines of its logged lines are repeated
+// Per failed test, at most maxFailLines of its logged messages (each with
+// up to maxContLines lines that continue it) are repeated
 // at the end, each cut to maxFailLine bytes: a CI log's reader sees why
 // without scrolling back through every daemon log the test printed.
 const (
 	maxFailLines = 12
 	maxFailLine  = 400
+	maxContLines = 6
 )
 
 func failures(w io.Writer, fs []failure) {
@@ -181,14 +213,16 @@ func failures(w io.Writer, fs []failure) {
 		fmt.Fprintf(w, "  %s\n", f.name)
 		lines := f.lines
 		if len(lines) > maxFailLines {
-			fmt.Fprintf(w, "    (%d lines logged; the last %d)\n", len(lines), maxFailLines)
+			fmt.Fprintf(w, "    (%d messages logged; the last %d)\n", len(lines), maxFailLines)
 			lines = lines[len(lines)-maxFailLines:]
 		}
-		for _, l := range lines {
-			if len(l) > maxFailLine {
-				l = l[:maxFailLine] + " ..."
+		for _, m := range lines {
+			for i, l := range m {
+				if len(l) > maxFailLine {
+					l = l[:maxFailLine] + " ..."
+				}
+				fmt.Fprintf(w, "    %s%s\n", strings.Repeat("  ", min(i, 1)), l)
 			}
-			fmt.Fprintf(w, "    %s\n", l)
 		}
 	}
 }

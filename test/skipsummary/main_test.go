@@ -14,6 +14,17 @@ func TestSummary(t *testing.T) {
 		`{"Action":"output","Package":"banger/p","Test":"TestA","Output":"=== RUN   TestA\n"}`,
 		`{"Action":"pass","Package":"banger/p","Test":"TestA"}`,
 		`{"Action":"output","Package":"banger/p","Test":"TestB","Output":"    b_test.go:9: boom\n"}`,
+		`{"Action":"output","Package":"banger/p","Test":"TestB","Output":"    b_test.go:10: banger vm exec: exit 1\n"}`,
+		`{"Action":"output","Package":"banger/p","Test":"TestB","Output":"        stderr: Error: the agent did not answer\n"}`,
+		`{"Action":"output","Package":"banger/p","Test":"TestB","Output":"    b_test.go:11: bangerd.log:\n"}`,
+		`{"Action":"output","Package":"banger/p","Test":"TestB","Output":"        l1\n        l2\n"}`,
+		`{"Action":"output","Package":"banger/p","Test":"TestB","Output":"        l3\n"}`,
+		`{"Action":"output","Package":"banger/p","Test":"TestB","Output":"        l4\n"}`,
+		`{"Action":"output","Package":"banger/p","Test":"TestB","Output":"        l5\n"}`,
+		`{"Action":"output","Package":"banger/p","Test":"TestB","Output":"        l6\n"}`,
+		`{"Action":"output","Package":"banger/p","Test":"TestB","Output":"        l7\n"}`,
+		`{"Action":"output","Package":"banger/p","Test":"TestB","Output":"        l8\n"}`,
+		`{"Action":"output","Package":"banger/p","Test":"TestB","Output":"--- FAIL: TestB (0.00s)\n"}`,
 		`{"Action":"fail","Package":"banger/p","Test":"TestB"}`,
 		`{"Action":"output","Package":"banger/p","Test":"TestC","Output":"    c_test.go:3: by design: set X=1\n"}`,
 		`{"Action":"output","Package":"banger/p","Test":"TestC","Output":"--- SKIP: TestC (0.00s)\n"}`,
@@ -48,7 +59,9 @@ func TestSummary(t *testing.T) {
 		"skip summary: 2 skipped, 1 by design, 1 unexpected",
 		"1 × qemu not installed\n        p TestD",
 		"1 × set X=1\n        p TestC",
-		"failed tests, and what they logged:\n  p TestB\n    b_test.go:9: boom\n",
+		"failed tests, and what they logged:\n  p TestB\n    b_test.go:9: boom\n" +
+			"    b_test.go:10: banger vm exec: exit 1\n      stderr: Error: the agent did not answer\n" +
+			"    b_test.go:11: bangerd.log:\n      l1\n      l2\n      l3\n      (2 lines more)\n      l6\n      l7\n      l8\n",
 		"package failed: banger/p",
 		"tests: 1 passed, 1 failed, 2 skipped",
 	} {
