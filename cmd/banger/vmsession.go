@@ -97,7 +97,13 @@ func newSessionListCmd() *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s ago\t%d\t%s\t%s\n", s.Name, state, s.PID, exit, age(s.StartedAt),
 					s.Attached, dash(s.Socket), strings.Join(s.Argv, " "))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			for _, s := range list {
+				warnSession(s)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -176,7 +182,14 @@ the session ends.`,
 			}
 			wg.Wait()
 			close(errs)
-			return <-errs
+			if err := <-errs; err != nil {
+				return err
+			}
+			// The copy may be behind the guest (a full disk): say so.
+			if s, err := c.Session(cmd.Context(), args[0], args[1]); err == nil {
+				warnSession(s)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVar(&stream, "stream", "", "only this stream: stdout or stderr")
@@ -231,4 +244,11 @@ func parseSignal(s string) (int, error) {
 		return int(n), nil
 	}
 	return 0, fmt.Errorf("--signal %q: not a signal name (TERM, INT, HUP, KILL, ...) or number from 1 to 64", s)
+}
+
+// warnSession prints why s's host copy of its output is behind, if it is.
+func warnSession(s api.Session) {
+	if s.Warning != "" {
+		fmt.Fprintf(os.Stderr, "warning: session %s of vm %s: %s\n", s.Name, s.VM, s.Warning)
+	}
 }

@@ -22,9 +22,12 @@ type Session struct {
 	PID       int      `json:"pid,omitempty"`
 	// ExitCode is set once the session exited: its status, or 128+N when
 	// it died of signal N (then Signal is N).
-	ExitCode  *int      `json:"exit_code,omitempty"`
-	Signal    int       `json:"signal,omitempty"`
-	Reason    string    `json:"reason,omitempty"` // why it is lost
+	ExitCode *int   `json:"exit_code,omitempty"`
+	Signal   int    `json:"signal,omitempty"`
+	Reason   string `json:"reason,omitempty"` // why it is lost
+	// Warning says why the host copy of its output is behind (a full
+	// file system), while it is.
+	Warning   string    `json:"warning,omitempty"`
 	StartedAt time.Time `json:"started_at"`
 	EndedAt   time.Time `json:"ended_at,omitzero"`
 	// Attached counts the clients connected to Socket now.

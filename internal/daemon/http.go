@@ -53,7 +53,9 @@ func toAPI(err error) *api.Error {
 	case errors.Is(err, image.ErrInvalid), errors.Is(err, kernel.ErrInvalid), errors.Is(err, image.ErrPlatform),
 		errors.Is(err, image.ErrUnsafeEntry):
 		return api.Errorf(api.InvalidArgument, "%s", err)
-	case errors.Is(err, image.ErrNoSpace), errors.Is(err, network.ErrNoTun), errors.Is(err, network.ErrNoNetAdmin),
+	case errors.Is(err, image.ErrNoSpace):
+		return api.Errorf(api.Unavailable, "%s", err).WithHint("free space there (banger image delete removes an image no vm uses), then run the same command again")
+	case errors.Is(err, network.ErrNoTun), errors.Is(err, network.ErrNoNetAdmin),
 		errors.Is(err, vmm.ErrUnavailable):
 		return api.Errorf(api.Unavailable, "%s", err)
 	case errors.As(err, &ne):

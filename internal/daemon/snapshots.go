@@ -18,6 +18,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/crashpoint"
 	"banger/internal/disk"
+	"banger/internal/diskspace"
 	"banger/internal/guest"
 	"banger/internal/image"
 	"banger/internal/kernel"
@@ -179,10 +180,9 @@ func (m *vmManager) snapshotLocked(ctx context.Context, v *store.VM, name, kind 
 	}
 	fail := func(err error) (store.Snapshot, error) {
 		m.abandonSnapshot(context.WithoutCancel(ctx), sn, v)
-		if isNoSpace(err) {
-			return store.Snapshot{}, api.Errorf(api.Unavailable, "snapshot of vm %q: the file system of %s is full (%s free; a snapshot takes up to the vm's memory, %d MiB): %v (nothing of the snapshot was kept)",
-				v.Name, m.cfg.SnapshotsDir, freeSpace(m.cfg.SnapshotsDir), v.MemoryMiB, err).
-				WithHint("free space there, then run the same command again")
+		if diskspace.IsFull(err) {
+			return store.Snapshot{}, fullDisk(fmt.Errorf("%w (a snapshot takes up to the vm's memory, %d MiB)", err, v.MemoryMiB),
+				fmt.Sprintf("snapshot of vm %q", v.Name), m.cfg.SnapshotsDir, "snapshot")
 		}
 		return store.Snapshot{}, fmt.Errorf("snapshot of vm %q: %w (nothing of the snapshot was kept)", v.Name, err)
 	}
@@ -766,20 +766,4 @@ func (m *vmManager) fork(ctx context.Context, name string, req api.ForkVMRequest
 		return api.VM{}, err
 	}
 	return out, nil
-}
-
-// isNoSpace reports whether err is a full file system: ENOSPC, or QEMU's
-// words for it (its migration errors are text).
-func isNoSpace(err error) bool {
-	return errors.Is(err, syscall.ENOSPC) || strings.Contains(strings.ToLower(err.Error()), "no space left on device")
-}
-
-// freeSpace is what the file system of dir has free for an unprivileged
-// writer, in MiB ("unknown" when it cannot be read).
-func freeSpace(dir string) string {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		return "unknown space"
-	}
-	return fmt.Sprintf("%d MiB", st.Bavail*uint64(st.Bsize)>>20)
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"banger/internal/config"
 	"banger/internal/crashpoint"
 	"banger/internal/disk"
+	"banger/internal/diskspace"
 	"banger/internal/guest"
 	"banger/internal/image"
 	"banger/internal/kernel"
@@ -228,7 +230,7 @@ func (m *vmManager) create(ctx context.Context, req api.CreateVMRequest, p progr
 		os.RemoveAll(v.Dir)
 		m.store.DeleteVM(context.WithoutCancel(ctx), id) // and its lease
 		m.gcLayers(context.WithoutCancel(ctx), false)
-		return api.VM{}, err
+		return api.VM{}, fullDisk(err, "creating vm "+strconv.Quote(v.Name), m.cfg.VMsDir, "vm")
 	}
 	crashpoint.Hit(crashpoint.VMCreateAfterDisk)
 	// Until its first write below the record says creating: a daemon
@@ -555,4 +557,17 @@ func marshal(v any) string {
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// fullDisk is err, or when err is a full file system, an error that says
+// which one and how much it has free, that nothing of what (a "vm", a
+// "snapshot") was kept, and what to do. dir is the file system to name
+// when err names no file.
+func fullDisk(err error, doing, dir, what string) error {
+	if !diskspace.IsFull(err) {
+		return err
+	}
+	return api.Errorf(api.Unavailable, "%s: %s is full: %v (nothing of the %s was kept)",
+		doing, diskspace.Describe(diskspace.Dir(err, dir)), err, what).
+		WithHint("free space there, then run the same command again")
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/disk"
+	"banger/internal/diskspace"
 )
 
 // ErrNoSpace is returned when the disk fills while an image is built.
@@ -80,7 +81,7 @@ func buildExt4(ctx context.Context, r *rootfs, layers []layerSource, img string,
 			return 0, ctx.Err()
 		}
 		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, ErrNoSpace) {
-			return 0, fmt.Errorf("%w in %s while building the ext4 image (%s of content): free some space and pull again", ErrNoSpace, dir, human(u.bytes))
+			return 0, noSpace(dir, fmt.Sprintf("while building the ext4 image (%s of content)", human(u.bytes)))
 		}
 		return 0, fmt.Errorf("building the ext4 image: %w", err)
 	}
@@ -120,7 +121,7 @@ func finishExt4(ctx context.Context, img string, size int64) error {
 			}
 			msg := strings.TrimSpace(string(out))
 			if strings.Contains(msg, "No space left") {
-				return fmt.Errorf("%w in %s while growing the ext4 image: free some space and pull again", ErrNoSpace, filepath.Dir(img))
+				return noSpace(filepath.Dir(img), "while growing the ext4 image")
 			}
 			return fmt.Errorf("%s: %v: %s", s[0], err, msg)
 		}
@@ -153,9 +154,15 @@ func checkSpace(dir string, need int64) error {
 		return nil // cannot tell; mkfs will say
 	}
 	if free := int64(st.Bavail) * st.Bsize; free < need {
-		return fmt.Errorf("%w in %s: the image needs about %s, %s is free", ErrNoSpace, dir, human(need), human(free))
+		return fmt.Errorf("%w in %s: the image needs about %s; %s has too little: free some space and pull again",
+			ErrNoSpace, dir, human(need), diskspace.Describe(dir))
 	}
 	return nil
+}
+
+// noSpace is ErrNoSpace in dir, naming its file system, while doing.
+func noSpace(dir, doing string) error {
+	return fmt.Errorf("%w in %s: %s is full %s: free some space and pull again", ErrNoSpace, dir, diskspace.Describe(dir), doing)
 }
 
 func isFull(dir string) bool {

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/crashpoint"
+	"banger/internal/diskspace"
 )
 
 // PullOptions says what to pull and how.
@@ -137,7 +138,8 @@ func (s *Store) build(ctx context.Context, name string, fill fillFunc, bi buildI
 	}
 	im, err := s.buildIn(ctx, name, fill, bi, progress)
 	if errors.Is(err, syscall.ENOSPC) && !errors.Is(err, ErrNoSpace) {
-		err = fmt.Errorf("%w in %s: %w", ErrNoSpace, s.Dir, err)
+		dir := diskspace.Dir(err, s.Dir)
+		err = fmt.Errorf("%w in %s: %s is full: %w", ErrNoSpace, dir, diskspace.Describe(dir), err)
 	}
 	return im, err
 }

@@ -115,14 +115,17 @@ func (m *mirror) Write(p []byte) (int, error) {
 	return written, nil
 }
 
+// rotate opens the next segment before it lets go of the current one:
+// when that fails (a full disk), the mirror stays as it was, to be
+// written again.
 func (m *mirror) rotate() error {
-	if err := m.f.Close(); err != nil {
-		return err
-	}
+	old, start, size := m.f, m.start, m.size
 	m.start, m.size = m.end(), 0
 	if err := m.open(); err != nil {
+		m.f, m.start, m.size = old, start, size
 		return err
 	}
+	old.Close()
 	offs, err := segments(m.dir, m.stream)
 	if err != nil {
 		return err

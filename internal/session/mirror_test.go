@@ -3,9 +3,14 @@ package session
 import (
 	"bytes"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"banger/internal/diskspace"
+	"banger/internal/prereq"
 )
 
 // The mirror keeps the newest output within the cap, in segments named
@@ -86,4 +91,60 @@ func TestMirrorFollow(t *testing.T) {
 	if want := string(big) + "after\n"; got.String() != want {
 		t.Fatalf("followed %d bytes, want %d: what came after it started, across the rotation", got.Len(), len(want))
 	}
+}
+
+// A full file system fails a write part way (or the next segment's
+// creation) with ENOSPC and leaves the mirror where it got to: once there
+// is room, writing the rest from end() gives the whole stream, no byte
+// lost or doubled. The file system is a tmpfs small in bytes, then in
+// inodes (a segment that cannot be created).
+func TestMirrorFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		prereq.Missing(t, "mounting a tmpfs needs root")
+	}
+	for _, tc := range []struct{ name, full, roomy string }{
+		{"bytes", "size=64k", "size=4m"},
+		{"inodes", "nr_inodes=2", "nr_inodes=64"}, // the root and one segment
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if out, err := exec.Command("mount", "-t", "tmpfs", "-o", tc.full, "banger-test", dir).CombinedOutput(); err != nil {
+				t.Fatalf("mount: %v: %s", err, out)
+			}
+			defer exec.Command("umount", dir).Run()
+			m, err := openMirror(dir, "stdout", minLogMax*4) // segments of 128 KiB
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			all := bytes.Repeat([]byte("0123456789abcdef"), 200<<10/16) // 200 KiB: a rotation
+			n, err := m.Write(all)
+			if !diskspace.IsFull(err) {
+				t.Fatalf("write of %d bytes onto a full tmpfs: n %d, err %v; want ENOSPC", len(all), n, err)
+			}
+			if m.end() != int64(n) || n == 0 || n == len(all) {
+				t.Fatalf("after the failed write: end %d, wrote %d of %d", m.end(), n, len(all))
+			}
+			if out, err := exec.Command("mount", "-o", "remount,"+tc.roomy, dir).CombinedOutput(); err != nil {
+				t.Fatalf("remount: %v: %s", err, out)
+			}
+			if _, err := m.Write(all[m.end():]); err != nil {
+				t.Fatalf("the rest once there is room: %v", err)
+			}
+			var got bytes.Buffer
+			copyMirror(&got, dir, "stdout", false, false, func() bool { return true }, nil)
+			if !bytes.Equal(got.Bytes(), all) {
+				t.Errorf("mirrored %d bytes, want the %d written (first difference near %d)", got.Len(), len(all), firstDiff(got.Bytes(), all))
+			}
+		})
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }

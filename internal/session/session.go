@@ -24,6 +24,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/crashpoint"
+	"banger/internal/diskspace"
 	"banger/internal/guest"
 	"banger/internal/store"
 )
@@ -67,8 +68,19 @@ type live struct {
 	done   chan struct{} // closed once the session ended (exited or lost)
 	ended  sync.Once
 
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	warning string // why the host copy of its output is behind, while it is
+}
+
+// warn sets (or, with "", clears) why l's host copy of its output is
+// behind; it reports whether that changed.
+func (l *live) warn(w string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	changed := l.warning != w
+	l.warning = w
+	return changed
 }
 
 // New returns a Manager; ctx bounds everything it runs.
@@ -265,22 +277,35 @@ func (l *live) closeConns() {
 
 // mirror copies the session's output to the host until it ends,
 // reconnecting when the agent connection breaks, and records the end.
+// While the host's file system is full it waits, with a warning on the
+// session: the guest keeps the output, and the copy goes on from the
+// byte it reached once there is room, so nothing is lost.
 func (m *Manager) mirror(l *live) {
 	dir := Dir(l.vm, l.rec.Name)
-	out, err := openMirror(dir, "stdout", m.opts.LogMax)
-	if err != nil {
-		m.end(l, nil, fmt.Sprintf("cannot keep its output on the host: %v", err))
-		return
-	}
-	defer out.Close()
-	errs, err := openMirror(dir, "stderr", m.opts.LogMax)
-	if err != nil {
-		m.end(l, nil, fmt.Sprintf("cannot keep its output on the host: %v", err))
-		return
-	}
-	defer errs.Close()
+	var out, errs *mirror
+	defer func() {
+		if out != nil {
+			out.Close()
+		}
+		if errs != nil {
+			errs.Close()
+		}
+	}()
 	for backoff := time.Duration(0); ; backoff = min(2*backoff+100*time.Millisecond, 2*time.Second) {
-		st, lost, err := m.mirrorOnce(l, out, errs)
+		var err error
+		if out == nil {
+			out, err = openMirror(dir, "stdout", m.opts.LogMax)
+		}
+		if err == nil && errs == nil {
+			errs, err = openMirror(dir, "stderr", m.opts.LogMax)
+		}
+		var st *guest.ExitStatus
+		lost := ""
+		if err != nil && !diskspace.IsFull(err) {
+			lost = fmt.Sprintf("cannot keep its output on the host: %v", err)
+		} else if err == nil {
+			st, lost, err = m.mirrorOnce(l, out, errs)
+		}
 		switch {
 		case l.ctx.Err() != nil:
 			return // the daemon stops, or VMGone ended the session
@@ -290,8 +315,17 @@ func (m *Manager) mirror(l *live) {
 		case lost != "":
 			m.end(l, nil, lost)
 			return
+		case diskspace.IsFull(err):
+			w := fmt.Sprintf("the host copy of its output waits at %d bytes of stdout and %d of stderr: %s is full "+
+				"(the guest keeps the output, and the copy goes on, and the session's end is recorded, once there is room there)",
+				mirrorSize(dir, "stdout"), mirrorSize(dir, "stderr"), diskspace.Describe(dir))
+			if l.warn(w) {
+				m.opts.Logger.Warn("session output waits for disk space", "vm", l.vm.Name, "session", l.rec.Name, "dir", dir, "err", err)
+			}
+			backoff = time.Second
+		default:
+			m.opts.Logger.Debug("session mirror interrupted; retrying", "vm", l.vm.Name, "session", l.rec.Name, "err", err)
 		}
-		m.opts.Logger.Debug("session mirror interrupted; retrying", "vm", l.vm.Name, "session", l.rec.Name, "err", err)
 		select {
 		case <-l.ctx.Done():
 			return
@@ -341,8 +375,14 @@ func (m *Manager) mirrorOnce(l *live, out, errs *mirror) (*guest.ExitStatus, str
 		case guest.FrameEOF:
 			return nil, "", errors.New("the agent ended a followed attach")
 		}
+		if diskspace.IsFull(err) {
+			return nil, "", err // mirror waits for room
+		}
 		if err != nil {
 			return nil, fmt.Sprintf("cannot keep its output on the host: %v", err), err
+		}
+		if f.Type == guest.FrameStdout || f.Type == guest.FrameStderr {
+			l.warn("") // there is room again
 		}
 	}
 }
@@ -558,6 +598,7 @@ func (m *Manager) view(vm store.VM, r store.Session) api.Session {
 		s.Socket = l.sock
 		l.mu.Lock()
 		s.Attached = len(l.conns)
+		s.Warning = l.warning
 		l.mu.Unlock()
 	}
 	return s

@@ -366,8 +366,11 @@ func checkCrashWorld(t testing.TB, e *env) {
 		}
 	}
 	// The VM made before the matrix still works, its session too.
-	if out := e.ok("vm", "exec", "keep", "--", "echo", "alive"); out != "alive\n" {
-		t.Errorf("keep: exec said %q", out)
+	if r := e.banger("vm", "exec", "keep", "--", "echo", "alive"); r.code != 0 || r.stdout != "alive\n" {
+		// What the daemon saw is what tells a flake from a bug.
+		insp := e.banger("vm", "inspect", "keep")
+		t.Fatalf("keep: exec exit %d, said %q\nstderr: %s\nvm inspect keep: %s\nbangerd.log, its end:\n%s",
+			r.code, r.stdout, r.stderr, insp.stdout+insp.stderr, logTail(filepath.Join(e.home, "state", "bangerd.log"), 40))
 	}
 	if s := e.sessions("keep")["before"]; s.State != "running" {
 		t.Errorf("keep's session made before the crash: %+v", s)
@@ -389,6 +392,16 @@ func qcow2Backing(t testing.TB, path string) string {
 		b = filepath.Join(filepath.Dir(path), b)
 	}
 	return filepath.Clean(b)
+}
+
+// logTail is the last n lines of the file at path.
+func logTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 func exists(p string) bool {

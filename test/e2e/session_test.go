@@ -18,7 +18,9 @@ import (
 
 type sessionInfo struct {
 	Name, State, Socket, Reason string
+	Warning                     string
 	StdinMode                   string `json:"stdin_mode"`
+	StdoutBytes                 int64  `json:"stdout_bytes"`
 	PID                         int
 	ExitCode                    *int `json:"exit_code"`
 	Attached                    int
