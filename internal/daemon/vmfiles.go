@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"net/http"
 	"strconv"
-	"time"
 
 	"banger/internal/api"
 	"banger/internal/guest"
@@ -23,7 +22,7 @@ func (s *Server) agentFor(r *http.Request) (*guest.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(r.Context(), agentDialTimeout)
 	defer cancel()
 	a, err := s.vms.agent(ctx, v)
 	if err != nil {

@@ -174,7 +174,7 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, api.Errorf(api.InvalidArgument, "exec needs an Upgrade: %s connection", StreamUpgrade))
 		return
 	}
-	actx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	actx, cancel := context.WithTimeout(r.Context(), agentDialTimeout)
 	a, err := s.vms.agent(actx, v)
 	cancel()
 	if err != nil {
