@@ -232,11 +232,20 @@ func spliceExec(client net.Conn, fromClient *bufio.Reader, stream net.Conn, a *g
 		})
 	}
 	go func() { io.Copy(stream, fromClient); end() }()
+	first := true
 	go func() {
 		defer end()
+		var readErr error
 		for {
-			f, err := guest.ReadFrame(stream)
+			// The first frame (the command's start) is due at once; the
+			// rest come when the command writes, each sent whole.
+			answer := time.Duration(0)
+			if first {
+				answer, first = guest.AnswerTimeout, false
+			}
+			f, err := guest.ReadFrameConn(stream, answer)
 			if err != nil {
+				readErr = err
 				break
 			}
 			if err := guest.WriteFrame(client, f.Type, f.Payload); err != nil {
@@ -253,7 +262,11 @@ func spliceExec(client net.Conn, fromClient *bufio.Reader, stream net.Conn, a *g
 		case <-time.After(2 * time.Second):
 		}
 		reason := a.Abandoned()
-		if reason == nil {
+		switch {
+		case reason != nil:
+		case errors.Is(readErr, guest.ErrNoAnswer), errors.Is(readErr, guest.ErrFrameTooLarge):
+			reason = fmt.Errorf("vm %q: the guest agent broke the protocol: %w", vm, readErr)
+		default:
 			reason = fmt.Errorf("vm %q: the guest agent's stream ended before the command exited", vm)
 		}
 		guest.NewFrameWriter(client).WriteError(fmt.Errorf("%w (%w)", guest.ErrConnectionLost, reason))

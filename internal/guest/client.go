@@ -269,10 +269,22 @@ func (cl *call) close() {
 	_ = cl.conn.Close()
 }
 
-// read reads the next frame, mapping a stream end to ErrConnectionLost.
-func (cl *call) read() (Frame, error) {
-	f, err := ReadFrame(cl.conn)
+// read reads the next frame, mapping a stream end to ErrConnectionLost;
+// a frame begun must be finished within FrameTimeout.
+func (cl *call) read() (Frame, error) { return cl.readWithin(0) }
+
+// readWithin is read with the frame's first byte due within answer (0:
+// no bound).
+func (cl *call) readWithin(answer time.Duration) (Frame, error) {
+	f, err := ReadFrameConn(cl.conn, answer)
+	if cl.ctx.Err() != nil {
+		// ReadFrameConn cleared the deadline the context's end set.
+		_ = cl.conn.SetReadDeadline(time.Now())
+	}
 	if err != nil {
+		if errors.Is(err, ErrNoAnswer) && cl.ctx.Err() == nil {
+			return Frame{}, err
+		}
 		return Frame{}, cl.wrap("reading from agent", err)
 	}
 	return f, nil
@@ -301,8 +313,14 @@ func lostErr(err error) error {
 }
 
 // response reads the Response that answers a request.
-func (cl *call) response() (Response, error) {
-	f, err := cl.read()
+func (cl *call) response() (Response, error) { return cl.responseWithin(0) }
+
+// answer is response for a request the agent answers before it does
+// anything long: within AnswerTimeout.
+func (cl *call) answer() (Response, error) { return cl.responseWithin(AnswerTimeout) }
+
+func (cl *call) responseWithin(d time.Duration) (Response, error) {
+	f, err := cl.readWithin(d)
 	if err != nil {
 		return Response{}, err
 	}
@@ -322,7 +340,7 @@ func (c *Client) Hello(ctx context.Context) (Info, error) {
 		return Info{}, fmt.Errorf("hello: %w", err)
 	}
 	defer cl.close()
-	resp, err := cl.response()
+	resp, err := cl.answer()
 	if err != nil {
 		return Info{}, fmt.Errorf("hello: %w", err)
 	}
@@ -347,7 +365,7 @@ func (c *Client) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	defer cl.close()
-	if _, err := cl.response(); err != nil {
+	if _, err := cl.answer(); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil

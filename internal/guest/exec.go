@@ -28,7 +28,7 @@ func (c *Client) OpenExec(ctx context.Context, req ExecRequest) (*ExecStream, er
 	if err != nil {
 		return nil, fmt.Errorf("exec %s: %w", req.Argv[0], err)
 	}
-	resp, err := cl.response()
+	resp, err := cl.answer()
 	if err != nil {
 		cl.close()
 		return nil, fmt.Errorf("exec %s: %w", req.Argv[0], err)

@@ -107,7 +107,7 @@ func (c *Client) get(ctx context.Context, path string, w io.Writer) (FileInfo, e
 		return FileInfo{}, err
 	}
 	defer cl.close()
-	resp, err := cl.response()
+	resp, err := cl.answer()
 	if err != nil {
 		return FileInfo{}, err
 	}

@@ -13,12 +13,16 @@
 package guest
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"sync"
+	"time"
 )
 
 // FrameType tells what a frame's payload is.
@@ -79,6 +83,51 @@ const (
 
 // ErrFrameTooLarge reports a frame whose length exceeds MaxFrameSize.
 var ErrFrameTooLarge = errors.New("frame too large")
+
+// ErrNoAnswer reports an agent that left a request unanswered, or a
+// frame unfinished, past its bound: a guest that is broken or hostile
+// (its connection still answers pings, or this would be a lost one).
+var ErrNoAnswer = errors.New("guest agent did not answer")
+
+// Bounds of ReadFrameConn, variables for tests. An agent writes each
+// frame whole, so the rest of one whose first byte came is a matter of
+// the transport; and it answers a request that asks for an answer (hello,
+// starting a command, a file's metadata) before doing anything long.
+var (
+	FrameTimeout  = 30 * time.Second
+	AnswerTimeout = 30 * time.Second
+)
+
+// ReadFrameConn is ReadFrame on conn with bounds: the first byte within
+// answer (0: none, as a command's output may be long in coming) and the
+// rest within FrameTimeout of it. A bound that runs out is ErrNoAnswer.
+// conn's read deadline is cleared after.
+func ReadFrameConn(conn net.Conn, answer time.Duration) (Frame, error) {
+	defer conn.SetReadDeadline(time.Time{})
+	if answer > 0 {
+		conn.SetReadDeadline(time.Now().Add(answer))
+	}
+	var first [1]byte
+	if _, err := io.ReadFull(conn, first[:]); err != nil {
+		if isTimeout(err) {
+			return Frame{}, fmt.Errorf("%w within %s", ErrNoAnswer, answer)
+		}
+		return Frame{}, err
+	}
+	conn.SetReadDeadline(time.Now().Add(FrameTimeout))
+	f, err := ReadFrame(io.MultiReader(bytes.NewReader(first[:]), conn))
+	if err != nil && isTimeout(err) {
+		return Frame{}, fmt.Errorf("%w: a %v frame was left unfinished for %s", ErrNoAnswer, FrameType(first[0]), FrameTimeout)
+	}
+	return f, err
+}
+
+// isTimeout reports a read deadline that ran out (yamux says so in its
+// own words).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
 
 // Frame is one unit of the protocol.
 type Frame struct {

@@ -343,3 +343,81 @@ func TestHostileAnnouncedFrames(t *testing.T) {
 		t.Errorf("heap grew %d MiB for %d announced frames of 1 MiB (1 byte each sent)", grew>>20, calls)
 	}
 }
+
+// With no deadline of the caller's, an agent that leaves a request
+// unanswered, or a frame unfinished, is met by the client's own bounds
+// (AnswerTimeout, FrameTimeout): every call that expects a prompt answer
+// ends with ErrNoAnswer; an exec whose output stops half way through a
+// frame ends too, while one that is merely quiet does not.
+func TestHostileSilenceBounds(t *testing.T) {
+	oldF, oldA := FrameTimeout, AnswerTimeout
+	FrameTimeout, AnswerTimeout = 200*time.Millisecond, 300*time.Millisecond
+	t.Cleanup(func() { FrameTimeout, AnswerTimeout = oldF, oldA })
+	prompt := []string{"hello", "exec", "get", "session start", "session list", "session attach", "shutdown"}
+	for name, answer := range map[string]func(st net.Conn){
+		"silence": func(st net.Conn) { io.Copy(io.Discard, st) },
+		"half a frame then silence": func(st net.Conn) {
+			st.Write(frameHeader(FrameResponse, 1000))
+			st.Write([]byte(`{"pid":`))
+			io.Copy(io.Discard, st)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := fakeAgent(t, func(_ net.Conn, st net.Conn) {
+				if _, err := ReadFrame(st); err != nil {
+					return
+				}
+				answer(st)
+			})
+			calls := hostileCalls(c)
+			for _, call := range prompt {
+				start := time.Now()
+				done := make(chan error, 1)
+				go func() { done <- calls[call](context.Background()) }()
+				select {
+				case err := <-done:
+					if !errors.Is(err, ErrNoAnswer) {
+						t.Errorf("%s: error %v, want ErrNoAnswer", call, err)
+					}
+				case <-time.After(callBound):
+					t.Fatalf("%s: still waiting after %s with no answer", call, time.Since(start))
+				}
+			}
+		})
+	}
+
+	// An exec that started, wrote half a frame of output and went quiet.
+	quiet := make(chan struct{})
+	c := fakeAgent(t, func(_ net.Conn, st net.Conn) {
+		if _, err := ReadFrame(st); err != nil {
+			return
+		}
+		fw := NewFrameWriter(st)
+		fw.WriteJSON(FrameResponse, Response{PID: 1})
+		<-quiet
+		st.Write(frameHeader(FrameStdout, 100))
+		st.Write([]byte("half"))
+		io.Copy(io.Discard, st)
+	})
+	es, err := c.OpenExec(context.Background(), ExecRequest{Argv: []string{"sleep", "1000"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer es.Close()
+	got := make(chan error, 1)
+	go func() { _, err := es.Recv(); got <- err }()
+	select {
+	case err := <-got:
+		t.Fatalf("a quiet command's stream ended: %v", err)
+	case <-time.After(3 * AnswerTimeout):
+	}
+	close(quiet)
+	select {
+	case err := <-got:
+		if !errors.Is(err, ErrNoAnswer) {
+			t.Errorf("half a frame of output: error %v, want ErrNoAnswer", err)
+		}
+	case <-time.After(callBound):
+		t.Fatal("half a frame of output: the stream still waits")
+	}
+}

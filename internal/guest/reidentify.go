@@ -21,7 +21,13 @@ func (c *Client) Reidentify(ctx context.Context, req ReidentifyRequest) error {
 	if err := req.Validate(); err != nil {
 		return err
 	}
-	_, err := c.oneShot(ctx, Request{Op: OpReidentify, Reidentify: &req})
+	// Not a oneShot: the agent answers once all of it is applied (host
+	// keys made, sshd restarted), which the caller's ctx bounds.
+	cl, err := c.start(ctx, Request{Op: OpReidentify, Reidentify: &req})
+	if err == nil {
+		_, err = cl.response()
+		cl.close()
+	}
 	var re *RemoteError
 	if err != nil && !errors.As(err, &re) { // the agent's own errors say "reidentify" already
 		return fmt.Errorf("reidentify: %w", err)

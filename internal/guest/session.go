@@ -73,14 +73,15 @@ func (c *Client) SessionControl(ctx context.Context, req SessionControlRequest) 
 	return *resp.Session, nil
 }
 
-// oneShot sends req and reads its single Response.
+// oneShot sends req and reads its single Response, due within
+// AnswerTimeout: the session requests are answered at once.
 func (c *Client) oneShot(ctx context.Context, req Request) (Response, error) {
 	cl, err := c.start(ctx, req)
 	if err != nil {
 		return Response{}, err
 	}
 	defer cl.close()
-	return cl.response()
+	return cl.answer()
 }
 
 // SessionStream is one attach to a session. Its methods that send (Write,
@@ -100,7 +101,7 @@ func (c *Client) SessionAttach(ctx context.Context, req SessionAttachRequest) (*
 	if err != nil {
 		return nil, SessionInfo{}, sessionError("attaching to session", req.Name, err)
 	}
-	resp, err := cl.response()
+	resp, err := cl.answer()
 	if err == nil && resp.Session == nil {
 		err = errors.New("agent sent no session")
 	}
