@@ -239,6 +239,9 @@ func (s *Server) serveStream(ctx context.Context, conn net.Conn) {
 		return
 	}
 	s.logger.Debug("request", "op", req.Op)
+	if s.hostile(conn, &req) {
+		return
+	}
 	switch {
 	case req.Op == guest.OpHello:
 		err = fw.WriteJSON(guest.FrameResponse, guest.Response{Hello: hello(s.version)})

@@ -261,15 +261,18 @@ func spliceExec(client net.Conn, fromClient *bufio.Reader, stream net.Conn, a *g
 		case <-a.Done():
 		case <-time.After(2 * time.Second):
 		}
-		reason := a.Abandoned()
-		switch {
+		var msg error
+		switch reason := a.Abandoned(); {
 		case reason != nil:
-		case errors.Is(readErr, guest.ErrNoAnswer), errors.Is(readErr, guest.ErrFrameTooLarge):
-			reason = fmt.Errorf("vm %q: the guest agent broke the protocol: %w", vm, readErr)
+			msg = fmt.Errorf("%w (%w)", guest.ErrConnectionLost, reason)
+		case errors.Is(readErr, guest.ErrNoAnswer):
+			msg = fmt.Errorf("vm %q: %w (the guest is frozen, overloaded or misbehaving; see banger vm logs %s)", vm, readErr, vm)
+		case errors.Is(readErr, guest.ErrFrameTooLarge):
+			msg = fmt.Errorf("vm %q: the guest agent broke the protocol: %w", vm, readErr)
 		default:
-			reason = fmt.Errorf("vm %q: the guest agent's stream ended before the command exited", vm)
+			msg = fmt.Errorf("%w (vm %q: the guest agent's stream ended before the command exited)", guest.ErrConnectionLost, vm)
 		}
-		guest.NewFrameWriter(client).WriteError(fmt.Errorf("%w (%w)", guest.ErrConnectionLost, reason))
+		guest.NewFrameWriter(client).WriteError(msg)
 	}()
 	<-done
 }

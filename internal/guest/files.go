@@ -55,6 +55,9 @@ func (c *Client) upload(ctx context.Context, req Request, r io.Reader) error {
 	sendErr := sendContent(cl, r)
 	if sendErr != nil {
 		_ = cl.conn.SetReadDeadline(time.Now())
+	} else {
+		// All sent: the agent answers once it has the file on its disk.
+		_ = cl.conn.SetReadDeadline(time.Now().Add(UploadAnswerTimeout))
 	}
 	err = <-answer
 	var re *RemoteError

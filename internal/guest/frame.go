@@ -93,9 +93,12 @@ var ErrNoAnswer = errors.New("guest agent did not answer")
 // frame whole, so the rest of one whose first byte came is a matter of
 // the transport; and it answers a request that asks for an answer (hello,
 // starting a command, a file's metadata) before doing anything long.
+// An upload is answered once the file is on the guest's disk (synced),
+// which takes longer for a large one.
 var (
-	FrameTimeout  = 30 * time.Second
-	AnswerTimeout = 30 * time.Second
+	FrameTimeout        = 30 * time.Second
+	AnswerTimeout       = 30 * time.Second
+	UploadAnswerTimeout = 2 * time.Minute
 )
 
 // ReadFrameConn is ReadFrame on conn with bounds: the first byte within
@@ -109,8 +112,11 @@ func ReadFrameConn(conn net.Conn, answer time.Duration) (Frame, error) {
 	}
 	var first [1]byte
 	if _, err := io.ReadFull(conn, first[:]); err != nil {
-		if isTimeout(err) {
+		if isTimeout(err) && answer > 0 {
 			return Frame{}, fmt.Errorf("%w within %s", ErrNoAnswer, answer)
+		}
+		if isTimeout(err) { // a deadline of the caller's own
+			return Frame{}, fmt.Errorf("%w in time", ErrNoAnswer)
 		}
 		return Frame{}, err
 	}

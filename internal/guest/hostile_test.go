@@ -350,10 +350,10 @@ func TestHostileAnnouncedFrames(t *testing.T) {
 // ends with ErrNoAnswer; an exec whose output stops half way through a
 // frame ends too, while one that is merely quiet does not.
 func TestHostileSilenceBounds(t *testing.T) {
-	oldF, oldA := FrameTimeout, AnswerTimeout
-	FrameTimeout, AnswerTimeout = 200*time.Millisecond, 300*time.Millisecond
-	t.Cleanup(func() { FrameTimeout, AnswerTimeout = oldF, oldA })
-	prompt := []string{"hello", "exec", "get", "session start", "session list", "session attach", "shutdown"}
+	oldF, oldA, oldU := FrameTimeout, AnswerTimeout, UploadAnswerTimeout
+	FrameTimeout, AnswerTimeout, UploadAnswerTimeout = 200*time.Millisecond, 300*time.Millisecond, 400*time.Millisecond
+	t.Cleanup(func() { FrameTimeout, AnswerTimeout, UploadAnswerTimeout = oldF, oldA, oldU })
+	prompt := []string{"hello", "exec", "get", "put", "session start", "session list", "session attach", "shutdown"}
 	for name, answer := range map[string]func(st net.Conn){
 		"silence": func(st net.Conn) { io.Copy(io.Discard, st) },
 		"half a frame then silence": func(st net.Conn) {
