@@ -189,7 +189,7 @@ func (c *Client) attachEnded(ctx context.Context, vm, name string) (int, error) 
 		case s.State == api.SessionLost:
 			return 0, notAttachable(s)
 		case time.Now().After(deadline):
-			return 0, fmt.Errorf("session %s of vm %s: the connection to it ended while it still runs (did bangerd restart?); attach again with banger vm session attach %s %s", name, vm, vm, name)
+			return 0, fmt.Errorf("session %s of vm %s: the connection to it ended while it still runs (bangerd restarted, or could not reach the guest agent: see banger vm inspect %s); attach again with banger vm session attach %s %s", name, vm, vm, vm, name)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

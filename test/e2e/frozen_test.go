@@ -22,6 +22,9 @@ func TestFrozenGuestCommandsReturn(t *testing.T) {
 	e := bootEnv(t)
 	e.ok("vm", "create", "--image", "fixture", "--name", "fz", "--memory", "512M")
 	e.ok("vm", "create", "--image", "fixture", "--name", "ok1", "--memory", "512M")
+	e.ok("vm", "session", "start", "fz", "--name", "s0", "--", "sleep", "100000")
+	ws := t.TempDir()
+	os.WriteFile(filepath.Join(ws, "a.txt"), []byte("work"), 0o644)
 	pid := e.vmmPID("fz")
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -46,6 +49,9 @@ func TestFrozenGuestCommandsReturn(t *testing.T) {
 		{"vm", "cp", src, "fz:/tmp/f"},
 		{"vm", "session", "start", "fz", "--name", "s", "--", "sleep", "100"},
 		{"vm", "session", "list", "fz"},
+		{"vm", "session", "attach", "fz", "s0"},
+		{"vm", "workspace", "prepare", "fz", ws},
+		{"vm", "workspace", "export", "fz", "--guest-path", "/root", "-o", filepath.Join(t.TempDir(), "out")},
 		{"vm", "port", "add", "fz", "127.0.0.1:18190:80"},
 		{"vm", "pause", "fz"},
 		{"vm", "snapshot", "fz", "--name", "fzs"},
@@ -57,6 +63,16 @@ func TestFrozenGuestCommandsReturn(t *testing.T) {
 		c := e.cmd(ctx, args...)
 		var stderr strings.Builder
 		c.Stderr = &stderr
+		if len(args) > 2 && args[2] == "attach" {
+			// A stdin that stays open: closing it would detach at once.
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			defer r.Close()
+			c.Stdin = r
+		}
 		err := c.Run()
 		cancel()
 		code := 0
