@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"regexp"
 	"time"
 
 	"banger/internal/api"
@@ -525,12 +527,36 @@ func (m *vmManager) adoptAll(ctx context.Context) error {
 			}(v)
 		}
 	}
+	m.cleanVMDirs(vms)
 	// What a daemon killed mid-snapshot, mid-create or mid-delete left:
 	// half-made snapshots, then layers no row names and bases nothing
 	// builds on.
 	m.cleanSnapshots(ctx)
 	m.gcLayers(ctx, true)
 	return nil
+}
+
+// vmDirRE is the name of a VM's directory: its id.
+var vmDirRE = regexp.MustCompile(`^[0-9a-f]{16}$`)
+
+// cleanVMDirs removes the VM directories no row names (vms: every row).
+// A row is written before its directory, so only a lost commit (a power
+// loss under a database that had not synced) leaves one; whatever runs
+// from it goes first.
+func (m *vmManager) cleanVMDirs(vms []store.VM) {
+	named := map[string]bool{}
+	for _, v := range vms {
+		named[filepath.Clean(v.Dir)] = true
+	}
+	ents, _ := os.ReadDir(m.cfg.VMsDir)
+	for _, ent := range ents {
+		dir := filepath.Join(m.cfg.VMsDir, ent.Name())
+		if !ent.IsDir() || !vmDirRE.MatchString(ent.Name()) || named[dir] {
+			continue
+		}
+		m.log.Warn("removing a vm directory no vm names", "dir", dir, "pids", reapOrphans(dir))
+		os.RemoveAll(dir)
+	}
 }
 
 // close drops agent connections. VMMs keep running for the next daemon.

@@ -138,3 +138,23 @@ func TestTooSmallNamesTheMinimum(t *testing.T) {
 		t.Errorf("the minimum named, 1201M, is %d bytes (%v): below the image's %d", n, err, im.SizeBytes)
 	}
 }
+
+// At start, a VM directory no row names (what a lost commit leaves) is
+// removed; the named ones, and whatever is not a VM's directory, stay.
+func TestCleanVMDirs(t *testing.T) {
+	dir := t.TempDir()
+	m := newVMManager(vmParts{cfg: vmSettings{VMsDir: dir}})
+	for _, d := range []string{"00112233445566aa", "ffeeddccbbaa9988", "not-a-vm"} {
+		os.MkdirAll(filepath.Join(dir, d, "sub"), 0o700)
+	}
+	os.WriteFile(filepath.Join(dir, "0123456789abcdef"), []byte("a file"), 0o600)
+	m.cleanVMDirs([]store.VM{{ID: "00112233445566aa", Dir: filepath.Join(dir, "00112233445566aa")}})
+	var left []string
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		left = append(left, e.Name())
+	}
+	if want := "00112233445566aa 0123456789abcdef not-a-vm"; strings.Join(left, " ") != want {
+		t.Errorf("left %v, want %s", left, want)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -64,14 +65,32 @@ func CreateOverlay(ctx context.Context, backing, backingFormat, path string, siz
 		return fmt.Errorf("overlay %s: %w", path, err)
 	}
 	err = writeQCOW2(f, backing, backingFormat, size)
+	if err == nil {
+		// On the disk before a row names it: a power loss must not
+		// leave a VM whose disk is an empty file.
+		err = f.Sync()
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(path))
 	}
 	if err != nil {
 		os.Remove(path)
 		return fmt.Errorf("creating overlay %s: %w", path, err)
 	}
 	return nil
+}
+
+// syncDir makes the entries of dir durable (a new file's name).
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // writeQCOW2 writes an empty qcow2 image of size bytes over backing into
