@@ -203,6 +203,11 @@ func (m *vmManager) snapshotLocked(ctx context.Context, v *store.VM, name, kind 
 	if err := snapper.Snapshot(ctx, sn.Dir); err != nil {
 		return fail(err)
 	}
+	// On the disk before the row says ready: a power loss must not leave
+	// a listed snapshot whose memory is half there.
+	if err := syncTree(sn.Dir); err != nil {
+		return fail(fmt.Errorf("syncing the snapshot: %w", err))
+	}
 	crashpoint.Hit(crashpoint.SnapshotAfterSave)
 	if err := m.freeze(ctx, freezer, &sn, v, meta.Next); err != nil {
 		return fail(err)
@@ -766,4 +771,33 @@ func (m *vmManager) fork(ctx context.Context, name string, req api.ForkVMRequest
 		return api.VM{}, err
 	}
 	return out, nil
+}
+
+// syncTree syncs the regular files directly in dir, dir itself and its
+// parent (which names it).
+func syncTree(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if e.Type().IsRegular() {
+			if err := syncPath(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	if err := syncPath(dir); err != nil {
+		return err
+	}
+	return syncPath(filepath.Dir(dir))
+}
+
+func syncPath(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }

@@ -102,6 +102,9 @@ type env struct {
 	// else, and their VMs (and the crash matrix's points) should not
 	// depend on which create came first.
 	warm bool
+	// mounts are the test's own mount points under home (a state
+	// directory on a file system of its own), not leaks.
+	mounts []string
 }
 
 func newEnv(t testing.TB) *env {
