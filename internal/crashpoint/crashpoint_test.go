@@ -97,3 +97,26 @@ func TestReleaseBinaryHasNoCrashCode(t *testing.T) {
 		}
 	}
 }
+
+// A release banger-agent has no hostile modes (internal/agent's
+// hostile_on.go, bangercrash builds only).
+func TestReleaseAgentHasNoHostileModes(t *testing.T) {
+	if testing.Short() {
+		prereq.ByDesign(t, "builds banger-agent; skipped with -short")
+	}
+	for _, tags := range []string{"", "bangercrash"} {
+		bin := filepath.Join(t.TempDir(), "banger-agent")
+		cmd := exec.Command("go", "build", "-tags", tags, "-o", bin, "banger/cmd/banger-agent")
+		cmd.Env = append(os.Environ(), "GOFLAGS=", "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build banger-agent (tags %q): %v\n%s", tags, err, out)
+		}
+		b, err := os.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := strings.Contains(string(b), "hostile mode"), tags != ""; got != want {
+			t.Errorf("banger-agent built with tags %q: has the hostile modes %v, want %v", tags, got, want)
+		}
+	}
+}
