@@ -9,6 +9,7 @@ SHELL       := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 # Boots of the systemd fixture that make e2e (and so make test) soaks; make soak does 50.
 E2E_SOAK    ?= 10
+E2E_LIFE_SOAK ?= 8x4
 # Where e2e tests keep their artifacts (the web UI's screenshots): DIR/_artifacts/<n>/.
 E2E_ARTIFACTS ?= $(CURDIR)/bin/e2e-artifacts
 
@@ -62,14 +63,14 @@ e2e: build crash fixtures bin/skipsummary ## end-to-end tests: real daemon, real
 	@$(MAKE) --no-print-directory e2e-run; st=$$?; bin/skipsummary -summary bin/test-e2e.json; exit $$st
 
 e2e-run:
-	mkdir -p $(E2E_ARTIFACTS) && BANGER_E2E=1 BANGER_BIN_DIR=$(CURDIR)/bin BANGER_CRASH_BIN_DIR=$(CURDIR)/bin/crash BANGER_SOAK=$(E2E_SOAK) $(GO) test -json -count=1 -timeout 60m -artifacts -outputdir $(E2E_ARTIFACTS) ./test/e2e/ \
+	mkdir -p $(E2E_ARTIFACTS) && BANGER_E2E=1 BANGER_BIN_DIR=$(CURDIR)/bin BANGER_CRASH_BIN_DIR=$(CURDIR)/bin/crash BANGER_SOAK=$(E2E_SOAK) BANGER_LIFE_SOAK=$(E2E_LIFE_SOAK) $(GO) test -json -count=1 -timeout 75m -artifacts -outputdir $(E2E_ARTIFACTS) ./test/e2e/ \
 		| bin/skipsummary -v -save bin/test-e2e.json
 
 bench: build fixtures ## benchmarks: banger against the bare tool, side by side
 	BANGER_E2E=1 BANGER_BIN_DIR=$(CURDIR)/bin $(GO) test -count=1 -timeout 30m -run '^$$' -bench . -benchtime 3x ./test/e2e/
 
-soak: build fixtures ## boot N times (SOAK=50) and report hangs, median and p95 time to agent-ready
-	BANGER_E2E=1 BANGER_BIN_DIR=$(CURDIR)/bin BANGER_SOAK=$${SOAK:-50} $(GO) test -count=1 -timeout 60m -v -run TestSoak ./test/e2e/
+soak: build fixtures ## boot N times (SOAK=50), then LIFE_SOAK=25x8 create/exec/fork-or-snapshot/delete cycles, 8 at once (the full one: LIFE_SOAK=100x8), with resource counts before and after
+	BANGER_E2E=1 BANGER_BIN_DIR=$(CURDIR)/bin BANGER_SOAK=$${SOAK:-50} BANGER_LIFE_SOAK=$${LIFE_SOAK:-25x8} $(GO) test -count=1 -timeout 90m -v -run 'TestSoak|TestLifeSoak' ./test/e2e/
 
 FUZZTIME ?= 60s
 fuzz: ## run each fuzz target for FUZZTIME (default 60s)

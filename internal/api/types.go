@@ -11,6 +11,9 @@ type VersionInfo struct {
 	StartedAt  time.Time `json:"started_at"`
 	// Web is the state of the daemon's web UI.
 	Web WebStatus `json:"web"`
+	// Goroutines is how many goroutines the daemon runs now: a number
+	// that should come back to where it was once work is done.
+	Goroutines int `json:"goroutines"`
 }
 
 // VM states.

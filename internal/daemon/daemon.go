@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -245,6 +246,7 @@ func (s *Server) versionInfo() api.VersionInfo {
 		StateDir:   s.opts.Dirs.State,
 		StartedAt:  s.started,
 		Web:        s.web.get(),
+		Goroutines: runtime.NumGoroutine(),
 	}
 }
 
