@@ -73,10 +73,13 @@ soak: build fixtures ## boot N times (SOAK=50), then LIFE_SOAK=25x8 create/exec/
 	BANGER_E2E=1 BANGER_BIN_DIR=$(CURDIR)/bin BANGER_SOAK=$${SOAK:-50} BANGER_LIFE_SOAK=$${LIFE_SOAK:-25x8} $(GO) test -count=1 -timeout 90m -v -run 'TestSoak|TestLifeSoak' ./test/e2e/
 
 FUZZTIME ?= 60s
-fuzz: ## run each fuzz target for FUZZTIME (default 60s)
-	@for t in $$($(GO) test -list '^Fuzz' ./internal/image | grep ^Fuzz); do \
-		echo "fuzz: $$t for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./internal/image || exit 1; \
+FUZZ_PKGS ?= ./internal/image ./internal/guest
+fuzz: ## run each fuzz target (OCI import, agent answers) for FUZZTIME (default 60s)
+	@for p in $(FUZZ_PKGS); do \
+		for t in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \
+			echo "fuzz: $$p $$t for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
+		done; \
 	done
 
 lint: ## gofmt, go vet, and golangci-lint when installed
