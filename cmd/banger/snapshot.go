@@ -120,7 +120,7 @@ func newSnapshotCmd() *cobra.Command {
 				{"name", s.Name}, {"state", s.State}, {"kind", s.Kind}, {"source vm", s.SourceVM},
 				{"image", s.Image}, {"kernel", s.Kernel}, {"vmm", s.VMM + " " + s.VMMVersion},
 				{"vcpus", strconv.Itoa(s.VCPUs)}, {"memory", strconv.Itoa(s.MemoryMiB) + "M"},
-				{"disk", config.FormatSize(s.DiskBytes)}, {"size on disk", config.FormatSize(s.Bytes)},
+				{"disk", config.FormatSize(s.DiskBytes) + " (" + s.Disk + ")"}, {"size on disk", config.FormatSize(s.Bytes)},
 				{"used by", dash(strings.Join(s.UsedBy, ", "))}, {"dir", s.Dir}, {"created", s.CreatedAt.Format("2006-01-02 15:04:05")},
 			}
 		}),

@@ -32,6 +32,10 @@ type Snapshot struct {
 	DiskBytes  int64  `json:"disk_bytes"`
 	// Memory is false for a disk-only snapshot (of a stopped VM).
 	Memory bool `json:"memory"`
+	// Disk is how it holds the disk: SnapshotDiskLayer (a frozen qcow2
+	// layer that VMs made from it build on) or SnapshotDiskCopy (a copy
+	// of a raw disk, which they copy).
+	Disk string `json:"disk"`
 	// Dir holds its files; Bytes is what they use on disk.
 	Dir       string    `json:"dir"`
 	Bytes     int64     `json:"bytes"`
@@ -39,6 +43,12 @@ type Snapshot struct {
 	// UsedBy are the VMs whose disks build on it.
 	UsedBy []string `json:"used_by,omitempty"`
 }
+
+// How a snapshot holds its disk (Snapshot.Disk).
+const (
+	SnapshotDiskLayer = "qcow2-layer"
+	SnapshotDiskCopy  = "raw-copy"
+)
 
 // SnapshotVMRequest is the body of POST /v1/vms/{name}/snapshot.
 type SnapshotVMRequest struct {

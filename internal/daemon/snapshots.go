@@ -117,8 +117,9 @@ func (m *vmManager) snapshot(ctx context.Context, name string, req api.SnapshotV
 
 // snapshotLocked snapshots v, whose lock the caller holds: pause, the
 // VMM writes memory and device state, the root disk is frozen onto a new
-// layer the VM goes on with, the records are written in one
-// transaction, resume. A paused VM stays paused. On error nothing of the
+// layer the VM goes on with (a raw disk, which has no layers, is copied
+// into the snapshot), the records are written in one transaction,
+// resume. A paused VM stays paused. On error nothing of the
 // snapshot is left and the VM runs on (on the new layer, when its disk
 // was switched to it before the error).
 func (m *vmManager) snapshotLocked(ctx context.Context, v *store.VM, name, kind string) (store.Snapshot, error) {
@@ -130,12 +131,15 @@ func (m *vmManager) snapshotLocked(ctx context.Context, v *store.VM, name, kind 
 		return store.Snapshot{}, api.Errorf(api.Conflict, "vm %q is %s: a snapshot holds a running vm's memory, and snapshots of stopped vms are not supported", v.Name, v.State).
 			WithHint("start it first: banger vm start " + v.Name)
 	}
+	// A VM on a qcow2 layer has its disk frozen (DiskFreezer); a raw
+	// disk (Firecracker's) is copied while the guest is paused.
 	snapper, ok1 := mc.(vmm.Snapshotter)
 	freezer, ok2 := mc.(vmm.DiskFreezer)
 	pauser, ok3 := mc.(vmm.Pauser)
-	if !ok1 || !ok2 || !ok3 || v.Layer == "" {
-		return store.Snapshot{}, api.Errorf(api.Unavailable, "vm %q cannot be snapshotted: vmm %s has no memory snapshots or the vm has no qcow2 disk layer", v.Name, v.VMM).
-			WithHint("snapshots need the qemu vmm and a vm created by this banger")
+	raw := v.Layer == ""
+	if !ok1 || !ok3 || (!raw && !ok2) {
+		return store.Snapshot{}, api.Errorf(api.Unavailable, "vm %q cannot be snapshotted: vmm %s has no memory snapshots", v.Name, v.VMM).
+			WithHint("snapshots need the qemu or firecracker vmm")
 	}
 	if name == "" {
 		name = v.Name + "-" + time.Now().UTC().Format("20060102-150405")
@@ -159,7 +163,10 @@ func (m *vmManager) snapshotLocked(ctx context.Context, v *store.VM, name, kind 
 		return store.Snapshot{}, err
 	}
 	id := newID()
-	meta := snapshotMeta{Next: newLayerName(), KernelStamp: kernelStamp(kb)}
+	meta := snapshotMeta{KernelStamp: kernelStamp(kb)}
+	if !raw {
+		meta.Next = newLayerName()
+	}
 	if m.images != nil {
 		if im, err := m.images.Get(v.Image); err == nil {
 			meta.ImageStamp = imageStamp(im)
@@ -203,13 +210,26 @@ func (m *vmManager) snapshotLocked(ctx context.Context, v *store.VM, name, kind 
 	if err := snapper.Snapshot(ctx, sn.Dir); err != nil {
 		return fail(err)
 	}
+	if raw {
+		// The guest is paused, so the copy is of the disk as its memory
+		// knows it.
+		if _, err := disk.Clone(ctx, m.rootDisk(*v).Path, filepath.Join(sn.Dir, rootDiskFile), nil); err != nil {
+			return fail(fmt.Errorf("copying the disk: %w", err))
+		}
+	}
 	// On the disk before the row says ready: a power loss must not leave
-	// a listed snapshot whose memory is half there.
+	// a listed snapshot whose memory (or raw disk) is half there.
 	if err := syncTree(sn.Dir); err != nil {
 		return fail(fmt.Errorf("syncing the snapshot: %w", err))
 	}
 	crashpoint.Hit(crashpoint.SnapshotAfterSave)
-	if err := m.freeze(ctx, freezer, &sn, v, meta.Next); err != nil {
+	if raw {
+		sn.State = api.SnapshotReady
+		if err := m.store.FinishSnapshot(context.WithoutCancel(ctx), sn, v.ID, ""); err != nil {
+			sn.State = api.SnapshotCreating
+			return fail(err)
+		}
+	} else if err := m.freeze(ctx, freezer, &sn, v, meta.Next); err != nil {
 		return fail(err)
 	}
 	crashpoint.Hit(crashpoint.SnapshotAfterFreeze)
@@ -333,7 +353,10 @@ func (m *vmManager) snapView(ctx context.Context, sn store.Snapshot) api.Snapsho
 		VCPUs: sn.VCPUs, MemoryMiB: sn.MemoryMiB, DiskBytes: sn.DiskBytes, Memory: true,
 		Dir: sn.Dir, CreatedAt: sn.CreatedAt,
 	}
-	out.Bytes = allocated(sn.Dir) + allocated(m.layers.path(sn.Layer))
+	out.Bytes, out.Disk = allocated(sn.Dir), api.SnapshotDiskCopy
+	if sn.Layer != "" {
+		out.Bytes, out.Disk = out.Bytes+allocated(m.layers.path(sn.Layer)), api.SnapshotDiskLayer
+	}
 	vms, snaps, _ := m.usersOf(ctx, sn)
 	out.UsedBy = append(vms, snaps...)
 	return out
@@ -363,6 +386,9 @@ func allocated(path string) int64 {
 // frozen layer stays while a chain needs it (gc); only the snapshot's
 // record and memory go.
 func (m *vmManager) usersOf(ctx context.Context, sn store.Snapshot) (vms, snaps []string, err error) {
+	if sn.Layer == "" {
+		return nil, nil, nil // a raw disk: VMs made from it have copies
+	}
 	frozen := m.layers.path(sn.Layer)
 	inChain := func(layer string) bool {
 		if layer == "" {
@@ -535,6 +561,9 @@ func (m *vmManager) createFrom(ctx context.Context, req api.CreateVMRequest, sn 
 		Dir: filepath.Join(m.cfg.VMsDir, id), Net: marshal(policy), Layer: newLayerName(), Origin: sn.Name,
 		Boot: marshal(boot),
 	}
+	if sn.Layer == "" { // a raw disk in the snapshot: the VM gets a copy
+		v.Layer, v.DiskMethod = "", ""
+	}
 	if err := m.store.CreateVM(ctx, v); err != nil {
 		if errors.Is(err, store.ErrExist) {
 			return api.VM{}, api.Errorf(api.Conflict, "vm name %q is taken", req.Name).
@@ -567,7 +596,14 @@ func (m *vmManager) createFrom(ctx context.Context, req api.CreateVMRequest, sn 
 	if err := m.prepareGuest(ctx, v, image.Image{Name: sn.Image}); err != nil {
 		return undo(err)
 	}
-	if err := m.layers.over(ctx, sn.Layer, v.Layer, sn.DiskBytes); err != nil {
+	if v.Layer == "" {
+		method, err := disk.Clone(ctx, filepath.Join(sn.Dir, rootDiskFile), m.rootDisk(v).Path,
+			func(d, t int64) { p("copying the snapshot's disk", d, t) })
+		if err != nil {
+			return undo(fullDisk(fmt.Errorf("making the disk of vm %q: %w", v.Name, err), "creating vm "+strconv.Quote(v.Name), m.cfg.VMsDir, "vm"))
+		}
+		v.DiskMethod = method
+	} else if err := m.layers.over(ctx, sn.Layer, v.Layer, sn.DiskBytes); err != nil {
 		return undo(fmt.Errorf("making the disk of vm %q: %w", v.Name, err))
 	}
 	out, err := m.restoreLocked(ctx, &v, sn, restorer, kb, time.Duration(req.ReadyTimeoutSeconds)*time.Second, p)

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"banger/internal/agent"
 	"banger/internal/api"
 	"banger/internal/disk"
+	"banger/internal/image"
 	"banger/internal/store"
 	"banger/internal/vmm"
 	"banger/internal/vmm/vmmtest"
@@ -82,9 +84,22 @@ func running(t *testing.T, r *lifeRig, name string) store.VM {
 
 func newSnapRig(t *testing.T, opts vmmtest.MemOptions) (*lifeRig, *guestLog) {
 	t.Helper()
+	opts.Layers = true
+	return snapRig(t, opts)
+}
+
+// newRawSnapRig is newSnapRig over a MemDriver that takes raw disks only,
+// as Firecracker does.
+func newRawSnapRig(t *testing.T, opts vmmtest.MemOptions) (*lifeRig, *guestLog) {
+	t.Helper()
+	opts.Layers = false
+	return snapRig(t, opts)
+}
+
+func snapRig(t *testing.T, opts vmmtest.MemOptions) (*lifeRig, *guestLog) {
+	t.Helper()
 	needLayerTools(t)
 	g := &guestLog{steps: map[string][]string{}}
-	opts.Layers = true
 	opts.Agent = snapAgent(g)
 	r := layerRigWith(t, opts)
 	r.addImage(t, "deb", 64<<20)
@@ -108,7 +123,7 @@ func TestSnapshotAndRestore(t *testing.T) {
 	}
 	if sn.State != api.SnapshotReady || sn.SourceVM != "src" || sn.VMM != "mem" || sn.VMMVersion != "mem 1" ||
 		sn.Kernel != "k" || sn.Image != "deb" || sn.VCPUs != src.VCPUs || sn.MemoryMiB != src.MemoryMiB ||
-		sn.DiskBytes != 256<<20 || !sn.Memory || sn.Bytes == 0 {
+		sn.DiskBytes != 256<<20 || !sn.Memory || sn.Bytes == 0 || sn.Disk != api.SnapshotDiskLayer {
 		t.Errorf("snapshot %+v", sn)
 	}
 	if got := ops(r.d, src.ID); !slices.Equal(got[len(got)-4:], []string{vmmtest.OpPause, vmmtest.OpSnapshot, vmmtest.OpFreeze, vmmtest.OpResume}) {
@@ -444,5 +459,122 @@ func TestAdoptResumesVMLeftPaused(t *testing.T) {
 	}
 	if !r.d.Machine(w.ID).Paused() {
 		t.Error("a vm recorded paused was resumed")
+	}
+}
+
+// markDisk writes mark into the last block of the raw disk at path;
+// diskMark reads it back.
+func markDisk(t *testing.T, path, mark string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	if _, err := f.WriteAt([]byte(fmt.Sprintf("%-16s", mark)), st.Size()-4096); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func diskMark(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	b := make([]byte, 16)
+	f.ReadAt(b, st.Size()-4096)
+	return strings.TrimSpace(string(b))
+}
+
+// A VM with a raw disk (as the Firecracker driver gives) is snapshotted
+// with a copy of its disk made while it is paused, and goes on on its
+// own disk; a VM created from the snapshot gets a copy of the snapshot's
+// disk (not the source's later writes), the source's memory and its own
+// identity. Nothing builds on such a snapshot, so it can be deleted while
+// its clone runs. Warm starts stay off: each would copy the whole disk.
+func TestRawDiskSnapshot(t *testing.T) {
+	r, g := newRawSnapRig(t, vmmtest.MemOptions{})
+	ctx := t.Context()
+	src := running(t, r, "src")
+	srcDisk := r.m.rootDisk(src).Path
+	if src.Layer != "" || src.DiskMethod == disk.MethodOverlay {
+		t.Fatalf("source on layer %q by %s: want a raw disk", src.Layer, src.DiskMethod)
+	}
+	r.d.Machine(src.ID).SetMemory("process", "started before the snapshot")
+	markDisk(t, srcDisk, "before")
+
+	sn, err := r.m.snapshot(ctx, "src", api.SnapshotVMRequest{Name: "s1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ops(r.d, src.ID); !slices.Equal(got[len(got)-3:], []string{vmmtest.OpPause, vmmtest.OpSnapshot, vmmtest.OpResume}) {
+		t.Errorf("source ops %v, want pause, snapshot, resume last (no freeze)", got)
+	}
+	stored, _ := r.st.SnapshotByName(ctx, "s1")
+	snapDisk := filepath.Join(stored.Dir, rootDiskFile)
+	if stored.Layer != "" || stored.State != api.SnapshotReady || diskMark(t, snapDisk) != "before" {
+		t.Errorf("snapshot layer %q, %s, its disk marked %q: want a ready copy of the disk as it was", stored.Layer, stored.State, diskMark(t, snapDisk))
+	}
+	if sn.Disk != api.SnapshotDiskCopy {
+		t.Errorf("snapshot disk %q, want %q", sn.Disk, api.SnapshotDiskCopy)
+	}
+	if sn.Bytes < allocated(srcDisk) {
+		t.Errorf("snapshot takes %d bytes, the disk %d: its disk copy is not counted", sn.Bytes, allocated(srcDisk))
+	}
+	if now := r.state(t, "src"); now.Layer != "" || now.State != api.StateRunning || r.d.Machine(src.ID).Spec().Drives[0].Path != srcDisk {
+		t.Errorf("source after the snapshot: layer %q, %s, writing %s; want running on its own disk", now.Layer, now.State, r.d.Machine(src.ID).Spec().Drives[0].Path)
+	}
+	markDisk(t, srcDisk, "after")
+
+	out, err := r.m.create(ctx, api.CreateVMRequest{Name: "clone", FromSnapshot: "s1", ReadyTimeoutSeconds: 5}, nop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clone := r.state(t, "clone")
+	cloneDisk := r.m.rootDisk(clone).Path
+	if out.State != api.StateRunning || clone.Layer != "" || (out.DiskMethod != disk.MethodReflink && out.DiskMethod != disk.MethodSparse) {
+		t.Errorf("clone %s on layer %q by %q: want running on a copy", out.State, clone.Layer, out.DiskMethod)
+	}
+	mc := r.d.Machine(clone.ID)
+	if !mc.Restored() || mc.Memory()["process"] == "" || mc.Spec().Drives[0].Path != cloneDisk {
+		t.Errorf("clone restored %v, memory %v, disk %s: want the source's memory on its own disk %s", mc.Restored(), mc.Memory(), mc.Spec().Drives[0].Path, cloneDisk)
+	}
+	if got := diskMark(t, cloneDisk); got != "before" {
+		t.Errorf("clone's disk marked %q, want the snapshot's (before)", got)
+	}
+	if diskMark(t, srcDisk) != "after" {
+		t.Error("the source's disk lost its write after the snapshot")
+	}
+	if steps := strings.Join(g.of(clone.ID), "\n"); !strings.Contains(steps, "hostname clone") {
+		t.Errorf("clone's reidentify did %q", steps)
+	}
+
+	if used := r.m.snapView(ctx, stored).UsedBy; len(used) != 0 {
+		t.Errorf("raw snapshot used by %v, want nothing (its clones have copies)", used)
+	}
+	if err := r.m.deleteSnapshot(ctx, "s1"); err != nil {
+		t.Fatalf("delete of a raw snapshot with a clone running: %v", err)
+	}
+	if !fileExists(cloneDisk) || r.state(t, "clone").State != api.StateRunning {
+		t.Error("the clone lost its disk with the snapshot")
+	}
+
+	r.m.cfg.WarmStart = true
+	plan := r.m.warmFor(ctx, api.CreateVMRequest{Image: "deb", Kernel: "k", VCPUs: src.VCPUs, MemoryMiB: src.MemoryMiB, DiskBytes: src.DiskBytes}, image.Image{Name: "deb"})
+	if plan.found || plan.make != "" || !strings.Contains(plan.why, "raw disks") {
+		t.Errorf("warm plan over raw disks %+v: want cold, no warm snapshot, saying why", plan)
+	}
+
+	for _, name := range []string{"clone", "src"} {
+		if err := r.m.delete(ctx, name, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ents, _ := os.ReadDir(r.m.cfg.SnapshotsDir); len(ents) != 0 {
+		t.Errorf("snapshot files left: %v", ents)
 	}
 }

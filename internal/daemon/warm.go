@@ -51,8 +51,13 @@ func (m *vmManager) warmFor(ctx context.Context, req api.CreateVMRequest, im ima
 		return warmPlan{why: "warm_start is off (config.toml, or BANGER_WARM_START=false)"}
 	}
 	d := m.drivers[m.def]
-	if d == nil || !d.Features().Snapshots || !d.Features().Layers {
+	if d == nil || !d.Features().Snapshots {
 		return warmPlan{why: "vmm " + m.def + " has no memory snapshots"}
+	}
+	if !d.Features().Layers {
+		// A restore would copy the snapshot's whole disk (vm create
+		// --from-snapshot does, where asked for).
+		return warmPlan{why: "vmm " + m.def + " takes raw disks only: a warm start would copy the whole disk"}
 	}
 	version := ""
 	if vr, ok := d.(vmm.Versioner); ok {
