@@ -1,6 +1,9 @@
 // Package kvmcheck tells whether KVM really works on this host. A
 // /dev/kvm that opens is not enough: some nested hosts expose one that
-// makes QEMU abort when it sets up a vCPU ("failed to set MSR 0x10a").
+// makes QEMU abort when it sets up a vCPU ("failed to set MSR 0x10a"),
+// and others one from kvm_pvm (pagetable-based virtualization, for
+// nested clouds without VMX), which runs only guest kernels built for
+// it: QEMU starts, and Debian's kernel hangs right after "Probing EDD".
 package kvmcheck
 
 import (
@@ -12,6 +15,8 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 )
@@ -38,11 +43,45 @@ func Check(ctx context.Context, dev, qemuBin string) error {
 		}
 		return fmt.Errorf("%s is not usable: %w", dev, err)
 	}
+	if dev != "/dev/kvm" {
+		return nil // a test's device
+	}
+	if err := checkVendor(sysModules); err != nil {
+		return err
+	}
 	bin, err := exec.LookPath(qemuBin)
-	if err != nil || dev != "/dev/kvm" {
-		return nil // nothing to probe with (or a test's device)
+	if err != nil {
+		return nil // nothing to probe with
 	}
 	return probeQEMU(ctx, bin)
+}
+
+// sysModules lists the loaded modules (and the built-in ones with
+// parameters, as kvm_intel and kvm_amd have).
+const sysModules = "/sys/module"
+
+// checkVendor returns nil when KVM on this x86 host comes from hardware
+// virtualization (kvm_intel or kvm_amd), which runs any guest kernel.
+// Another provider (kvm_pvm) is named in the error.
+func checkVendor(sys string) error {
+	if runtime.GOARCH != "amd64" {
+		return nil
+	}
+	for _, m := range []string{"kvm_intel", "kvm_amd"} {
+		if _, err := os.Stat(filepath.Join(sys, m)); err == nil {
+			return nil
+		}
+	}
+	var others []string
+	mods, _ := filepath.Glob(filepath.Join(sys, "kvm_*"))
+	for _, m := range mods {
+		others = append(others, filepath.Base(m))
+	}
+	if len(others) == 0 {
+		return fmt.Errorf("/dev/kvm is present but neither kvm_intel nor kvm_amd is loaded: no hardware virtualization")
+	}
+	return fmt.Errorf("/dev/kvm is present but comes from %s, not kvm_intel or kvm_amd: it runs only guest kernels built for it",
+		strings.Join(others, ", "))
 }
 
 // probeQEMU starts a paused QEMU with KVM and asks it its status over

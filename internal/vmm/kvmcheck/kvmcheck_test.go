@@ -1,6 +1,7 @@
 package kvmcheck
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,4 +23,27 @@ func TestCheckThisHost(t *testing.T) {
 		t.Fatalf("two probes disagree: %v, %v", a, b)
 	}
 	t.Logf("kvm on this host: %v", a)
+}
+
+// KVM counts only from kvm_intel or kvm_amd: under kvm_pvm, QEMU starts
+// but Debian's kernel hangs in early boot.
+func TestCheckVendor(t *testing.T) {
+	for _, tc := range []struct {
+		mods []string
+		want string // "" for nil
+	}{
+		{[]string{"kvm", "kvm_intel"}, ""},
+		{[]string{"kvm", "kvm_amd"}, ""},
+		{[]string{"kvm", "kvm_pvm"}, "comes from kvm_pvm, not kvm_intel or kvm_amd"},
+		{[]string{"kvm"}, "neither kvm_intel nor kvm_amd"},
+	} {
+		sys := t.TempDir()
+		for _, m := range tc.mods {
+			os.MkdirAll(filepath.Join(sys, m, "parameters"), 0o755)
+		}
+		err := checkVendor(sys)
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("modules %v: %v, want %q", tc.mods, err, tc.want)
+		}
+	}
 }
