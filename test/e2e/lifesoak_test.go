@@ -43,6 +43,27 @@ func (e *env) soakCounts(t *testing.T) soakCounts {
 	return c
 }
 
+// soakWhy is what a failed cycle's VMs say of themselves: how each
+// booted (and why cold) and the end of its console log.
+func (e *env) soakWhy(vms ...string) string {
+	var b strings.Builder
+	for _, vm := range vms {
+		r := e.banger("vm", "inspect", vm)
+		if r.code != 0 {
+			continue
+		}
+		var v struct {
+			State string          `json:"state"`
+			Boot  json.RawMessage `json:"boot"`
+		}
+		json.Unmarshal([]byte(r.stdout), &v)
+		lines := strings.Split(strings.TrimSpace(e.banger("vm", "logs", vm).stdout), "\n")
+		lines = lines[max(0, len(lines)-25):]
+		fmt.Fprintf(&b, "\n  vm %s: state %s, boot %s\n  console, last %d lines:\n    %s", vm, v.State, v.Boot, len(lines), strings.Join(lines, "\n    "))
+	}
+	return b.String()
+}
+
 // The lifecycle soak (BANGER_LIFE_SOAK=CYCLESxPARALLEL; make soak runs
 // 100x8, make test a shorter one): each cycle creates a VM (a warm start
 // after the first), runs a command in it, forks it (odd cycles) or
@@ -85,7 +106,7 @@ func TestLifeSoak(t *testing.T) {
 		for _, s := range steps {
 			r := e.banger(s...)
 			if r.code != 0 {
-				return fmt.Errorf("cycle %d: banger %s: exit %d: %s", i, strings.Join(s, " "), r.code, strings.TrimSpace(r.stderr))
+				return fmt.Errorf("cycle %d: banger %s: exit %d: %s%s", i, strings.Join(s, " "), r.code, strings.TrimSpace(r.stderr), e.soakWhy(vm, other))
 			}
 			if s[1] == "exec" && r.stdout != "ok\n" {
 				return fmt.Errorf("cycle %d: banger %s said %q", i, strings.Join(s, " "), r.stdout)
